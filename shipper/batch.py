@@ -1,0 +1,142 @@
+"""The batch accumulator: lines in, sealed batches out. No IO; the clock is passed in.
+
+One open batch collects entries of every stream, in read order per stream.
+It is sealed when `batch_wait` has passed since its first line (`due(now)`)
+or when one more line would take it over `batch_max_bytes` (returned by
+`add()`). A sealed batch is encoded once and its bytes are reused across
+retries, so every line keeps the timestamp it got when it was read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from shipper import encoder
+
+# Upper bound of an entry's framing besides its line and metadata: entry tag
+# and length (4), timestamp field (2 + 12), line tag and length (4). Using a
+# bound, not the exact size, keeps the size check out of the per-line loop.
+_ENTRY_OVERHEAD = 22
+# Stream framing besides the label string: two tags and two lengths.
+_STREAM_OVERHEAD = 12
+
+
+class Stream:
+    """One Loki stream: a label set, per-stream metadata, and its last timestamp."""
+
+    __slots__ = ("labels", "metadata", "last_ts", "name")
+
+    def __init__(self, labels: str, metadata: bytes = b"", name: str = "") -> None:
+        self.labels = labels
+        self.metadata = metadata  # encoded structuredMetadata fields, same for each entry
+        self.last_ts = 0  # ns; timestamps are strictly increasing per stream
+        self.name = name  # the source's stream name, for telemetry
+
+    def stamp(self, n: int, wall_ns: int) -> int:
+        """Reserve `n` consecutive timestamps starting no earlier than `wall_ns`."""
+        first = wall_ns if wall_ns > self.last_ts else self.last_ts + 1
+        self.last_ts = first + n - 1
+        return first
+
+
+@dataclass
+class Batch:
+    """Entries of one push, grouped per stream."""
+
+    opened: float  # monotonic time of the first line
+    parts: dict[Stream, list[bytes]] = field(default_factory=dict)
+    lines: int = 0
+    line_bytes: int = 0  # sum of line lengths (what users call "log bytes")
+    size: int = 0  # upper bound of the uncompressed PushRequest size
+
+    def body(self) -> bytes:
+        """The uncompressed PushRequest."""
+        return encoder.encode_push((s.labels, b"".join(chunks)) for s, chunks in self.parts.items())
+
+
+class Accumulator:
+    """Collects lines into batches; see the module docstring."""
+
+    def __init__(self, batch_wait: float, batch_max_bytes: int) -> None:
+        self.batch_wait = batch_wait
+        self.batch_max_bytes = batch_max_bytes
+        self._open: Batch | None = None
+
+    @property
+    def open_bytes(self) -> int:
+        """Size bound of the open batch (0 when none is open)."""
+        return self._open.size if self._open else 0
+
+    def next_due(self) -> float | None:
+        """Monotonic time at which the open batch becomes due, None if none is open."""
+        return self._open.opened + self.batch_wait if self._open else None
+
+    def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int) -> list[Batch]:
+        """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
+
+        Returns the batches this filled up (sealed, oldest first); usually none.
+        """
+        if not lines:
+            return []
+        sealed: list[Batch] = []
+        per_line = _ENTRY_OVERHEAD + len(stream.metadata)
+        first_ts = stream.stamp(len(lines), wall_ns)
+        start = 0
+        while start < len(lines):
+            batch = self._open
+            if batch is None:
+                batch = self._open = Batch(opened=now)
+            room = self.batch_max_bytes - batch.size
+            if stream not in batch.parts:
+                room -= len(stream.labels.encode()) + _STREAM_OVERHEAD
+            # Fast path: everything fits (one C-level sum over the lines).
+            chunk = lines if start == 0 else lines[start:]
+            cost = sum(map(len, chunk)) + per_line * len(chunk)
+            end = len(lines)
+            if cost > room:
+                end, cost = _fit(lines, start, per_line, room)
+                if end == start:
+                    if batch.lines == 0:
+                        raise AssertionError("a single line exceeds batch_max_bytes")  # config forbids it
+                    sealed.append(self._seal())
+                    continue
+                chunk = lines[start:end]
+            if stream not in batch.parts:
+                batch.parts[stream] = []
+                batch.size += len(stream.labels.encode()) + _STREAM_OVERHEAD
+            batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, stream.metadata))
+            batch.lines += len(chunk)
+            batch.line_bytes += cost - per_line * len(chunk)
+            batch.size += cost
+            start = end
+            if start < len(lines):
+                sealed.append(self._seal())
+        return sealed
+
+    def due(self, now: float) -> Batch | None:
+        """Seal and return the open batch if `batch_wait` has passed since its first line."""
+        if self._open is not None and now - self._open.opened >= self.batch_wait:
+            return self._seal()
+        return None
+
+    def flush(self) -> Batch | None:
+        """Seal and return the open batch whatever its age (shutdown, EOF)."""
+        return self._seal() if self._open is not None else None
+
+    def _seal(self) -> Batch:
+        batch, self._open = self._open, None
+        assert batch is not None
+        return batch
+
+
+def _fit(lines: list[bytes], start: int, per_line: int, room: int) -> tuple[int, int]:
+    """How many lines from `start` fit in `room`; returns (end index, their cost)."""
+    cost = 0
+    end = start
+    for line in lines[start:]:
+        c = len(line) + per_line
+        if cost + c > room:
+            break
+        cost += c
+        end += 1
+    return end, cost

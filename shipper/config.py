@@ -1,0 +1,304 @@
+"""Configuration as data: one frozen dataclass tree, loaded from TOML.
+
+Every key has a default (the module constants below say why). Unknown keys,
+wrong types and bad values are refused with a `ConfigError` that names the
+key; the CLI turns that into exit code 2 before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+# Loki's in-cluster gateway as the seed design deploys it.
+DEFAULT_URL = "http://loki-gateway.monitoring.svc.cluster.local:80/loki/api/v1/push"
+# The seed's Vector sink used batch.timeout_secs = 0.5; p99 latency target is 0.75 s.
+DEFAULT_BATCH_WAIT = 0.5
+# Same as Promtail and Vector (1 MiB); far below Loki's 4 MB/s ingestion burst.
+DEFAULT_BATCH_MAX_BYTES = 1024 * 1024
+# Loki's default max_line_size is 256 KB; longer lines would be refused whole.
+DEFAULT_MAX_LINE_BYTES = 256 * 1024
+# Kubernetes gives the whole pod 30 s (terminationGracePeriodSeconds); the
+# flush must leave room for the task container's own shutdown.
+DEFAULT_SHUTDOWN_TIMEOUT = 10.0
+# One request may take this long (connect + send + answer) before it is
+# abandoned and retried; a Loki that accepts and never answers costs this much.
+DEFAULT_REQUEST_TIMEOUT = 10.0
+# Backoff between retries: 0.5 s doubling to 5 s, with full jitter. Retries are
+# unlimited while running (lines are never given up while the shipper lives,
+# the buffer bounds memory); at shutdown they are bounded by shutdown_timeout.
+DEFAULT_MIN_BACKOFF = 0.5
+DEFAULT_MAX_BACKOFF = 5.0
+# Lines read but not yet acknowledged by Loki. Beyond this the shipper stops
+# reading (files lose nothing; a pipe writer blocks) until Loki catches up.
+# 4 MiB keeps the whole process inside its 20 MiB budget (README "Footprint").
+DEFAULT_BUFFER_MAX_BYTES = 4 * 1024 * 1024
+# How often an idle regular file (or a path that does not exist yet) is
+# checked. Pipes and FIFOs never poll: they wake the shipper when written.
+DEFAULT_FILE_POLL_INTERVAL = 1.0
+# Downward-API annotations file (FACTS §2), used when AIRFLOW_CTX_* are absent.
+DEFAULT_ANNOTATIONS_FILE = "/etc/podinfo/annotations"
+# Value of dag_id / task_id when the Airflow context is missing (the seed's).
+DEFAULT_MISSING = "unknown"
+# Per-task values become labels; per-run values never do (FACTS §4, cardinality).
+DEFAULT_CONTEXT_LABELS = ("dag_id", "task_id")
+CONTEXT_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index", "logical_date")
+
+_LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# Loki's max_label_names_per_series.
+MAX_LABELS = 15
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key."""
+
+
+@dataclass(frozen=True)
+class LokiConfig:
+    """Where and how batches are pushed."""
+
+    url: str = DEFAULT_URL
+    tenant_id: str = ""
+    batch_wait: float = DEFAULT_BATCH_WAIT
+    batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
+    timeout: float = DEFAULT_REQUEST_TIMEOUT
+    min_backoff: float = DEFAULT_MIN_BACKOFF
+    max_backoff: float = DEFAULT_MAX_BACKOFF
+
+
+@dataclass(frozen=True)
+class SourceConfig:
+    """One path to read; `stream` becomes the `stream` label."""
+
+    path: str
+    stream: str
+
+
+@dataclass(frozen=True)
+class SinkConfig:
+    """`loki` pushes over HTTP; `console` prints each push, decoded, as JSON."""
+
+    type: str = "loki"
+
+
+@dataclass(frozen=True)
+class AirflowConfig:
+    """Where the Airflow context comes from and which parts are labels."""
+
+    annotations_file: str = DEFAULT_ANNOTATIONS_FILE
+    missing: str = DEFAULT_MISSING
+    labels: tuple[str, ...] = DEFAULT_CONTEXT_LABELS
+
+
+DEFAULT_SOURCES = (
+    SourceConfig("/proc/1/fd/1", "stdout"),
+    SourceConfig("/proc/1/fd/2", "stderr"),
+)
+
+
+@dataclass(frozen=True)
+class Config:
+    """The whole configuration."""
+
+    loki: LokiConfig = field(default_factory=LokiConfig)
+    sources: tuple[SourceConfig, ...] = DEFAULT_SOURCES
+    labels: dict[str, str] = field(default_factory=dict)
+    sink: SinkConfig = field(default_factory=SinkConfig)
+    airflow: AirflowConfig = field(default_factory=AirflowConfig)
+    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
+    file_poll_interval: float = DEFAULT_FILE_POLL_INTERVAL
+
+
+def load(*, path: str | None, env: dict[str, str] | os._Environ[str]) -> tuple[Config, str]:
+    """Load from `--config PATH`, else from `SHIPPER_CONFIG`, else defaults.
+
+    Returns the config and a description of where it came from.
+    """
+    if path is not None:
+        try:
+            with open(path, "rb") as f:
+                text = f.read().decode("utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"cannot read config file {path}: {e}") from None
+        return parse(text, origin=path), path
+    text = env.get("SHIPPER_CONFIG")
+    if text:
+        return parse(text, origin="SHIPPER_CONFIG"), "env SHIPPER_CONFIG"
+    return Config(), "defaults"
+
+
+def parse(text: str, origin: str = "<config>") -> Config:
+    """Parse TOML text into a validated `Config`."""
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{origin} is not valid TOML: {e}") from None
+    config = _build(Config, raw, "")
+    _validate(config)
+    return config
+
+
+def _build(cls: Any, raw: Any, prefix: str) -> Any:
+    """Build dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    where = prefix.rstrip(".") or "top level"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where}: expected a table, got {_kind(raw)}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(fields))
+    if unknown:
+        names = ", ".join(prefix + k for k in unknown)
+        raise ConfigError(f"unknown key {names} (known keys in {where}: {', '.join(fields)})")
+    kwargs = {name: _convert(fields[name].type, value, prefix + name) for name, value in raw.items()}
+    return cls(**kwargs)
+
+
+def _convert(typ: Any, value: Any, key: str) -> Any:
+    if typ in ("float",):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {_kind(value)}")
+        return float(value)
+    if typ == "int":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {_kind(value)}")
+        return value
+    if typ == "str":
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {_kind(value)}")
+        return value
+    if typ == "dict[str, str]":
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table of strings, got {_kind(value)}")
+        for k, v in value.items():
+            if not isinstance(v, str):
+                raise ConfigError(f"{key}.{k}: expected a string, got {_kind(v)}")
+        return dict(value)
+    if typ == "tuple[str, ...]":
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}: expected a list of strings, got {_kind(value)}")
+        return tuple(value)
+    if typ == "tuple[SourceConfig, ...]":
+        if not isinstance(value, list):
+            raise ConfigError(f"{key}: expected an array of tables ([[{key}]]), got {_kind(value)}")
+        out = []
+        for i, item in enumerate(value):
+            if isinstance(item, dict):
+                missing = [k for k in ("path", "stream") if k not in item]
+                if missing:
+                    raise ConfigError(f"{key}[{i}]: missing required key {', '.join(missing)}")
+            out.append(_build(SourceConfig, item, f"{key}[{i}]."))
+        return tuple(out)
+    sub = {"LokiConfig": LokiConfig, "SinkConfig": SinkConfig, "AirflowConfig": AirflowConfig}.get(typ)
+    if sub is not None:
+        return _build(sub, value, key + ".")
+    raise AssertionError(f"no converter for {typ}")  # a new field type needs a branch above
+
+
+def _kind(value: Any) -> str:
+    return {bool: "a boolean", int: "an integer", float: "a number", str: "a string",
+            list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+
+
+def _validate(c: Config) -> None:
+    """Checks that go beyond types; each message names the key."""
+    _check_url(c.loki.url)
+    for key, value in (
+        ("loki.batch_wait", c.loki.batch_wait),
+        ("loki.timeout", c.loki.timeout),
+        ("loki.min_backoff", c.loki.min_backoff),
+        ("loki.max_backoff", c.loki.max_backoff),
+        ("shutdown_timeout", c.shutdown_timeout),
+        ("file_poll_interval", c.file_poll_interval),
+    ):
+        if not value > 0 or value != value or value == float("inf"):
+            raise ConfigError(f"{key}: must be a positive finite number of seconds, got {value}")
+    if c.loki.max_backoff < c.loki.min_backoff:
+        raise ConfigError("loki.max_backoff: must be >= loki.min_backoff")
+    if c.max_line_bytes < 1024:
+        raise ConfigError(f"max_line_bytes: must be at least 1024, got {c.max_line_bytes}")
+    # One batch must hold at least one full-size line plus its framing.
+    if c.loki.batch_max_bytes < c.max_line_bytes + 1024:
+        raise ConfigError(
+            f"loki.batch_max_bytes: must be at least max_line_bytes + 1024 "
+            f"({c.max_line_bytes + 1024}), got {c.loki.batch_max_bytes}")
+    if c.buffer_max_bytes < c.loki.batch_max_bytes:
+        raise ConfigError(
+            f"buffer_max_bytes: must be at least loki.batch_max_bytes ({c.loki.batch_max_bytes}), "
+            f"got {c.buffer_max_bytes}")
+    if c.sink.type not in ("loki", "console"):
+        raise ConfigError(f'sink.type: must be "loki" or "console", got "{c.sink.type}"')
+    if not c.sources:
+        raise ConfigError("sources: at least one [[sources]] table is needed")
+    seen: set[str] = set()
+    for i, s in enumerate(c.sources):
+        if not s.path:
+            raise ConfigError(f"sources[{i}].path: must not be empty")
+        if s.path in seen:
+            raise ConfigError(f"sources[{i}].path: {s.path} is listed twice")
+        seen.add(s.path)
+        if not s.stream:
+            raise ConfigError(f"sources[{i}].stream: must not be empty")
+    for name in c.labels:
+        if not _LABEL_NAME.match(name) or name.startswith("__"):
+            raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")
+        if name == "stream" or name in c.airflow.labels:
+            raise ConfigError(f"labels.{name}: set by the shipper itself; choose another name")
+    for name in c.airflow.labels:
+        if name not in CONTEXT_KEYS:
+            raise ConfigError(f"airflow.labels: unknown context key {name!r} (known: {', '.join(CONTEXT_KEYS)})")
+    if len(c.labels) + 1 + len(c.airflow.labels) > MAX_LABELS:
+        raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, "
+                          f"this config makes {len(c.labels) + 1 + len(c.airflow.labels)}")
+    if not c.airflow.missing:
+        raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
+
+
+def _check_url(url: str) -> None:
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError as e:
+        raise ConfigError(f"loki.url: {url!r} is not a valid URL: {e}") from None
+    if parts.scheme not in ("http", "https"):
+        raise ConfigError(f"loki.url: scheme must be http or https, got {url!r}")
+    if not parts.hostname:
+        raise ConfigError(f"loki.url: no host in {url!r}")
+    if port == 0:
+        raise ConfigError(f"loki.url: port 0 in {url!r}")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigError(f"loki.url: must not carry a query, fragment or credentials: {url!r}")
+
+
+def dump(c: Config) -> str:
+    """The effective configuration as TOML (for `shipper check-config`)."""
+    lines = []
+    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "file_poll_interval"):
+        lines.append(f"{name} = {_toml(getattr(c, name))}")
+    for table in ("loki", "sink", "airflow"):
+        lines.append(f"\n[{table}]")
+        sub = getattr(c, table)
+        for f in dataclasses.fields(sub):
+            lines.append(f"{f.name} = {_toml(getattr(sub, f.name))}")
+    lines.append("\n[labels]")
+    for k, v in c.labels.items():
+        lines.append(f"{k} = {_toml(v)}")
+    for s in c.sources:
+        lines.append(f"\n[[sources]]\npath = {_toml(s.path)}\nstream = {_toml(s.stream)}")
+    return "\n".join(lines) + "\n"
+
+
+def _toml(v: Any) -> str:
+    if isinstance(v, str):
+        # JSON string escaping is valid TOML basic-string escaping for all we emit.
+        import json
+
+        return json.dumps(v, ensure_ascii=False)
+    if isinstance(v, tuple):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return repr(v)

@@ -1,0 +1,112 @@
+"""Named telemetry events: each function logs and counts together.
+
+Components call these and never touch a metrics library: the counters live
+in `COUNTERS` (plain dicts, rendered by the metrics endpoint and written in the
+exit summary). Diagnostics go to stderr as one JSON object per line, never
+into the shipped streams.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+# Every reason a line can be lost, initialised to 0 so dashboards and the exit
+# summary always show all of them. A new reason must be added here.
+DROP_REASONS = (
+    "rejected",           # Loki answered a non-retriable 4xx (400, 401, 403, 413, ...)
+    "shutdown_deadline",  # still undelivered when shutdown_timeout ran out
+    "forced_exit",        # a second signal asked the shipper to exit at once
+    "internal_error",     # a pipeline task died (a bug); exit code 3
+)
+
+
+class Counters:
+    """All counters of the process. Plain attributes: cheap to bump on the hot path."""
+
+    def __init__(self) -> None:
+        self.lines_read: dict[str, int] = {}   # per source path
+        self.bytes_read: dict[str, int] = {}
+        self.lines_split = 0        # cuts of lines longer than max_line_bytes
+        self.lines_invalid_utf8 = 0  # lines whose invalid UTF-8 was replaced
+        self.lines_sent = 0
+        self.bytes_sent = 0         # line bytes acknowledged by Loki
+        self.batches_sent = 0
+        self.requests: dict[str, int] = {}  # by status code or error kind
+        self.retries = 0
+        self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
+        self.last_push_ok = 0.0     # epoch seconds of the last 2xx
+
+
+COUNTERS = Counters()
+
+
+def log(level: str, msg: str, **fields: Any) -> None:
+    """Write one JSON diagnostic line to stderr."""
+    record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
+    try:
+        sys.stderr.write(json.dumps(record, default=str) + "\n")
+        sys.stderr.flush()
+    except (OSError, ValueError):
+        pass  # stderr closed: diagnostics must never take the shipper down
+
+
+def lines_read(source: str, n: int, nbytes: int) -> None:
+    c = COUNTERS
+    c.lines_read[source] = c.lines_read.get(source, 0) + n
+    c.bytes_read[source] = c.bytes_read.get(source, 0) + nbytes
+
+
+def lines_cleaned(source: str, split: int, invalid_utf8: int) -> None:
+    """Lines that were cut at max_line_bytes or had invalid UTF-8 replaced."""
+    COUNTERS.lines_split += split
+    COUNTERS.lines_invalid_utf8 += invalid_utf8
+    if split:
+        log("warn", "line longer than max_line_bytes was split", source=source, cuts=split)
+    if invalid_utf8:
+        log("warn", "invalid UTF-8 replaced with U+FFFD", source=source, lines=invalid_utf8)
+
+
+def source_opened(path: str, kind: str) -> None:
+    log("info", "source opened", path=path, kind=kind)
+
+
+def source_rotated(path: str, why: str) -> None:
+    log("info", "source file replaced, reading the new one", path=path, why=why)
+
+
+def source_eof(path: str) -> None:
+    log("info", "source reached end of input", path=path)
+
+
+def batch_sent(lines: int, line_bytes: int, body_bytes: int, seconds: float, status: int) -> None:
+    c = COUNTERS
+    c.lines_sent += lines
+    c.bytes_sent += line_bytes
+    c.batches_sent += 1
+    key = str(status)
+    c.requests[key] = c.requests.get(key, 0) + 1
+    c.last_push_ok = time.time()
+
+
+def push_failed(outcome: str, message: str, retry_in: float | None) -> None:
+    """A push did not succeed; `retry_in` is None when the batch is given up."""
+    c = COUNTERS
+    c.requests[outcome] = c.requests.get(outcome, 0) + 1
+    if retry_in is not None:
+        c.retries += 1
+        log("warn", "push failed, will retry", outcome=outcome, error=message[:512],
+            retry_in=round(retry_in, 3))
+    else:
+        log("error", "push refused by Loki, batch dropped", outcome=outcome, error=message[:512])
+
+
+def lines_dropped(reason: str, n: int, **detail: Any) -> None:
+    """Lines given up for `reason` (one of DROP_REASONS)."""
+    if reason not in COUNTERS.dropped:
+        raise ValueError(f"unknown drop reason {reason!r}")
+    COUNTERS.dropped[reason] += n
+    if n:
+        log("error", "lines dropped", reason=reason, lines=n, **detail)

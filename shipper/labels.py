@@ -1,0 +1,172 @@
+"""Labels and structured metadata: escaping, the label-set string, Airflow context.
+
+Pure functions, no IO except `read_annotations()`, which takes a path. A value
+from the environment or a log line can never break the label string: values
+are escaped like Go's strconv.Quote (what Loki's parser unquotes) and cut to
+Loki's length limit (property-tested in tests/test_labels.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+# Loki's default max_label_value_length (bytes, pkg/validation/limits.go).
+MAX_LABEL_VALUE_BYTES = 2048
+
+# AIRFLOW_CTX_* names (FACTS §2) mapped to context keys; the first one set wins.
+# There is no AIRFLOW_CTX_RUN_ID: the run id is AIRFLOW_CTX_DAG_RUN_ID.
+ENV_NAMES: dict[str, tuple[str, ...]] = {
+    "dag_id": ("AIRFLOW_CTX_DAG_ID",),
+    "task_id": ("AIRFLOW_CTX_TASK_ID",),
+    "run_id": ("AIRFLOW_CTX_DAG_RUN_ID",),
+    "try_number": ("AIRFLOW_CTX_TRY_NUMBER",),
+    "map_index": ("AIRFLOW_CTX_MAP_INDEX",),
+    "logical_date": ("AIRFLOW_CTX_LOGICAL_DATE", "AIRFLOW_CTX_EXECUTION_DATE"),
+}
+
+# Annotation keys the KubernetesExecutor writes on worker pods (FACTS §2).
+ANNOTATION_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index")
+
+_ESCAPES = {
+    "\\": "\\\\", '"': '\\"', "\a": "\\a", "\b": "\\b", "\f": "\\f",
+    "\n": "\\n", "\r": "\\r", "\t": "\\t", "\v": "\\v",
+}
+for _c in [*range(0x20), 0x7F]:
+    _ESCAPES.setdefault(chr(_c), f"\\x{_c:02x}")
+_ESCAPE_TABLE = str.maketrans(_ESCAPES)
+
+
+def clean_value(value: str, limit: int = MAX_LABEL_VALUE_BYTES) -> str:
+    """Make `value` valid UTF-8 of at most `limit` bytes, cut on a character boundary.
+
+    Values from `os.environ` may hold lone surrogates (undecodable bytes);
+    they become U+FFFD.
+    """
+    try:
+        raw = value.encode("utf-8")
+    except UnicodeEncodeError:
+        raw = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+    else:
+        if len(raw) <= limit:
+            return value
+    end = min(limit, len(raw))
+    while end < len(raw) and end > 0 and (raw[end] & 0xC0) == 0x80:
+        end -= 1  # do not cut a character in two
+    return raw[:end].decode("utf-8")
+
+
+def quote(value: str) -> str:
+    """Quote a label value the way Go's strconv.Quote does for Loki's parser."""
+    return '"' + value.translate(_ESCAPE_TABLE) + '"'
+
+
+def label_string(labels: Mapping[str, str]) -> str:
+    """`{a="x", b="y"}`, names sorted, empty values dropped (Loki drops them too)."""
+    return "{" + ", ".join(f"{k}={quote(v)}" for k, v in sorted(labels.items()) if v) + "}"
+
+
+def context_from_env(env: Mapping[str, str]) -> dict[str, str]:
+    """Airflow context from AIRFLOW_CTX_* variables (set only in the task's own process)."""
+    ctx = {}
+    for key, names in ENV_NAMES.items():
+        for name in names:
+            if env.get(name):
+                ctx[key] = env[name]
+                break
+    return ctx
+
+
+def parse_annotations(text: str) -> dict[str, str]:
+    """Parse a downward-API annotations file: one `key="go-quoted value"` per line.
+
+    Lines that do not parse are skipped (the file also holds annotations of
+    other tools); only the Airflow keys are kept.
+    """
+    out = {}
+    for line in text.splitlines():
+        key, sep, quoted = line.partition("=")
+        if not sep or key not in ANNOTATION_KEYS:
+            continue
+        try:
+            out[key] = go_unquote(quoted)
+        except ValueError:
+            continue
+    return out
+
+
+def read_annotations(path: str) -> dict[str, str]:
+    """`parse_annotations` of the file at `path`; {} when it does not exist."""
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return parse_annotations(f.read())
+    except FileNotFoundError:
+        return {}
+
+
+_UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",
+              "v": "\v", "\\": "\\", '"': '"', "'": "'"}
+
+
+def go_unquote(s: str) -> str:
+    """Inverse of Go's strconv.Quote for double-quoted strings; ValueError if malformed."""
+    if len(s) < 2 or s[0] != '"' or s[-1] != '"':
+        raise ValueError("not a double-quoted string")
+    body = s[1:-1]
+    if "\\" not in body:
+        if '"' in body:
+            raise ValueError("unescaped quote")
+        return body
+    out: list[str] = []
+    raw = bytearray()  # \xNN and octal escapes are bytes, may form UTF-8 sequences
+    i = 0
+    while i < len(body):
+        c = body[i]
+        if c != "\\":
+            if c == '"':
+                raise ValueError("unescaped quote")
+            if raw:
+                out.append(raw.decode("utf-8", "replace"))
+                raw.clear()
+            out.append(c)
+            i += 1
+            continue
+        if i + 1 >= len(body):
+            raise ValueError("trailing backslash")
+        e = body[i + 1]
+        if e in _UNESCAPES:
+            if raw:
+                out.append(raw.decode("utf-8", "replace"))
+                raw.clear()
+            out.append(_UNESCAPES[e])
+            i += 2
+        elif e == "x":
+            raw.append(int(_hex(body, i + 2, 2), 16))
+            i += 4
+        elif e in "01234567":
+            digits = body[i + 1:i + 4]
+            if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
+                raise ValueError("bad octal escape")
+            raw.append(int(digits, 8))
+            i += 4
+        elif e in "uU":
+            n = 4 if e == "u" else 8
+            if raw:
+                out.append(raw.decode("utf-8", "replace"))
+                raw.clear()
+            cp = int(_hex(body, i + 2, n), 16)
+            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+                raise ValueError("bad code point")
+            out.append(chr(cp))
+            i += 2 + n
+        else:
+            raise ValueError(f"unknown escape \\{e}")
+    if raw:
+        out.append(raw.decode("utf-8", "replace"))
+    return "".join(out)
+
+
+def _hex(s: str, start: int, n: int) -> str:
+    digits = s[start:start + n]
+    if len(digits) != n or any(d not in "0123456789abcdefABCDEF" for d in digits):
+        raise ValueError("bad hex escape")
+    return digits

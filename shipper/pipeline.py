@@ -1,0 +1,278 @@
+"""The pipeline: sources -> accumulator -> pending queue -> sink.
+
+Two tasks share it. `intake()` reads sources on a tick and never waits for
+Loki (except when the buffer is full); `sender()` pushes sealed batches one
+at a time, oldest first, retrying with backoff while intake goes on.
+
+Wakeups cost budget (FACTS §6: ~31 us each), so intake does not react to
+every write. While lines flow it reads every `batch_wait` (sooner only when a
+pipe would otherwise fill up); when nothing flows it arms a one-shot reader
+callback on each pipe and sleeps with no timer at all, or polls regular files
+every `file_poll_interval`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from dataclasses import dataclass
+from typing import Protocol
+
+from shipper import encoder, events
+from shipper.batch import Accumulator, Batch
+from shipper.config import Config
+from shipper.loki import Answer
+from shipper.retry import backoff, is_retriable, parse_retry_after
+from shipper.sources import Source
+
+# Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
+MIN_READ_INTERVAL = 0.02
+
+
+class Sink(Protocol):
+    """Where pushes go: shipper.loki.LokiClient or ConsoleSink."""
+
+    timeout: float
+
+    async def push(self, body: bytes, timeout: float | None = None) -> Answer: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class Sealed:
+    """A batch encoded and compressed once; the same bytes are resent on retry."""
+
+    body: bytes
+    lines: int
+    line_bytes: int
+    size: int  # bytes it holds against buffer_max_bytes
+
+
+class Pipeline:
+    """Moves lines from sources to the sink; see the module docstring."""
+
+    def __init__(self, config: Config, sources: list[Source], sink: Sink) -> None:
+        self.config = config
+        self.sources = sources
+        self.sink = sink
+        self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
+        self.pending: deque[Sealed] = deque()
+        self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
+        self.stopping = False  # set by stop(): read to the current end, then finish
+        self.intake_done = False
+        self._wake = asyncio.Event()  # intake: something to do
+        self._queued = asyncio.Event()  # sender: a batch was queued (or intake ended)
+        self._ready: set[Source] = set()  # pipes the loop reported readable
+        self._armed: set[int] = set()
+        self._loop = asyncio.get_running_loop()
+
+    # --- control -------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Begin shutdown: intake reads every source to its current end, then ends."""
+        self.stopping = True
+        self._wake.set()
+
+    @property
+    def undelivered_lines(self) -> int:
+        """Lines read but not acknowledged (queued, or in the open batch)."""
+        open_lines = self.acc._open.lines if self.acc._open else 0
+        return sum(s.lines for s in self.pending) + open_lines
+
+    # --- intake --------------------------------------------------------------
+
+    async def intake(self) -> None:
+        """Read, batch and queue until every source ended or stop() was called."""
+        next_read = 0.0
+        while True:
+            now = time.monotonic()
+            if self.stopping:
+                await self._final_read()
+                break
+            got = 0
+            if now >= next_read or self._ready:
+                got, full = self._read_all(now)
+            else:
+                full = self._buffer_full()
+            self._seal_due(time.monotonic())
+            if all(s.finished for s in self.sources):
+                break
+            timeout: float | None
+            if full:
+                timeout = None  # the sender wakes us when it frees room
+            elif got or self.acc.next_due() is not None:
+                self._disarm()
+                next_read = now + self._read_interval(got, now)
+                due = self.acc.next_due()
+                timeout = max(0.0, min(next_read, due if due is not None else next_read) - time.monotonic())
+            else:
+                self._arm()
+                next_read = 0.0  # wake from a pipe or the poll: read at once
+                idle_poll = any(s.kind != "pipe" for s in self.sources if not s.finished)
+                timeout = self.config.file_poll_interval if idle_poll else None
+            await self._sleep(timeout)
+        self._disarm()
+        for source in self.sources:
+            self._add(source, source.flush(), time.monotonic())
+        batch = self.acc.flush()
+        if batch is not None:
+            self._queue(batch)
+        for source in self.sources:
+            source.close()
+        self.intake_done = True
+        self._queued.set()
+
+    async def _final_read(self) -> None:
+        """Shutdown: read every source to its current end, waiting for room if needed."""
+        self._disarm()
+        while True:
+            _, full = self._read_all(time.monotonic(), final=True)
+            self._seal_due(time.monotonic())
+            if not full:
+                return
+            await self._sleep(None)  # the sender frees room (or the deadline cancels us)
+
+    async def _sleep(self, timeout: float | None) -> None:
+        self._wake.clear()
+        if timeout is None:
+            await self._wake.wait()
+            return
+        try:
+            async with asyncio.timeout(timeout):
+                await self._wake.wait()
+        except TimeoutError:
+            pass
+
+    def _read_interval(self, got: int, now: float) -> float:
+        """Seconds until the next read while lines flow.
+
+        `batch_wait` normally; shorter when a pipe is filling faster than that,
+        so the task's write() never blocks on a full pipe buffer.
+        """
+        interval = self.config.loki.batch_wait
+        if got:
+            for source in self.sources:
+                if source.kind == "pipe" and source.pipe_size and source.read_rate > 0:
+                    interval = min(interval, source.pipe_size / 2 / source.read_rate)
+        return max(MIN_READ_INTERVAL, interval)
+
+    def _read_all(self, now: float, final: bool = False) -> tuple[int, bool]:
+        """Read every open source within the buffer budget; returns (bytes, buffer full)."""
+        total = 0
+        ready, self._ready = self._ready, set()
+        for source in self.sources:
+            if source.finished:
+                continue
+            if source.kind == "waiting" and not source.try_open():
+                continue
+            while True:
+                budget = self.config.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
+                if budget <= 0:
+                    return total, True
+                lines, n, more = source.read(budget, readiness=source in ready)
+                source.note_read(n, now)
+                total += n
+                self._add(source, lines, now)
+                if not more:
+                    break
+        return total, False
+
+    def _add(self, source: Source, lines: list[bytes], now: float) -> None:
+        if not lines:
+            return
+        split, invalid = source.splitter.split_lines, source.splitter.invalid_utf8_lines
+        if split or invalid:
+            events.lines_cleaned(source.path, split, invalid)
+            source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
+        events.lines_read(source.path, len(lines), sum(map(len, lines)))
+        for batch in self.acc.add(source.stream, lines, now, time.time_ns()):
+            self._queue(batch)
+
+    def _buffer_full(self) -> bool:
+        return self.pending_bytes + self.acc.open_bytes >= self.config.buffer_max_bytes
+
+    def _seal_due(self, now: float) -> None:
+        batch = self.acc.due(now)
+        if batch is not None:
+            self._queue(batch)
+
+    def _queue(self, batch: Batch) -> None:
+        body = encoder.compress(batch.body())
+        self.pending.append(Sealed(body, batch.lines, batch.line_bytes, batch.size))
+        self.pending_bytes += batch.size
+        self._queued.set()
+
+    def _arm(self) -> None:
+        """Idle: let each open pipe wake us once when it becomes readable."""
+        for source in self.sources:
+            fd = source.fd
+            if source.kind == "pipe" and fd is not None and fd not in self._armed:
+                self._loop.add_reader(fd, self._on_readable, source)
+                self._armed.add(fd)
+
+    def _disarm(self) -> None:
+        for fd in self._armed:
+            self._loop.remove_reader(fd)
+        self._armed.clear()
+
+    def _on_readable(self, source: Source) -> None:
+        # One-shot: disarm everything; the intake loop reads on its own cadence.
+        self._disarm()
+        self._ready.add(source)
+        self._wake.set()
+
+    # --- sender --------------------------------------------------------------
+
+    async def sender(self) -> None:
+        """Push queued batches in order until intake is done and the queue is empty."""
+        cfg = self.config.loki
+        delays = backoff(cfg.min_backoff, cfg.max_backoff)
+        while True:
+            if not self.pending:
+                if self.intake_done:
+                    return
+                self._queued.clear()
+                await self._queued.wait()
+                continue
+            item = self.pending[0]
+            started = time.monotonic()
+            outcome: int | BaseException
+            try:
+                answer = await self.sink.push(item.body)
+                outcome = answer.status
+            except Exception as e:  # transport errors; the policy decides below
+                answer = Answer(0, f"{type(e).__name__}: {e}")
+                outcome = e
+            if isinstance(outcome, int) and 200 <= outcome < 300:
+                self._done(item)
+                events.batch_sent(item.lines, item.line_bytes, len(item.body),
+                                  time.monotonic() - started, outcome)
+                delays = backoff(cfg.min_backoff, cfg.max_backoff)
+            elif is_retriable(outcome):
+                delay = parse_retry_after(answer.retry_after, time.time())
+                if delay is None:
+                    delay = next(delays)
+                label = str(outcome) if isinstance(outcome, int) else _error_kind(outcome)
+                events.push_failed(label, answer.message, delay)
+                await asyncio.sleep(delay)
+            else:
+                self._done(item)
+                events.push_failed(str(outcome), answer.message, None)
+                events.lines_dropped("rejected", item.lines, status=outcome)
+
+    def _done(self, item: Sealed) -> None:
+        self.pending.popleft()
+        self.pending_bytes -= item.size
+        self._wake.set()  # intake may be waiting for room
+
+
+def _error_kind(e: BaseException) -> str:
+    if isinstance(e, TimeoutError):
+        return "timeout"
+    if isinstance(e, ConnectionRefusedError):
+        return "connection_refused"
+    if isinstance(e, ConnectionResetError):
+        return "connection_reset"
+    return "transport_error"

@@ -1,0 +1,247 @@
+"""Sources: each path is read according to what it is.
+
+- pipe, FIFO, character device: read without blocking until end of input;
+- regular file: tailed from the start, following appends, truncation and
+  rotation (rename, then a new file at the path);
+- a path that does not exist yet: waited for.
+
+A source never blocks and never wakes the process on its own: the pipeline
+asks it to `read()` on its tick, and for pipes registers a one-shot reader
+callback only while idle (see shipper.pipeline).
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import re
+import stat
+
+from shipper import events
+from shipper.batch import Stream
+from shipper.framing import LineSplitter
+
+# One os.read(): large enough to take a full 64 KiB pipe in one call, small
+# enough that a 1 GB file is never held whole (FACTS §6: a copy per chunk).
+CHUNK = 64 * 1024
+# Pipe buffer we ask for (F_SETPIPE_SZ): the task can write this much while
+# the shipper sleeps between ticks before its write() blocks. 1 MiB is Linux's
+# default /proc/sys/fs/pipe-max-size, so an unprivileged process may ask it.
+PIPE_BUFFER = 1024 * 1024
+
+_PROC_FD = re.compile(r"/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)\Z")
+
+
+class SourceError(Exception):
+    """A source path that can never work; the message says why."""
+
+
+def check_path(path: str) -> None:
+    """Refuse source paths that would read the shipper itself or nothing (FACTS §1).
+
+    Follows symlinks hop by hop, so /dev/stdout (-> /proc/self/fd/1) is caught.
+    """
+    seen = 0
+    current = path
+    while seen < 16:
+        m = _PROC_FD.match(current)
+        if m:
+            pid, fd = m.group(1), int(m.group(2))
+            if (pid in ("self", "thread-self") or int(pid) == os.getpid()) and fd != 0:
+                raise SourceError(
+                    f"source {path} is the shipper's own fd {fd}: in Kubernetes each container has its "
+                    "own PID namespace, so /proc/1 inside the sidecar is the sidecar itself, not the task. "
+                    "Read the task's output from a file on a shared volume (docs/deployment.md) or run "
+                    "the task under the shipper.")
+            if pid not in ("self", "thread-self") and _comm(pid) == "pause":
+                raise SourceError(
+                    f"source {path} belongs to the pod's /pause process (shareProcessNamespace makes it "
+                    "PID 1), not to the task. See docs/deployment.md for a capture path that works.")
+        try:
+            target = os.readlink(current)
+        except OSError:
+            break  # not a symlink (or does not exist yet): resolution ends here
+        if target.startswith(("pipe:", "socket:", "anon_inode:")):
+            break
+        current = os.path.join(os.path.dirname(current), target)
+        seen += 1
+    if os.path.realpath(current) == "/dev/null":
+        raise SourceError(
+            f"source {path} resolves to /dev/null: nothing will ever be read from it. In Kubernetes "
+            "/proc/1 inside a sidecar is not the task (FACTS §1, docs/deployment.md).")
+
+
+def _link_target(path: str) -> str:
+    """Follow symlinks by hand; /proc fd links end in pseudo-targets like `pipe:[123]`."""
+    for _ in range(16):
+        try:
+            target = os.readlink(path)
+        except OSError:
+            return path
+        if target.startswith(("pipe:", "socket:", "anon_inode:")):
+            return target
+        path = os.path.join(os.path.dirname(path), target)
+    return path
+
+
+def _comm(pid: str) -> str:
+    try:
+        with open(f"/proc/{pid}/comm") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+class Source:
+    """One configured path and its read state."""
+
+    def __init__(self, path: str, stream: Stream, max_line_bytes: int) -> None:
+        self.path = path
+        self.stream = stream
+        self.splitter = LineSplitter(max_line_bytes)
+        self.kind = "waiting"  # waiting -> pipe | file; pipe -> eof
+        self.fd: int | None = None
+        self.anonymous = False  # an anonymous pipe (/proc/<pid>/fd/N -> pipe:[...])
+        self.had_writer = False  # a FIFO's empty read is EOF only once a writer was seen
+        self.pipe_size = 0
+        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self._offset = 0
+        self.read_rate = 0.0  # bytes/s over the last read interval (paces pipe reads)
+        self._last_read_at = 0.0
+
+    @property
+    def finished(self) -> bool:
+        """True once a pipe reached end of input (files never finish: they are followed)."""
+        return self.kind == "eof"
+
+    def try_open(self) -> bool:
+        """Open the path if it exists; False if it does not exist yet."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False
+        except OSError as e:
+            raise SourceError(f"source {self.path}: cannot stat: {e.strerror}") from None
+        mode = st.st_mode
+        if stat.S_ISREG(mode):
+            self.fd = self._open(os.O_RDONLY)
+            fst = os.fstat(self.fd)
+            self._ident = (fst.st_dev, fst.st_ino)
+            self._offset = 0
+            self.kind = "file"
+        elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
+            self.fd = self._open(os.O_RDONLY | os.O_NONBLOCK)
+            self.anonymous = _link_target(self.path).startswith("pipe:")
+            self.kind = "pipe"
+            if stat.S_ISFIFO(mode):
+                self.pipe_size = _grow_pipe(self.fd)
+        elif stat.S_ISDIR(mode):
+            raise SourceError(f"source {self.path} is a directory; give a file, FIFO or pipe path")
+        else:
+            raise SourceError(f"source {self.path} is a socket or other special file the shipper cannot read")
+        events.source_opened(self.path, self.kind if not self.anonymous else "anonymous pipe")
+        return True
+
+    def _open(self, flags: int) -> int:
+        try:
+            return os.open(self.path, flags | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno == errno.ENXIO:
+                raise SourceError(f"source {self.path} is a socket; the shipper cannot read sockets") from None
+            raise SourceError(f"source {self.path}: cannot open: {e.strerror}") from None
+
+    def read(self, budget: int, readiness: bool = False) -> tuple[list[bytes], int, bool]:
+        """Read what is available now, at most about `budget` bytes.
+
+        Returns (complete lines, bytes read, more): `more` is True when the
+        budget stopped the read before the end of what is available.
+        `readiness` says the event loop reported the pipe readable (so an empty
+        read means a writer came and went: end of input).
+        """
+        if self.fd is None:
+            return [], 0, False
+        lines: list[bytes] = []
+        total = 0
+        while total < budget:
+            try:
+                data = os.read(self.fd, CHUNK)
+            except BlockingIOError:
+                return lines, total, False
+            if data:
+                self.had_writer = True
+                total += len(data)
+                lines += self.splitter.feed(data)
+                continue
+            # Empty read: end of what is there now.
+            if self.kind == "file":
+                if self._after_file_end(lines):
+                    continue  # truncated or rotated: read the new content
+                return lines, total, False
+            if self.had_writer or self.anonymous or readiness:
+                lines += self.splitter.flush()
+                self._close()
+                self.kind = "eof"
+                events.source_eof(self.path)
+            return lines, total, False
+        return lines, total, True
+
+    def _after_file_end(self, out: list[bytes]) -> bool:
+        """At the end of a regular file: notice truncation and rotation.
+
+        Appends the last partial line to `out` when the old content ends, and
+        returns True when there is new content to read from the start.
+        """
+        assert self.fd is not None
+        self._offset = os.lseek(self.fd, 0, os.SEEK_CUR)
+        if os.fstat(self.fd).st_size < self._offset:
+            # Truncated (copytruncate): what was not newline-terminated is shipped,
+            # and reading starts again at the new beginning.
+            out += self.splitter.flush()
+            os.lseek(self.fd, 0, os.SEEK_SET)
+            self._offset = 0
+            events.source_rotated(self.path, "truncated")
+            return True
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return False  # renamed away, no new file yet: keep following the old one
+        if (st.st_dev, st.st_ino) != self._ident:
+            # Rotated: the old file was read to its end above; ship its last
+            # partial line and switch to the new file from its start.
+            out += self.splitter.flush()
+            self._close()
+            self.kind = "waiting"
+            events.source_rotated(self.path, "replaced")
+            return self.try_open()
+        return False
+
+    def note_read(self, nbytes: int, now: float) -> None:
+        """Record a read of `nbytes` at monotonic `now`, for the read rate."""
+        elapsed = now - self._last_read_at
+        self._last_read_at = now
+        self.read_rate = nbytes / elapsed if elapsed > 0 else 0.0
+
+    def flush(self) -> list[bytes]:
+        """The last unterminated line (shutdown)."""
+        return self.splitter.flush()
+
+    def close(self) -> None:
+        """Release the file descriptor."""
+        self._close()
+
+    def _close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+def _grow_pipe(fd: int) -> int:
+    """Ask for a larger pipe buffer; returns the size in effect."""
+    try:
+        return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, PIPE_BUFFER)
+    except OSError:
+        try:
+            return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+        except OSError:
+            return 65536
