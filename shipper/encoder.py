@@ -16,7 +16,7 @@ Wire layout (field number << 3 | wire type 2 = length-delimited, 0 = varint):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 
 _SMALL = [bytes((i,)) for i in range(128)]
 _CONT = [bytes((i | 0x80,)) for i in range(128)]  # varint byte with "more follows"
@@ -123,16 +123,17 @@ def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
         shift += 7
 
 
-def _fields(buf: bytes) -> Iterable[tuple[int, int | bytes]]:
+def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(field number, varint value, bytes value) for each field of a message."""
     i = 0
     while i < len(buf):
         key, i = _read_varint(buf, i)
         if key & 7 == 0:
             value, i = _read_varint(buf, i)
-            yield key >> 3, value
+            yield key >> 3, value, b""
         elif key & 7 == 2:
             n, i = _read_varint(buf, i)
-            yield key >> 3, buf[i:i + n]
+            yield key >> 3, 0, buf[i:i + n]
             i += n
         else:
             raise ValueError(f"unexpected wire type {key & 7}")
@@ -140,15 +141,15 @@ def _fields(buf: bytes) -> Iterable[tuple[int, int | bytes]]:
 
 def decode_push(body: bytes) -> list[dict[str, object]]:
     """Decode an uncompressed PushRequest into plain data (console sink)."""
-    streams = []
-    for _, stream in _fields(body):
+    streams: list[dict[str, object]] = []
+    for _, _, stream in _fields(body):
         labels = ""
         entries = []
-        for num, value in _fields(stream):  # type: ignore[arg-type]
+        for num, _, value in _fields(stream):
             if num == 1:
-                labels = bytes(value).decode()  # type: ignore[arg-type]
+                labels = value.decode()
             elif num == 2:
-                entries.append(_decode_entry(value))  # type: ignore[arg-type]
+                entries.append(_decode_entry(value))
         streams.append({"labels": labels, "entries": entries})
     return streams
 
@@ -157,13 +158,13 @@ def _decode_entry(buf: bytes) -> dict[str, object]:
     ts = 0
     line = ""
     meta = {}
-    for num, value in _fields(buf):
+    for num, _, value in _fields(buf):
         if num == 1:
-            for tnum, tval in _fields(value):  # type: ignore[arg-type]
-                ts += tval * _NS if tnum == 1 else tval  # type: ignore[operator]
+            for tnum, tval, _ in _fields(value):
+                ts += tval * _NS if tnum == 1 else tval
         elif num == 2:
-            line = bytes(value).decode()  # type: ignore[arg-type]
+            line = value.decode()
         elif num == 3:
-            pair = dict(_fields(value))  # type: ignore[arg-type]
-            meta[bytes(pair.get(1, b"")).decode()] = bytes(pair.get(2, b"")).decode()  # type: ignore[arg-type]
+            pair = {n: v for n, _, v in _fields(value)}
+            meta[pair.get(1, b"").decode()] = pair.get(2, b"").decode()
     return {"ts": ts, "line": line, "metadata": meta}

@@ -59,16 +59,16 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
     loop = asyncio.get_running_loop()
     pipeline = Pipeline(config, sources, sink)
     changed = asyncio.Event()
-    state = {"signals": 0, "deadline": 0.0, "reason": "end of input"}
+    state = _State()
 
     def on_signal(signum: int) -> None:
-        state["signals"] += 1
+        state.signals += 1
         name = signal.Signals(signum).name
-        if state["signals"] == 1:
+        if state.signals == 1:
             events.log("info", "signal received: reading to the end, flushing",
                        signal=name, shutdown_timeout=config.shutdown_timeout)
-            state["reason"] = name
-            state["deadline"] = time.monotonic() + config.shutdown_timeout
+            state.reason = name
+            state.deadline = time.monotonic() + config.shutdown_timeout
             pipeline.stop()
         else:
             events.log("warn", "second signal: exiting now", signal=name)
@@ -82,10 +82,10 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
     code = EXIT_OK
     try:
         while True:
-            if intake.done() and not state["deadline"]:
+            if intake.done() and not state.deadline:
                 # Every source ended without a signal: the same deadline applies.
-                state["deadline"] = time.monotonic() + config.shutdown_timeout
-            deadline = state["deadline"]
+                state.deadline = time.monotonic() + config.shutdown_timeout
+            deadline = state.deadline
             timeout = max(0.0, deadline - time.monotonic()) if deadline else None
             changed.clear()
             watch = asyncio.create_task(changed.wait())
@@ -103,7 +103,7 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
                 break
             if sender.done():
                 break  # intake finished and everything queued was answered
-            if state["signals"] > 1:
+            if state.signals > 1:
                 code = EXIT_UNDELIVERED if _give_up(pipeline, "forced_exit") else EXIT_OK
                 break
             if deadline and time.monotonic() >= deadline:
@@ -123,12 +123,20 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
     c = events.COUNTERS
-    events.log("info", "exit", code=code, reason=state["reason"],
+    events.log("info", "exit", code=code, reason=state.reason,
                seconds=round(time.monotonic() - started, 3),
                lines_read=sum(c.lines_read.values()), lines_sent=c.lines_sent,
                batches_sent=c.batches_sent, retries=c.retries, dropped=c.dropped,
                lines_split=c.lines_split, lines_invalid_utf8=c.lines_invalid_utf8)
     return code
+
+
+class _State:
+    """What the signal handler tells the supervisor."""
+
+    signals = 0
+    deadline = 0.0  # monotonic; 0 until shutdown begins
+    reason = "end of input"
 
 
 def _give_up(pipeline: Pipeline, reason: str) -> int:

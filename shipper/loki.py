@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from urllib.parse import urlsplit
-
 import h11
 
 from shipper import __version__
+from shipper.config import parse_url
 
 USER_AGENT = f"shipper/{__version__}"
 # Loki's error messages are short; a proxy's HTML error page is cut here.
@@ -33,14 +32,13 @@ class LokiClient:
     """Pushes snappy-compressed protobuf bodies to a Loki push URL."""
 
     def __init__(self, url: str, tenant_id: str = "", timeout: float = 10.0) -> None:
-        parts = urlsplit(url)
+        parts = parse_url(url)
         self._tls = parts.scheme == "https"
-        self._host = parts.hostname or ""
-        self._port = parts.port or (443 if self._tls else 80)
-        self._target = (parts.path or "/").encode()
-        host_header = parts.netloc.rpartition("@")[2]
+        self._host = parts.host
+        self._port = parts.port
+        self._target = parts.path.encode()
         self._headers = [
-            (b"Host", host_header.encode()),
+            (b"Host", parts.netloc.encode()),
             (b"Content-Type", b"application/x-protobuf"),
             (b"User-Agent", USER_AGENT.encode()),
         ]

@@ -1,0 +1,52 @@
+"""Shared fixtures: a strict Loki receiver and a config builder for the real shipper."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import AsyncIterator, Sequence
+from pathlib import Path
+
+import pytest
+
+from tests.loki_receiver import LokiReceiver
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[LokiReceiver]:
+    rx = LokiReceiver()
+    await rx.start()
+    try:
+        yield rx
+    finally:
+        await rx.stop()
+
+
+def make_config(url: str, sources: Sequence[tuple[str | Path, str]], *,
+                loki: dict[str, object] | None = None, labels: dict[str, str] | None = None,
+                **top: object) -> str:
+    """TOML for the shipper: test-friendly timings unless overridden."""
+    settings: dict[str, object] = {"shutdown_timeout": 20.0, "file_poll_interval": 0.05, **top}
+    loki_settings: dict[str, object] = {"url": url, "batch_wait": 0.1, "min_backoff": 0.05,
+                                        "max_backoff": 0.2, "timeout": 5.0, **(loki or {})}
+    out = [f"{k} = {_toml(v)}" for k, v in settings.items()]
+    out.append("[loki]")
+    out += [f"{k} = {_toml(v)}" for k, v in loki_settings.items()]
+    out.append("[airflow]\nannotations_file = \"/nonexistent/annotations\"")
+    if labels:
+        out.append("[labels]")
+        out += [f"{k} = {_toml(v)}" for k, v in labels.items()]
+    for path, stream in sources:
+        out.append(f"[[sources]]\npath = {_toml(str(path))}\nstream = {_toml(stream)}")
+    return "\n".join(out) + "\n"
+
+
+def _toml(v: object) -> str:
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
+def open_fifo_writer(path: Path) -> int:
+    """Open a FIFO for writing once the shipper has opened it for reading (blocking writes)."""
+    fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    os.set_blocking(fd, True)
+    return fd

@@ -1,0 +1,978 @@
+"""A strict, scriptable stand-in for Grafana Loki's push endpoint, for tests and benchmarks.
+
+It runs an aiohttp server on 127.0.0.1 inside the caller's asyncio loop and
+answers ``POST /loki/api/v1/push`` the way Loki 3.x does, decoding bodies with
+the protobuf library compiled from ``proto/push.proto`` (``load_push_pb2``) so
+that it never shares code with the shipper's hand-written encoder.
+
+Use in a test::
+
+    rx = LokiReceiver(script=[Action.status(503)])   # or rx.add_actions(...) later
+    await rx.start()
+    try:
+        ...  # run the shipper against rx.url
+        await rx.wait_for_entries(100, stream="stdout")
+        assert rx.lines(stream="stdout") == expected
+        assert rx.dedup_dropped == 0
+    finally:
+        await rx.stop()
+
+Fault injection
+---------------
+Each push request takes the next ``Action`` from the script (FIFO); once the
+script is empty every push gets ``Action.ok()``. Only pushes consume actions
+(``/ready`` and ``/stats`` never do).
+
+* ``Action.ok()``: strict handling, like Loki (below).
+* ``Action.status(code, body="", headers=None)``: read the body, answer
+  ``code`` with ``body`` exactly as given, store nothing.
+* ``Action.reset()``: read the whole request, then abort the TCP connection
+  with an RST (SO_LINGER 0): the client sees a connection reset, no answer.
+* ``Action.reset_mid_body()``: abort (RST) as soon as the headers are parsed,
+  without reading the body.
+* ``Action.delay(seconds)``: sleep, then strict handling. Not a way to
+  synchronise tests; use ``wait_for_requests``/``wait_for_entries``.
+* ``Action.hang()``: read the body and never answer, until the client gives
+  up or ``stop()`` is called (then the connection is reset).
+
+Every push is recorded in ``requests`` (a ``RequestRecord``) as soon as its
+headers arrive, so ``wait_for_requests`` also sees requests that hang; the
+record's ``status`` is filled in when an answer is sent and stays ``None``
+for reset and hang. ``wire_bytes`` is the body as sent (compressed),
+``body_bytes`` the decompressed protobuf (what a batch size limit bounds).
+
+``wait_for_entries``/``wait_for_requests`` wake on every store/arrival (no
+polling) and raise AssertionError after ``timeout`` seconds (default 60; None
+waits forever), so ``timeout`` cannot be used as a label filter name there.
+
+Strict handling (what real Loki does, with its default limits)
+--------------------------------------------------------------
+* 401 ``no org id`` without a valid ``X-Scope-OrgID`` when ``require_tenant``.
+* 400 unless ``Content-Type`` is ``application/x-protobuf`` (parameters
+  allowed). A missing type is a 400 in Loki too (Go's mime.ParseMediaType);
+  Loki also takes JSON and reads any other type as protobuf, which the
+  shipper must not rely on. ``Content-Encoding`` may be absent or ``snappy``
+  (Loki ignores that value); anything else is a 400 here.
+* 400 if the body is not snappy *block* format (framed snappy is named as
+  such in the message), or not a valid ``PushRequest`` (including bad UTF-8 in
+  string fields, and timestamps Go's time cannot hold).
+* 400 and *nothing stored* if any stream's labels string does not parse: Loki
+  parses every stream's labels before writing any (``couldn't parse labels``).
+* Per stream (the stream is refused, other streams are still written):
+  no labels (empty values are dropped first, like Loki), more than 15 label
+  names (``service_name`` not counted), name > 1024 or value > 2048 UTF-8
+  bytes, duplicate names, names starting with ``__`` (see below).
+* Per entry (the entry is refused, others are still written): older than
+  7 days, more than 10 minutes in the future, line > 256 KiB of UTF-8,
+  structured metadata with an invalid name, > 64 KiB (names + values) or
+  > 128 pairs; older than the stream's newest entry minus 1 hour
+  ("entry too far behind", Loki's unordered-writes window).
+* An entry whose (timestamp, line) is already stored in its stream is dropped
+  silently and counted in ``dedup_dropped``. Loki's head block compares only
+  timestamp and line, not structured metadata, so neither does this.
+* 204 when everything was stored; 400 with a text message (one line per
+  problem, at most 10, then a count) when anything was refused, with all valid
+  streams and entries still stored.
+
+Stricter than Loki (a correct shipper never notices): label values must be
+double-quoted (PromQL also takes single quotes and backticks), no trailing
+comma or metric name before ``{``, label values must be valid UTF-8 after
+unescaping, structured metadata names are refused instead of normalised,
+label names starting with ``__`` (reserved in Prometheus) are refused although
+Loki's push path lets them through.
+Not modelled: rate limits, stream limits, ``service_name`` discovery (stored
+labels are exactly the ones sent, minus empty values).
+
+Stored data: streams are keyed by their canonical label set, a sorted tuple of
+``(name, value)``; entries keep arrival order; an entry's structured metadata
+is a sorted tuple of ``(name, value)`` too (a label set to Loki: the order on
+the wire means nothing).
+
+As a separate process (benchmarks)::
+
+    python -m tests.loki_receiver --port 0 --ready-file PATH [--require-tenant]
+        [--record-arrivals PATH] [--keep-entries]
+
+prints the push URL on stdout, writes it to the ready file (atomically), and
+serves ``GET /stats`` (JSON counts) until SIGTERM/SIGINT. Without
+``--keep-entries`` it keeps only counts and dedup fingerprints, not lines.
+``--record-arrivals`` appends, per push that stored entries, a line
+``P <receive_time_ns> <n_stored>``, and per stored entry whose line starts
+with ``t=<decimal ns> `` a line ``L <receive_time_ns> <send_ns>``
+(``time.time_ns()`` wall clock, taken once the body has been read and decoded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import contextlib
+import functools
+import hashlib
+import importlib.metadata
+import importlib.resources
+import importlib.util
+import json
+import os
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any, Final, Literal
+
+import cramjam
+from aiohttp import web
+
+PUSH_PATH = "/loki/api/v1/push"
+PROTO_PATH = Path(__file__).resolve().parent.parent / "proto" / "push.proto"
+
+_SECOND_NS = 1_000_000_000
+# Range of Go's time.Time that gogo's StdTimeUnmarshal accepts (0001-01-01 .. 9999-12-31).
+_MIN_TS_SECONDS = -62135596800
+_MAX_TS_SECONDS = 253402300799
+# How many problems a 400 body lists before summarising (a batch of 10k stale
+# entries must not make a 10k-line answer).
+_MAX_ERRORS_LISTED = 10
+_FRAMED_SNAPPY_MAGIC = b"\xff\x06\x00\x00sNaPpY"
+# Returned (and compared by identity) by the ingester check for a silently dropped duplicate.
+_DUPLICATE: Final = "duplicate of a stored (timestamp, line)"
+
+
+# ---------------------------------------------------------------------------
+# Protobuf: compiled from proto/push.proto with grpc_tools, never hand-decoded.
+# ---------------------------------------------------------------------------
+
+@functools.cache
+def load_push_pb2() -> Any:
+    """Compile proto/push.proto (once per process, cached on disk by content) and import push_pb2.
+
+    All tests must get push_pb2 from here: importing a second copy of the
+    generated module would register ``push.proto`` twice in protobuf's default
+    descriptor pool.
+    """
+    source = PROTO_PATH.read_bytes()
+    # The generated code depends on protoc's version as well as on the .proto.
+    versions = f"{importlib.metadata.version('grpcio-tools')}/{importlib.metadata.version('protobuf')}"
+    key = hashlib.sha256(source + versions.encode()).hexdigest()[:16]
+    out = Path(tempfile.gettempdir()) / f"shipper-push-pb2-{key}"
+    module_path = out / "push_pb2.py"
+    if not module_path.exists():
+        # Compile into a private directory, then rename it into place: the
+        # rename is atomic, so concurrent processes never import a half-written file.
+        staging = Path(tempfile.mkdtemp(prefix=f"{out.name}.", dir=out.parent))
+        try:
+            bundled = Path(str(importlib.resources.files("grpc_tools") / "_proto"))  # timestamp.proto
+            done = subprocess.run(
+                [sys.executable, "-m", "grpc_tools.protoc", f"-I{PROTO_PATH.parent}", f"-I{bundled}",
+                 f"--python_out={staging}", str(PROTO_PATH)],
+                capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise RuntimeError(f"protoc failed on {PROTO_PATH}:\n{done.stderr}")
+            try:
+                staging.rename(out)
+            except OSError:
+                if not module_path.exists():  # not simply another process winning the race
+                    raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    spec = importlib.util.spec_from_file_location("_shipper_tests_push_pb2", module_path)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+# ---------------------------------------------------------------------------
+# Prometheus label sets: a small tokenizer, the grammar Loki's ParseLabels takes.
+# ---------------------------------------------------------------------------
+
+class LabelsSyntaxError(ValueError):
+    """The labels string is not a well-formed ``{name="value", ...}`` set."""
+
+
+_WHITESPACE = " \t\r\n"  # what the PromQL lexer skips between tokens
+_NAME_START = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
+_NAME_CHARS = _NAME_START | frozenset("0123456789")
+_HEX = frozenset("0123456789abcdefABCDEF")
+_OCTAL = frozenset("01234567")
+_SIMPLE_ESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t", "v": "\v",
+                   "\\": "\\", '"': '"'}
+_HEX_ESCAPE_WIDTH = {"x": 2, "u": 4, "U": 8}
+
+
+def is_label_name(name: str) -> bool:
+    """Prometheus' classic label name: ``[a-zA-Z_][a-zA-Z0-9_]*``."""
+    return bool(name) and name[0] in _NAME_START and all(c in _NAME_CHARS for c in name)
+
+
+class _LabelsParser:
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.pos = 0
+
+    def error(self, message: str, pos: int | None = None) -> LabelsSyntaxError:
+        at = self.pos if pos is None else pos
+        return LabelsSyntaxError(f"1:{at + 1}: parse error: {message}")
+
+    def skip_ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos] in _WHITESPACE:
+            self.pos += 1
+
+    def peek(self) -> str:
+        return self.text[self.pos] if self.pos < len(self.text) else ""
+
+    def expect(self, char: str, what: str) -> None:
+        if self.peek() != char:
+            found = repr(self.peek()) if self.peek() else "end of input"
+            raise self.error(f"unexpected {found}, expected {what}")
+        self.pos += 1
+
+    def parse(self) -> list[tuple[str, str]]:
+        pairs: list[tuple[str, str]] = []
+        self.skip_ws()
+        self.expect("{", "'{'")
+        self.skip_ws()
+        if self.peek() == "}":
+            self.pos += 1
+        else:
+            while True:
+                self.skip_ws()
+                name = self.name()
+                self.skip_ws()
+                self.expect("=", "'=' after label name")  # also refuses =~, != and !~
+                self.skip_ws()
+                pairs.append((name, self.string()))
+                self.skip_ws()
+                if self.peek() == "}":
+                    self.pos += 1
+                    break
+                self.expect(",", "',' or '}'")
+        self.skip_ws()
+        if self.pos != len(self.text):
+            raise self.error(f"unexpected {self.text[self.pos]!r} after '}}'")
+        return pairs
+
+    def name(self) -> str:
+        start = self.pos
+        if self.peek() not in _NAME_START or not self.peek():
+            found = repr(self.peek()) if self.peek() else "end of input"
+            raise self.error(f"unexpected {found}, expected a label name")
+        while self.pos < len(self.text) and self.text[self.pos] in _NAME_CHARS:
+            self.pos += 1
+        return self.text[start:self.pos]
+
+    def string(self) -> str:
+        """A Go double-quoted string literal (what strconv.Quote writes), unescaped."""
+        start = self.pos
+        self.expect('"', 'a double-quoted label value')
+        text, out = self.text, bytearray()
+        while True:
+            if self.pos >= len(text):
+                raise self.error("unterminated quoted string", start)
+            char = text[self.pos]
+            if char == '"':
+                self.pos += 1
+                break
+            if char == "\n":  # Go string literals cannot span lines
+                raise self.error("unterminated quoted string (raw newline)", start)
+            if char != "\\":
+                run_end = self.pos
+                while run_end < len(text) and text[run_end] not in '"\\\n':
+                    run_end += 1
+                try:
+                    out += text[self.pos:run_end].encode("utf-8")
+                except UnicodeEncodeError:
+                    raise self.error("label value is not valid UTF-8") from None
+                self.pos = run_end
+                continue
+            self.pos += 1
+            out += self.escape()
+        try:
+            return out.decode("utf-8")
+        except UnicodeDecodeError:
+            raise self.error("label value is not valid UTF-8 after unescaping", start) from None
+
+    def escape(self) -> bytes:
+        """The escape after a backslash: Go's set, no more (no \\' in a double-quoted string)."""
+        at = self.pos - 1
+        kind = self.peek()
+        if kind in _SIMPLE_ESCAPES:
+            self.pos += 1
+            return _SIMPLE_ESCAPES[kind].encode()
+        if kind in _HEX_ESCAPE_WIDTH:
+            width = _HEX_ESCAPE_WIDTH[kind]
+            digits = self.text[self.pos + 1:self.pos + 1 + width]
+            if len(digits) != width or not all(d in _HEX for d in digits):
+                raise self.error(f"\\{kind} escape needs {width} hex digits", at)
+            self.pos += 1 + width
+            value = int(digits, 16)
+            if kind == "x":
+                return bytes([value])  # a raw byte, checked as UTF-8 with the whole value
+            if value > 0x10FFFF or 0xD800 <= value < 0xE000:
+                raise self.error("escape sequence is an invalid Unicode code point", at)
+            return chr(value).encode("utf-8")
+        if kind in _OCTAL:
+            digits = self.text[self.pos:self.pos + 3]
+            if len(digits) != 3 or not all(d in _OCTAL for d in digits) or int(digits, 8) > 255:
+                raise self.error("octal escape needs 3 octal digits, at most \\377", at)
+            self.pos += 3
+            return bytes([int(digits, 8)])
+        found = repr(kind) if kind else "end of input"
+        raise self.error(f"unknown escape sequence \\{found}", at)
+
+
+def parse_labels(text: str) -> list[tuple[str, str]]:
+    """Parse a Prometheus label set ``{a="x", b="y"}`` into pairs, in the order written.
+
+    Only syntax is checked here (LabelsSyntaxError); duplicates, empty sets,
+    reserved names and lengths are per-stream validation, as in Loki.
+    """
+    return _LabelsParser(text).parse()
+
+
+# ---------------------------------------------------------------------------
+# Data model
+# ---------------------------------------------------------------------------
+
+StreamKey = tuple[tuple[str, str], ...]
+Metadata = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored log entry."""
+
+    ts_ns: int
+    line: str
+    metadata: Metadata = ()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Loki's default limits (pkg/validation/limits.go, ingester max_chunk_age)."""
+
+    max_line_size: int = 256 * 1024  # bytes of UTF-8
+    max_label_names_per_series: int = 15
+    max_label_name_length: int = 1024
+    max_label_value_length: int = 2048  # bytes of UTF-8, like Go's len()
+    reject_old_samples_max_age_ns: int = 7 * 24 * 3600 * _SECOND_NS
+    creation_grace_period_ns: int = 10 * 60 * _SECOND_NS
+    # Unordered writes accept entries down to newest-in-stream minus max_chunk_age / 2.
+    max_chunk_age_ns: int = 2 * 3600 * _SECOND_NS
+    max_structured_metadata_size: int = 64 * 1024  # sum of len(name) + len(value), bytes
+    max_structured_metadata_entries: int = 128
+    max_recv_msg_size: int = 100 * 1024 * 1024  # compressed body and decompressed protobuf
+
+
+ActionKind = Literal["ok", "status", "reset", "reset_mid_body", "delay", "hang"]
+
+
+@dataclass(frozen=True)
+class Action:
+    """How the receiver answers one push request; build with the class methods."""
+
+    kind: ActionKind
+    code: int = 0
+    body: str = ""
+    headers: tuple[tuple[str, str], ...] = ()
+    seconds: float = 0.0
+
+    @classmethod
+    def ok(cls) -> Action:
+        """Strict Loki handling (also what every push gets once the script is empty)."""
+        return cls("ok")
+
+    @classmethod
+    def status(cls, code: int, body: str = "", headers: Mapping[str, str] | None = None) -> Action:
+        """Answer `code` with `body` (sent as is) and `headers`, storing nothing."""
+        return cls("status", code=code, body=body, headers=tuple((headers or {}).items()))
+
+    @classmethod
+    def reset(cls) -> Action:
+        """Read the whole request, then reset the connection without answering."""
+        return cls("reset")
+
+    @classmethod
+    def reset_mid_body(cls) -> Action:
+        """Reset the connection right after the headers, before reading the body."""
+        return cls("reset_mid_body")
+
+    @classmethod
+    def delay(cls, seconds: float) -> Action:
+        """Wait `seconds`, then handle the push strictly (a slow Loki)."""
+        return cls("delay", seconds=seconds)
+
+    @classmethod
+    def hang(cls) -> Action:
+        """Read the request and never answer (until the client gives up or stop())."""
+        return cls("hang")
+
+
+@dataclass
+class RequestRecord:
+    """One push request as received; filled in while it is handled."""
+
+    received_ns: int  # time.time_ns() when the headers arrived
+    action: ActionKind
+    headers: dict[str, str]  # all request headers, names lower-cased
+    content_type: str | None
+    content_encoding: str | None
+    user_agent: str | None
+    tenant: str | None  # X-Scope-OrgID
+    wire_bytes: int = 0  # body as received (snappy-compressed)
+    body_bytes: int = 0  # decompressed protobuf; 0 if the body could not be decompressed
+    streams: int = 0  # in the decoded PushRequest
+    entries: int = 0  # in the decoded PushRequest
+    stored: int = 0
+    deduplicated: int = 0
+    refused: int = 0  # entries refused by validation (stream or entry level)
+    status: int | None = None  # None: not answered (yet), or reset/hang
+    error: str = ""  # the text of a non-2xx answer
+
+
+class _Stream:
+    """Stored state of one stream, with what Loki's ingester keeps to dedup and order-check."""
+
+    __slots__ = ("labels", "entries", "count", "seen", "newest_ns", "last")
+
+    def __init__(self, key: StreamKey, keep_entries: bool) -> None:
+        self.labels = dict(key)
+        self.entries: list[Entry] | None = [] if keep_entries else None
+        self.count = 0
+        # (ts, line) pairs already stored; only their hash when lines are not kept.
+        self.seen: set[object] = set()
+        self.newest_ns: int | None = None
+        self.last: tuple[int, str] | None = None
+
+    def matches(self, label_filter: Mapping[str, str]) -> bool:
+        return all(self.labels.get(k) == v for k, v in label_filter.items())
+
+    def fingerprint(self, ts_ns: int, line: str) -> object:
+        """Dedup identity: the pair itself, or only its 64-bit hash when lines are not kept."""
+        return (ts_ns, line) if self.entries is not None else hash((ts_ns, line))
+
+
+class _Refusals:
+    """Problems found in one request: counted, the first few kept for the 400 body."""
+
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+        self.count = 0
+
+    def add(self, message: str) -> None:
+        self.count += 1
+        if len(self.messages) < _MAX_ERRORS_LISTED:
+            self.messages.append(message)
+
+    def text(self) -> str:
+        extra = self.count - len(self.messages)
+        return "\n".join(self.messages + ([f"... and {extra} more"] if extra else []))
+
+
+class _Rejected(Exception):
+    """The whole request is refused with this status and message (nothing stored)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+# ---------------------------------------------------------------------------
+# The receiver
+# ---------------------------------------------------------------------------
+
+class LokiReceiver:
+    """A strict Loki push endpoint on 127.0.0.1 with scripted failures; see the module docstring."""
+
+    def __init__(self, *, require_tenant: bool = False, script: Iterable[Action] = (),
+                 limits: Limits | None = None, keep_entries: bool = True, port: int = 0,
+                 record_arrivals: str | os.PathLike[str] | None = None) -> None:
+        self.require_tenant = require_tenant
+        self.limits = limits or Limits()
+        self.keep_entries = keep_entries
+        self.requests: list[RequestRecord] = []
+        self.dedup_dropped = 0
+        self.refused_entries = 0
+        self._script: collections.deque[Action] = collections.deque(script)
+        self._streams: dict[StreamKey, _Stream] = {}
+        self._total = 0
+        # Replaced on every change: waiters grab the current one, re-check, and
+        # wait; a notifier sets it. Synchronous to signal, no lost wake-ups.
+        self._changed = asyncio.Event()
+        self._stopping = asyncio.Event()
+        self._port = port
+        self._record_path = record_arrivals
+        self._record: IO[str] | None = None
+        self._runner: web.AppRunner | None = None
+        self.port = 0
+        self.url = ""
+
+    # -- lifecycle ----------------------------------------------------------
+
+    async def start(self) -> None:
+        """Bind 127.0.0.1 (a free port unless one was given) and serve in the running loop."""
+        load_push_pb2()  # compile now: a first push must not wait for protoc
+        app = web.Application(client_max_size=self.limits.max_recv_msg_size)
+        app.router.add_post(PUSH_PATH, self._handle_push)
+        app.router.add_get("/ready", self._handle_ready)
+        app.router.add_get("/stats", self._handle_stats)
+        # Own the socket so the chosen port is known without aiohttp internals.
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            sock.bind(("127.0.0.1", self._port))
+        except OSError:
+            sock.close()
+            raise
+        # Hung and delayed handlers end on stop(), so a short shutdown wait suffices.
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        try:
+            await runner.setup()
+            await web.SockSite(runner, sock).start()
+        except BaseException:
+            await runner.cleanup()
+            sock.close()
+            raise
+        self._runner = runner
+        if self._record_path is not None:
+            self._record = open(self._record_path, "a", encoding="ascii")
+        self.port = sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}{PUSH_PATH}"
+
+    async def stop(self) -> None:
+        """Reset hung connections, close everything; idempotent."""
+        self._stopping.set()
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if self._record is not None:
+            self._record.close()
+            self._record = None
+
+    async def __aenter__(self) -> LokiReceiver:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    # -- script ---------------------------------------------------------------
+
+    def add_actions(self, *actions: Action) -> None:
+        """Append to the script; each push takes the next action, then Action.ok() forever."""
+        self._script.extend(actions)
+
+    @property
+    def script_remaining(self) -> int:
+        """Actions not yet taken by a push."""
+        return len(self._script)
+
+    # -- results ----------------------------------------------------------------
+
+    def streams(self) -> dict[StreamKey, list[Entry]]:
+        """Stored entries per stream (canonical sorted label tuple), in stored order."""
+        return {key: list(self._entries_of(s)) for key, s in self._streams.items()}
+
+    def entries(self, **label_filter: str) -> list[Entry]:
+        """Entries of streams whose labels include `label_filter`, by timestamp (stable)."""
+        found = [e for s in self._streams.values() if s.matches(label_filter) for e in self._entries_of(s)]
+        found.sort(key=lambda e: e.ts_ns)
+        return found
+
+    def lines(self, **label_filter: str) -> list[str]:
+        """Lines of streams whose labels include `label_filter`, by timestamp (stable)."""
+        return [e.line for e in self.entries(**label_filter)]
+
+    def count(self, **label_filter: str) -> int:
+        """Number of stored entries in streams whose labels include `label_filter`."""
+        if not label_filter:
+            return self._total
+        return sum(s.count for s in self._streams.values() if s.matches(label_filter))
+
+    async def wait_for_entries(self, n: int, *, timeout: float | None = 60.0, **label_filter: str) -> None:
+        """Return once at least `n` entries matching `label_filter` are stored.
+
+        Fails (AssertionError) after `timeout` seconds so a broken shipper
+        cannot hang a test; pass None to wait forever.
+        """
+        await self._wait(lambda: self.count(**label_filter) >= n,
+                         lambda: f"{n} entries matching {label_filter} (have {self.count(**label_filter)})",
+                         timeout)
+
+    async def wait_for_requests(self, n: int, *, timeout: float | None = 60.0) -> None:
+        """Return once at least `n` push requests have arrived (answered or not)."""
+        await self._wait(lambda: len(self.requests) >= n,
+                         lambda: f"{n} requests (have {len(self.requests)})", timeout)
+
+    def stats(self) -> dict[str, Any]:
+        """Counts, as served on GET /stats."""
+        by_status = collections.Counter("none" if r.status is None else str(r.status) for r in self.requests)
+        return {
+            "total_entries": self._total,
+            "dedup_dropped": self.dedup_dropped,
+            "refused_entries": self.refused_entries,
+            "requests": len(self.requests),
+            "requests_by_status": dict(sorted(by_status.items())),
+            "streams": [{"labels": s.labels, "entries": s.count} for s in self._streams.values()],
+        }
+
+    # -- internals ------------------------------------------------------------
+
+    def _entries_of(self, stream: _Stream) -> list[Entry]:
+        if stream.entries is None:
+            raise RuntimeError("this receiver was created with keep_entries=False")
+        return stream.entries
+
+    def _notify(self) -> None:
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _wait(self, done: Callable[[], bool], what: Callable[[], str], timeout: float | None) -> None:
+        try:
+            async with asyncio.timeout(timeout):
+                while not done():
+                    await self._changed.wait()
+        except TimeoutError:
+            statuses = [r.status for r in self.requests[-10:]]
+            errors = [r.error for r in self.requests if r.error][-3:]
+            raise AssertionError(f"timed out after {timeout}s waiting for {what()}; "
+                                 f"last statuses {statuses}, last errors {errors}") from None
+
+    async def _handle_ready(self, request: web.Request) -> web.Response:
+        return web.Response(text="ready")
+
+    async def _handle_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(self.stats())
+
+    async def _handle_push(self, request: web.Request) -> web.StreamResponse:
+        action = self._script.popleft() if self._script else Action.ok()
+        headers = request.headers
+        record = RequestRecord(
+            received_ns=time.time_ns(), action=action.kind,
+            headers={k.lower(): v for k, v in headers.items()},
+            content_type=headers.get("Content-Type"), content_encoding=headers.get("Content-Encoding"),
+            user_agent=headers.get("User-Agent"), tenant=headers.get("X-Scope-OrgID"))
+        self.requests.append(record)
+        self._notify()
+
+        if action.kind == "reset_mid_body":
+            return self._reset(request)
+        if action.kind == "delay":
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), action.seconds)
+            if self._stopping.is_set():
+                return self._reset(request)
+        if action.kind in ("ok", "delay"):
+            try:
+                # Before reading the body, as Loki does (its tenant check is middleware).
+                # aiohttp would also try to decode a gzip/deflate/br body on read.
+                self._check_before_body(record)
+            except _Rejected as rejected:
+                return self._answer(record, rejected.status, rejected.message)
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return self._answer(record, 413, f"request body larger than {self.limits.max_recv_msg_size} bytes")
+        except web.RequestPayloadError:
+            # aiohttp undoes gzip/deflate/br itself and failed; only scripted actions get here,
+            # strict handling refused any Content-Encoding but snappy before reading.
+            body = b""
+        record.wire_bytes = len(body)
+        if action.kind == "reset":
+            self._describe(record, body)
+            return self._reset(request)
+        if action.kind == "hang":
+            self._describe(record, body)
+            await self._stopping.wait()
+            return self._reset(request)
+        if action.kind == "status":
+            self._describe(record, body)
+            return self._answer(record, action.code, action.body, dict(action.headers), newline=False)
+        return self._handle_strictly(record, body)
+
+    def _handle_strictly(self, record: RequestRecord, body: bytes) -> web.Response:
+        try:
+            self._check_content_type(record)
+            push = self._decode(record, body)
+            streams = self._parse_all_labels(push)
+        except _Rejected as rejected:
+            return self._answer(record, rejected.status, rejected.message)
+        received_ns = time.time_ns()
+        refusals = _Refusals()
+        stored: list[Entry] = []
+        for stream, pairs in zip(push.streams, streams):
+            self._ingest_stream(record, stream, pairs, received_ns, refusals, stored)
+        self.refused_entries += record.refused
+        if stored:
+            self._record_arrivals(received_ns, stored)
+            self._notify()
+        if refusals.count:
+            return self._answer(record, 400, refusals.text())
+        return self._answer(record, 204, "")
+
+    def _check_before_body(self, record: RequestRecord) -> None:
+        if self.require_tenant:
+            # dskit's tenant.ValidTenantID; "a|b" (several tenants) is not allowed on push either.
+            tenant = record.tenant
+            if not tenant:
+                raise _Rejected(401, "no org id")
+            allowed = all(c.isascii() and (c.isalnum() or c in "!-_.*'()") for c in tenant)
+            if not allowed or len(tenant) > 150 or tenant in (".", ".."):
+                raise _Rejected(401, f"invalid tenant ID {tenant!r}")
+        if record.content_encoding not in (None, "", "snappy"):
+            raise _Rejected(400, f"Content-Encoding {record.content_encoding!r} not supported")
+
+    def _check_content_type(self, record: RequestRecord) -> None:
+        if not record.content_type or not record.content_type.strip():
+            raise _Rejected(400, "mime: no media type")
+        media_type = record.content_type.split(";", 1)[0].strip().lower()
+        if media_type != "application/x-protobuf":
+            raise _Rejected(400, f"unsupported Content-Type {record.content_type!r}: this receiver only "
+                                 "takes application/x-protobuf (snappy block-compressed PushRequest)")
+
+    def _decode(self, record: RequestRecord, body: bytes) -> Any:
+        """Snappy block, then PushRequest via the compiled protobuf; _Rejected on any failure."""
+        if body.startswith(_FRAMED_SNAPPY_MAGIC):
+            raise _Rejected(400, "body is snappy *framed* (stream) format; Loki wants the snappy block format")
+        try:
+            declared = cramjam.snappy.decompress_raw_len(body)
+            if declared > self.limits.max_recv_msg_size:
+                raise _Rejected(413, f"decompressed body of {declared} bytes exceeds "
+                                     f"{self.limits.max_recv_msg_size}")
+            raw = bytes(cramjam.snappy.decompress_raw(body))
+        except cramjam.DecompressionError as e:
+            raise _Rejected(400, f"snappy: corrupt input: {e}") from None
+        record.body_bytes = len(raw)
+        pb2 = load_push_pb2()
+        push = pb2.PushRequest()
+        try:
+            push.ParseFromString(raw)
+        except Exception as e:  # protobuf's DecodeError (upb also refuses bad UTF-8)
+            raise _Rejected(400, f"proto: cannot parse PushRequest: {e}") from None
+        record.streams = len(push.streams)
+        record.entries = sum(len(s.entries) for s in push.streams)
+        for stream in push.streams:
+            for entry in stream.entries:
+                ts = entry.timestamp
+                if not 0 <= ts.nanos < _SECOND_NS or not _MIN_TS_SECONDS <= ts.seconds <= _MAX_TS_SECONDS:
+                    raise _Rejected(400, f"proto: timestamp: seconds:{ts.seconds} nanos:{ts.nanos} "
+                                         "is out of the range Go's time.Time accepts")
+        return push
+
+    def _describe(self, record: RequestRecord, body: bytes) -> None:
+        """Best-effort decode for the record only (scripted answers store nothing)."""
+        with contextlib.suppress(_Rejected):
+            self._decode(record, body)
+
+    def _parse_all_labels(self, push: Any) -> list[list[tuple[str, str]]]:
+        # Loki parses every stream's labels before writing any: one bad string fails the request.
+        parsed = []
+        for stream in push.streams:
+            try:
+                parsed.append(parse_labels(stream.labels))
+            except LabelsSyntaxError as e:
+                raise _Rejected(400, f"couldn't parse labels: {e} (labels: {stream.labels!r})") from None
+        return parsed
+
+    def _stream_problem(self, raw: str, pairs: list[tuple[str, str]]) -> str | None:
+        """Loki's per-stream label validation; pairs have empty values removed already."""
+        lim = self.limits
+        if not pairs:
+            return "error at least one label pair is required per stream"
+        count = sum(1 for name, _ in pairs if name != "service_name")
+        if count > lim.max_label_names_per_series:
+            return f"entry for stream '{raw}' has {count} label names; limit {lim.max_label_names_per_series}"
+        names: set[str] = set()
+        for name, value in sorted(pairs):
+            if len(name) > lim.max_label_name_length:
+                return f"stream '{raw}' has label name too long: '{name}'"
+            if len(value.encode()) > lim.max_label_value_length:
+                return f"stream '{raw}' has label value too long: '{value}'"
+            if name in names:
+                return f"stream '{raw}' has duplicate label name: '{name}'"
+            if name.startswith("__"):
+                return f"stream '{raw}' has label name starting with '__' (reserved): '{name}'"
+            names.add(name)
+        return None
+
+    def _entry_problem(self, raw: str, ts_ns: int, entry: Any, received_ns: int) -> str | None:
+        """Loki's distributor checks for one entry, in its order."""
+        lim = self.limits
+        if ts_ns < received_ns - lim.reject_old_samples_max_age_ns:
+            return (f"entry for stream '{raw}' has timestamp too old: {_format_ns(ts_ns)}, oldest acceptable "
+                    f"timestamp is: {_format_ns(received_ns - lim.reject_old_samples_max_age_ns)}")
+        if ts_ns > received_ns + lim.creation_grace_period_ns:
+            return f"entry for stream '{raw}' has timestamp too new: {_format_ns(ts_ns)}"
+        line = entry.line
+        # A str of n code points has at most 4n UTF-8 bytes: encode only when it may matter.
+        if len(line) * 4 > lim.max_line_size and (size := len(line.encode())) > lim.max_line_size:
+            return (f"max entry size '{lim.max_line_size}' bytes exceeded for stream '{raw}' "
+                    f"while adding an entry with length '{size}' bytes")
+        metadata = entry.structuredMetadata
+        if metadata:
+            for pair in metadata:
+                if not is_label_name(pair.name):
+                    return f"stream '{raw}' has structured metadata with invalid name: '{pair.name}'"
+            size = sum(len(p.name.encode()) + len(p.value.encode()) for p in metadata)
+            if size > lim.max_structured_metadata_size:
+                return (f"stream '{raw}' has structured metadata too large: '{size}' bytes, "
+                        f"limit: '{lim.max_structured_metadata_size}' bytes")
+            if len(metadata) > lim.max_structured_metadata_entries:
+                return (f"stream '{raw}' has too many structured metadata labels: '{len(metadata)}', "
+                        f"limit: '{lim.max_structured_metadata_entries}'")
+        return None
+
+    def _ingest_stream(self, record: RequestRecord, stream: Any, pairs: list[tuple[str, str]],
+                       received_ns: int, refusals: _Refusals, stored: list[Entry]) -> None:
+        if not stream.entries:
+            return  # Loki skips empty streams before validating their labels
+        raw = stream.labels
+        # Loki drops empty-valued labels (absent and empty are the same in Prometheus).
+        pairs = [(n, v) for n, v in pairs if v]
+        problem = self._stream_problem(raw, pairs)
+        if problem is not None:
+            refusals.add(problem)
+            record.refused += len(stream.entries)
+            return
+        key: StreamKey = tuple(sorted(pairs))
+        # A stream is listed only once it has an entry, as in Loki.
+        state = self._streams.get(key) or _Stream(key, self.keep_entries)
+        for entry in stream.entries:
+            ts_ns = entry.timestamp.seconds * _SECOND_NS + entry.timestamp.nanos
+            line: str = entry.line
+            problem = self._entry_problem(raw, ts_ns, entry, received_ns)
+            if problem is None:
+                problem = self._ingester_problem(state, ts_ns, line, raw)
+            if problem is _DUPLICATE:
+                self.dedup_dropped += 1
+                record.deduplicated += 1
+                continue
+            if problem is not None:
+                refusals.add(problem)
+                record.refused += 1
+                continue
+            if state.count == 0:
+                self._streams[key] = state
+            state.seen.add(state.fingerprint(ts_ns, line))
+            state.last = (ts_ns, line)
+            if state.newest_ns is None or ts_ns > state.newest_ns:
+                state.newest_ns = ts_ns
+            # Sorted: structured metadata is a label set to Loki, wire order means nothing.
+            stored_entry = Entry(ts_ns, line, tuple(sorted((p.name, p.value) for p in entry.structuredMetadata)))
+            if state.entries is not None:
+                state.entries.append(stored_entry)
+            state.count += 1
+            self._total += 1
+            record.stored += 1
+            stored.append(stored_entry)
+
+    def _ingester_problem(self, state: _Stream, ts_ns: int, line: str, raw: str) -> str | None:
+        """Loki's ingester checks, in its order: _DUPLICATE (silent drop), a refusal message, or None."""
+        if (ts_ns, line) == state.last:
+            return _DUPLICATE
+        # Unordered writes: nothing older than the stream's newest entry minus max_chunk_age / 2.
+        cutoff = None if state.newest_ns is None else state.newest_ns - self.limits.max_chunk_age_ns // 2
+        if cutoff is not None and ts_ns < cutoff:
+            return (f"entry with timestamp {_format_ns(ts_ns)} ignored, reason: 'entry too far behind, "
+                    f"entry timestamp is: {_format_ns(ts_ns)}, oldest acceptable timestamp is: "
+                    f"{_format_ns(cutoff)}' for stream: {raw}")
+        # The head block keeps one copy of each (timestamp, line); metadata is not compared.
+        if state.fingerprint(ts_ns, line) in state.seen:
+            return _DUPLICATE
+        return None
+
+    def _record_arrivals(self, received_ns: int, stored: list[Entry]) -> None:
+        if self._record is None:
+            return
+        out = [f"P {received_ns} {len(stored)}\n"]
+        for entry in stored:
+            line = entry.line
+            if line.startswith("t="):
+                end = line.find(" ", 2)
+                token = line[2:end]
+                if end > 2 and token.isascii() and token.isdigit():
+                    out.append(f"L {received_ns} {token}\n")
+        self._record.write("".join(out))
+        self._record.flush()  # a harness may read it while we run
+
+    def _answer(self, record: RequestRecord, status: int, message: str,
+                headers: Mapping[str, str] | None = None, *, newline: bool = True) -> web.Response:
+        record.status = status
+        record.error = message if status >= 300 else ""
+        if status in (204, 304) or (100 <= status < 200):
+            return web.Response(status=status, headers=headers)
+        # Loki answers errors with Go's http.Error: text/plain, message plus a newline.
+        text = message + "\n" if newline and message else message
+        return web.Response(status=status, text=text, headers=headers)
+
+    def _reset(self, request: web.Request) -> web.Response:
+        """Abort the connection with an RST (SO_LINGER 0) instead of answering."""
+        transport = request.transport
+        if transport is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            transport.abort()
+        # aiohttp swallows the ConnectionError of writing this to the aborted transport.
+        return web.Response(status=500)
+
+
+def _format_ns(ts_ns: int) -> str:
+    """RFC 3339 UTC with nanoseconds, like the timestamps in Loki's messages."""
+    seconds, nanos = divmod(ts_ns, _SECOND_NS)
+    try:
+        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+    except (OverflowError, OSError, ValueError):
+        return f"{ts_ns}ns"
+
+
+# ---------------------------------------------------------------------------
+# Separate process: python -m tests.loki_receiver
+# ---------------------------------------------------------------------------
+
+async def _serve(args: argparse.Namespace) -> None:
+    receiver = LokiReceiver(require_tenant=args.require_tenant, keep_entries=args.keep_entries,
+                            port=args.port, record_arrivals=args.record_arrivals)
+    await receiver.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        if args.ready_file:
+            ready = Path(args.ready_file)
+            partial = ready.with_name(ready.name + ".partial")
+            partial.write_text(receiver.url + "\n")
+            partial.replace(ready)  # readers never see a half-written URL
+        print(receiver.url, flush=True)  # last: whoever reads it may rely on the ready file too
+        await stop.wait()
+    finally:
+        await receiver.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tests.loki_receiver", description="A strict Loki push receiver.")
+    parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0: a free one)")
+    parser.add_argument("--ready-file", help="write the push URL here once listening")
+    parser.add_argument("--require-tenant", action="store_true", help="401 without X-Scope-OrgID")
+    parser.add_argument("--record-arrivals", metavar="PATH",
+                        help="append 'P <recv_ns> <n>' per push and 'L <recv_ns> <send_ns>' per t=<ns> line")
+    parser.add_argument("--keep-entries", action="store_true",
+                        help="keep every line in memory (default: counts and dedup fingerprints only)")
+    asyncio.run(_serve(parser.parse_args(argv)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

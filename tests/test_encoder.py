@@ -1,0 +1,291 @@
+"""shipper.encoder: hand-written protobuf, checked against golden bytes, the protobuf
+library compiled from proto/push.proto, and a deliberately naive reference encoder."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+import snappy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper.encoder import compress, decode_push, encode_entries, encode_metadata, encode_push, varint
+from tests.loki_receiver import load_push_pb2
+
+NS = 1_000_000_000
+# Largest epoch ns the shipper can hold (int64); protobuf's Timestamp allows up to
+# seconds 253402300799 (year 9999), which is beyond it.
+MAX_TS = 2**63 - 1
+
+
+@pytest.fixture(scope="session")
+def pb() -> Any:
+    """push_pb2 compiled from proto/push.proto (shared with the receiver: one copy per process)."""
+    return load_push_pb2()
+
+
+# --- a naive reference: one field at a time, varint by loop ----------------------
+
+def ref_varint(n: int) -> bytes:
+    assert n >= 0
+    out = []
+    while True:
+        low, n = n & 0x7F, n >> 7
+        if n:
+            out.append(low | 0x80)
+        else:
+            out.append(low)
+            return bytes(out)
+
+
+def ref_key(field: int, wire_type: int) -> bytes:
+    return ref_varint(field << 3 | wire_type)
+
+
+def ref_bytes_field(field: int, payload: bytes) -> bytes:
+    return ref_key(field, 2) + ref_varint(len(payload)) + payload
+
+
+def ref_timestamp(ts: int) -> bytes:
+    seconds, nanos = divmod(ts, NS)
+    out = b""
+    if seconds:  # proto3 omits zero scalars
+        out += ref_key(1, 0) + ref_varint(seconds)
+    if nanos:
+        out += ref_key(2, 0) + ref_varint(nanos)
+    return out
+
+
+def ref_entries(lines: Sequence[bytes], first_ts: int, metadata: bytes = b"") -> bytes:
+    """EntryAdapter fields; the timestamp message and the line are always written
+    (an empty line as `12 00`, as the shipper does: valid proto3, decoded the same)."""
+    out = b""
+    for i, line in enumerate(lines):
+        entry = ref_bytes_field(1, ref_timestamp(first_ts + i)) + ref_bytes_field(2, line) + metadata
+        out += ref_bytes_field(2, entry)
+    return out
+
+
+# --- golden bytes ----------------------------------------------------------------
+
+# Derived by hand from the wire format (key = field << 3 | wire type):
+GOLDEN = bytes.fromhex(
+    # PushRequest.streams[0]: 0x40 = 64 bytes
+    "0a 40"
+    "   0a 07 7b613d2262227d"                 # labels = {a="b"}
+    # entry: ts {} (seconds 0, nanos 0: both omitted), line "hi", metadata k=v
+    "   12 0e  0a 00  12 02 6869  1a 06 0a 01 6b 12 01 76"
+    # entry: ts {nanos: 1} (one-byte varint), line "yo", metadata k=v
+    "   12 10  0a 02 10 01  12 02 796f  1a 06 0a 01 6b 12 01 76"
+    # entry: ts {seconds: 5, nanos: 300 = ac 02}, line "é" (c3 a9), metadata k=v
+    "   12 13  0a 05 08 05 10 ac 02  12 02 c3a9  1a 06 0a 01 6b 12 01 76"
+    # PushRequest.streams[1]: 0x29 = 41 bytes
+    "0a 29"
+    "   0a 07 7b733d2278227d"                 # labels = {s="x"}
+    # entry: ts {seconds: 1700000000 = 80 e2 cf aa 06, nanos: 999999999 = ff 93 eb dc 03}, line "a"
+    "   12 11  0a 0c 08 80e2cfaa06 10 ff93ebdc03  12 01 61"
+    # entry: next ns rolls over: ts {seconds: 1700000001 = 81 e2 cf aa 06} (nanos 0 omitted), line "b"
+    "   12 0b  0a 06 08 81e2cfaa06  12 01 62"
+)
+
+
+def golden_body() -> bytes:
+    meta = encode_metadata([("k", "v")])
+    stream_a = encode_entries([b"hi", b"yo"], 0, meta) + encode_entries(["é".encode()], 5 * NS + 300, meta)
+    stream_b = encode_entries([b"a", b"b"], 1_700_000_000 * NS + 999_999_999)
+    return encode_push([('{a="b"}', stream_a), ('{s="x"}', stream_b)])
+
+
+def test_golden_bytes() -> None:
+    assert golden_body().hex(" ") == GOLDEN.hex(" ")
+
+
+def test_golden_bytes_decode_with_protobuf(pb: Any) -> None:
+    req = pb.PushRequest.FromString(GOLDEN)
+    assert [s.labels for s in req.streams] == ['{a="b"}', '{s="x"}']
+    assert [s.hash for s in req.streams] == [0, 0]
+    a, b = req.streams
+    assert [(e.timestamp.seconds, e.timestamp.nanos, e.line) for e in a.entries] == [
+        (0, 0, "hi"), (0, 1, "yo"), (5, 300, "é")]
+    assert all([(p.name, p.value) for p in e.structuredMetadata] == [("k", "v")] for e in a.entries)
+    assert all(e.HasField("timestamp") for e in a.entries)
+    assert [(e.timestamp.seconds, e.timestamp.nanos, e.line) for e in b.entries] == [
+        (1_700_000_000, 999_999_999, "a"), (1_700_000_001, 0, "b")]
+    assert all(len(e.structuredMetadata) == 0 for e in b.entries)
+
+
+def test_golden_bytes_equal_the_naive_reference() -> None:
+    meta = encode_metadata([("k", "v")])
+    a = ref_entries([b"hi", b"yo"], 0, meta) + ref_entries(["é".encode()], 5 * NS + 300, meta)
+    b = ref_entries([b"a", b"b"], 1_700_000_000 * NS + 999_999_999)
+    ref = ref_bytes_field(1, ref_bytes_field(1, b'{a="b"}') + a) + ref_bytes_field(1, ref_bytes_field(1, b'{s="x"}') + b)
+    assert ref == GOLDEN
+
+
+# --- pieces ------------------------------------------------------------------------
+
+VARINT_EDGES = [0, 1, 127, 128, 300, 16383, 16384, 2**21 - 1, 2**21, 2**28 - 1, 2**28, 2**35, 2**63 - 1, 2**64 - 1]
+
+
+@pytest.mark.parametrize("n", VARINT_EDGES)
+def test_varint_edges(n: int) -> None:
+    assert varint(n) == ref_varint(n)
+
+
+@given(st.integers(0, 2**64 - 1))
+def test_property_varint_equals_reference(n: int) -> None:
+    assert varint(n) == ref_varint(n)
+
+
+def test_encode_metadata_bytes() -> None:
+    assert encode_metadata([]) == b""
+    assert encode_metadata([("k", "v")]) == bytes.fromhex("1a 06 0a 01 6b 12 01 76")
+    # An empty value is proto3's default: the value field is omitted.
+    assert encode_metadata([("k", "")]) == bytes.fromhex("1a 03 0a 01 6b")
+    assert encode_metadata([("é", "ü")]) == bytes.fromhex("1a 08 0a 02 c3a9 12 02 c3bc")
+
+
+def test_encode_metadata_decodes_with_protobuf(pb: Any) -> None:
+    pairs = [("run_id", "manual__2024-05-01T10:00:00+00:00"), ("try_number", "1"), ("empty", ""),
+             ("ünï", "😀\n\"\\")]
+    entry = pb.EntryAdapter.FromString(ref_bytes_field(2, b"x") + encode_metadata(pairs))
+    assert [(p.name, p.value) for p in entry.structuredMetadata] == pairs
+
+
+def test_empty_inputs() -> None:
+    assert encode_entries([], 123) == b""
+    assert encode_push([]) == b""
+    assert encode_push([("{}", b"")]) == bytes.fromhex("0a 04 0a 02 7b7d")
+    assert decode_push(b"") == []
+
+
+def test_empty_line_is_an_entry(pb: Any) -> None:
+    body = encode_push([('{a="b"}', encode_entries([b""], 7))])
+    (stream,) = pb.PushRequest.FromString(body).streams
+    (entry,) = stream.entries
+    assert (entry.line, entry.timestamp.seconds, entry.timestamp.nanos) == ("", 0, 7)
+
+
+@pytest.mark.parametrize("length", [0, 1, 127, 128, 16383 - 40, 16383, 16384, 2**21 + 3])
+def test_line_and_entry_length_prefixes(pb: Any, length: int) -> None:
+    line = b"x" * length
+    meta = encode_metadata([("k", "v" * 50)])
+    entries = encode_entries([line, line], 1_700_000_000 * NS + 123, meta)
+    assert entries == ref_entries([line, line], 1_700_000_000 * NS + 123, meta)
+    req = pb.PushRequest.FromString(encode_push([("{}", entries)]))
+    assert [len(e.line) for e in req.streams[0].entries] == [length, length]
+
+
+# Timestamps around every place the hot loop's cached varint changes shape:
+# nanos 0 / <128 / >=128 (the cached high part changes every 128 ns), varint
+# length steps at 2**14, 2**21, 2**28, the second boundary, seconds == 0.
+TS_STARTS = [0, 1, 100, 127, 128, 200, 255, 256, 2**14 - 100, 2**21 - 100, 2**28 - 100,
+             NS - 200, NS - 1, NS, 5 * NS - 130, 1_700_000_000 * NS + NS - 300, MAX_TS - 400]
+
+
+@pytest.mark.parametrize("first_ts", TS_STARTS)
+def test_timestamps_are_consecutive_nanoseconds(pb: Any, first_ts: int) -> None:
+    lines = [f"line {i}".encode() for i in range(400)]
+    entries = encode_entries(lines, first_ts)
+    assert entries == ref_entries(lines, first_ts)
+    req = pb.PushRequest.FromString(encode_push([('{a="b"}', entries)]))
+    got = [(e.timestamp.seconds, e.timestamp.nanos) for e in req.streams[0].entries]
+    assert got == [divmod(first_ts + i, NS) for i in range(400)]
+    assert [e.line for e in req.streams[0].entries] == [f"line {i}" for i in range(400)]
+
+
+# --- properties ----------------------------------------------------------------------
+
+labels_st = st.text(max_size=30)
+lines_st = st.lists(st.text(max_size=40).map(str.encode), max_size=20)
+meta_st = st.lists(st.tuples(st.text(max_size=10), st.text(max_size=10)), max_size=4)
+
+
+@st.composite
+def streams_st(draw: st.DrawFn) -> list[tuple[str, list[bytes], int, list[tuple[str, str]]]]:
+    out = []
+    for _ in range(draw(st.integers(0, 3))):
+        lines = draw(lines_st)
+        first_ts = draw(st.integers(0, MAX_TS - len(lines)) | st.integers(0, 10 * NS))
+        out.append((draw(labels_st), lines, first_ts, draw(meta_st)))
+    return out
+
+
+@settings(max_examples=200)
+@given(streams_st())
+def test_property_protobuf_roundtrip(pb: Any, streams: list[tuple[str, list[bytes], int, list[tuple[str, str]]]]) -> None:
+    body = encode_push([(labels, encode_entries(lines, ts, encode_metadata(meta)))
+                        for labels, lines, ts, meta in streams])
+    req = pb.PushRequest.FromString(body)
+    assert len(req.streams) == len(streams)
+    for got, (labels, lines, first_ts, meta) in zip(req.streams, streams):
+        assert got.labels == labels
+        assert got.hash == 0
+        assert [e.line.encode() for e in got.entries] == lines
+        assert [(e.timestamp.seconds, e.timestamp.nanos) for e in got.entries] == [
+            divmod(first_ts + i, NS) for i in range(len(lines))]
+        assert all([(p.name, p.value) for p in e.structuredMetadata] == meta for e in got.entries)
+
+
+@settings(max_examples=300)
+@given(lines_st, st.integers(0, MAX_TS - 20) | st.integers(0, 3 * NS), meta_st)
+def test_property_hot_loop_equals_naive_reference(lines: list[bytes], first_ts: int, meta: list[tuple[str, str]]) -> None:
+    metadata = encode_metadata(meta)
+    assert encode_entries(lines, first_ts, metadata) == ref_entries(lines, first_ts, metadata)
+
+
+@settings(max_examples=200)
+@given(st.integers(0, 2000), st.integers(0, 20_000) | st.integers(0, MAX_TS - 20_000))
+def test_property_long_runs_equal_naive_reference(n: int, first_ts: int) -> None:
+    lines = [b"%d" % i for i in range(n)]
+    assert encode_entries(lines, first_ts) == ref_entries(lines, first_ts)
+
+
+@settings(max_examples=200)
+@given(streams_st())
+def test_property_console_decoder_roundtrip(streams: list[tuple[str, list[bytes], int, list[tuple[str, str]]]]) -> None:
+    body = encode_push([(labels, encode_entries(lines, ts, encode_metadata(meta)))
+                        for labels, lines, ts, meta in streams])
+    assert decode_push(body) == [
+        {"labels": labels,
+         "entries": [{"ts": ts + i, "line": line.decode(), "metadata": dict(meta)} for i, line in enumerate(lines)]}
+        for labels, lines, ts, meta in streams]
+
+
+def test_console_decoder_on_golden_bytes() -> None:
+    assert decode_push(GOLDEN) == [
+        {"labels": '{a="b"}', "entries": [
+            {"ts": 0, "line": "hi", "metadata": {"k": "v"}},
+            {"ts": 1, "line": "yo", "metadata": {"k": "v"}},
+            {"ts": 5 * NS + 300, "line": "é", "metadata": {"k": "v"}}]},
+        {"labels": '{s="x"}', "entries": [
+            {"ts": 1_700_000_000 * NS + 999_999_999, "line": "a", "metadata": {}},
+            {"ts": 1_700_000_001 * NS, "line": "b", "metadata": {}}]},
+    ]
+
+
+def test_console_decoder_refuses_unknown_wire_types() -> None:
+    with pytest.raises(ValueError, match="unexpected wire type 5"):
+        decode_push(bytes.fromhex("0d 00000000"))  # field 1, wire type 5 (fixed32)
+
+
+# --- snappy ---------------------------------------------------------------------------
+
+FRAMED_MAGIC = b"\xff\x06\x00\x00sNaPpY"
+
+
+@pytest.mark.parametrize("body", [b"", GOLDEN, GOLDEN * 500, bytes(range(256)) * 300])
+def test_compress_is_snappy_block_format(body: bytes) -> None:
+    compressed = compress(body)
+    assert snappy.uncompress(compressed) == body
+    # The block format starts with the uncompressed length as a varint; the framed
+    # format (which Loki refuses) starts with its stream identifier chunk.
+    assert compressed.startswith(ref_varint(len(body)))
+    assert not compressed.startswith(FRAMED_MAGIC)
+
+
+def test_compressed_golden_body_roundtrips_through_protobuf(pb: Any) -> None:
+    req = pb.PushRequest.FromString(snappy.uncompress(compress(golden_body())))
+    assert [len(s.entries) for s in req.streams] == [3, 2]

@@ -1,0 +1,103 @@
+"""Lifecycle with real signals: read to the end, flush under a deadline, exit codes."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_config, open_fifo_writer
+from tests.loki_receiver import Action, LokiReceiver
+from tests.shipper_process import ShipperProcess
+
+
+async def start_on_fifo(tmp_path: Path, receiver: LokiReceiver, **config: object) -> tuple[ShipperProcess, int]:
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], **config))  # type: ignore[arg-type]
+    await proc.wait_for_log("source opened", path=str(fifo))
+    return proc, open_fifo_writer(fifo)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_signal_mid_stream_delivers_everything_already_written(
+        tmp_path: Path, receiver: LokiReceiver, sig: signal.Signals) -> None:
+    proc, fd = await start_on_fifo(tmp_path, receiver)
+    first = [f"before {i}" for i in range(300)]
+    os.write(fd, ("\n".join(first) + "\n").encode())
+    await receiver.wait_for_entries(1)
+    # Written (in the pipe) before the signal, writer still open, last line unterminated.
+    second = [f"after {i}" for i in range(300)]
+    os.write(fd, ("\n".join(second)).encode())
+    proc.signal(sig)
+    assert await proc.wait() == 0
+    os.close(fd)
+    assert receiver.lines(stream="stdout") == first + second
+    summary = proc.summary()
+    assert (summary["code"], summary["reason"], summary["lines_sent"]) == (0, sig.name, 600)
+
+
+async def test_loki_down_at_shutdown_exits_1_after_the_deadline(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(*[Action.status(503)] * 1000)
+    proc, fd = await start_on_fifo(tmp_path, receiver, shutdown_timeout=1.0)
+    os.write(fd, b"one\ntwo\nthree\n")
+    await proc.wait_for_log("push failed, will retry")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 1
+    os.close(fd)
+    assert receiver.lines() == []
+    summary = proc.summary()
+    assert summary["dropped"]["shutdown_deadline"] == 3
+    assert proc.logs("shutdown deadline reached with lines undelivered")[0]["lines"] == 3
+
+
+async def test_second_signal_exits_at_once(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.hang())
+    proc, fd = await start_on_fifo(tmp_path, receiver, shutdown_timeout=60.0)
+    os.write(fd, b"stuck\n")
+    await receiver.wait_for_requests(1)
+    proc.signal(signal.SIGTERM)
+    await proc.wait_for_log("signal received: reading to the end, flushing")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 1
+    os.close(fd)
+    assert proc.summary()["dropped"]["forced_exit"] == 1
+    assert proc.summary()["reason"] == "SIGTERM"
+
+
+async def test_end_of_input_exits_0_without_a_signal(tmp_path: Path, receiver: LokiReceiver) -> None:
+    proc, fd = await start_on_fifo(tmp_path, receiver)
+    os.write(fd, b"a\nb\n")
+    os.close(fd)
+    assert await proc.wait() == 0
+    assert receiver.lines() == ["a", "b"]
+    assert proc.summary()["reason"] == "end of input"
+
+
+async def test_diagnostics_never_enter_the_shipped_stream(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.status(500))
+    proc, fd = await start_on_fifo(tmp_path, receiver)
+    os.write(fd, b"only this\n")
+    os.close(fd)
+    assert await proc.wait() == 0
+    assert receiver.lines() == ["only this"]
+    assert proc.stdout_lines == []
+    assert len(proc.logs("push failed, will retry")) == 1
+
+
+async def test_bad_input_lines_are_cleaned_and_counted(tmp_path: Path, receiver: LokiReceiver) -> None:
+    proc, fd = await start_on_fifo(tmp_path, receiver)
+    big = b"z" * (1024 * 1024)
+    data = b"ok\r\n" + b"bad \xff\xfe utf8\n" + b"nul\x00byte\n" + big + b"\n" + "emoji \U0001f600 \"q\" \\".encode()
+    await asyncio.to_thread(os.write, fd, data)
+    os.close(fd)
+    assert await proc.wait() == 0
+    got = receiver.lines()
+    assert got[:3] == ["ok", "bad \ufffd\ufffd utf8", "nul\x00byte"]
+    assert got[3:7] == ["z" * (256 * 1024)] * 4
+    assert got[7:] == ["emoji \U0001f600 \"q\" \\"]
+    summary = proc.summary()
+    assert (summary["lines_split"], summary["lines_invalid_utf8"]) == (3, 1)

@@ -1,0 +1,109 @@
+"""The Loki client and sender against a strict receiver that misbehaves on cue.
+
+Each test runs the real shipper on a FIFO, scripts the receiver's answers,
+and asserts the exact lines stored: all of them, in order, none twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+from tests.conftest import make_config, open_fifo_writer
+from tests.loki_receiver import Action, LokiReceiver
+from tests.shipper_process import ShipperProcess
+
+LINES = [f"{i:05d} the quick brown fox" for i in range(500)]
+
+
+async def ship(tmp_path: Path, receiver: LokiReceiver, lines: list[str] = LINES, **config: object) -> ShipperProcess:
+    """Start the shipper on a FIFO, write `lines`, close the FIFO (end of input)."""
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], **config))  # type: ignore[arg-type]
+    await proc.wait_for_log("source opened", path=str(fifo))
+    fd = open_fifo_writer(fifo)
+    await asyncio.to_thread(os.write, fd, ("\n".join(lines) + "\n").encode())
+    os.close(fd)
+    return proc
+
+
+async def test_5xx_and_429_are_retried_until_loki_recovers(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.status(500), Action.status(502), Action.status(503), Action.status(429))
+    proc = await ship(tmp_path, receiver)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == LINES
+    assert [r.status for r in receiver.requests][:5] == [500, 502, 503, 429, 204]
+    summary = proc.summary()
+    assert summary["retries"] == 4
+    assert summary["dropped"] == {"rejected": 0, "shutdown_deadline": 0, "forced_exit": 0, "internal_error": 0}
+    assert {r.user_agent for r in receiver.requests} == {"shipper/0.1.0"}
+
+
+async def test_retry_after_from_a_proxy_is_honoured(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.status(429, headers={"Retry-After": "1"}))
+    proc = await ship(tmp_path, receiver)
+    await proc.wait_for_log("push failed, will retry", retry_in=1.0)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == LINES
+
+
+async def test_400_drops_the_batch_counts_it_and_goes_on(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.status(400, body="entry out of order"))
+    first, rest = LINES[:10], LINES[10:]
+    fifo = tmp_path / "stdout"
+    os.mkfifo(fifo)
+    proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")]))
+    await proc.wait_for_log("source opened", path=str(fifo))
+    fd = open_fifo_writer(fifo)
+    os.write(fd, ("\n".join(first) + "\n").encode())
+    refused = await proc.wait_for_log("push refused by Loki, batch dropped")
+    assert (refused["outcome"], refused["error"]) == ("400", "entry out of order")
+    os.write(fd, ("\n".join(rest) + "\n").encode())
+    os.close(fd)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == rest
+    assert proc.summary()["dropped"]["rejected"] == len(first)
+    assert len(proc.logs("push refused by Loki, batch dropped")) == 1
+
+
+async def test_connection_reset_and_slow_answers_lose_and_repeat_nothing(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.reset(), Action.reset_mid_body(), Action.delay(0.5), Action.reset())
+    proc = await ship(tmp_path, receiver)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == LINES
+
+
+async def test_loki_that_never_answers_times_out_and_is_retried(tmp_path: Path, receiver: LokiReceiver) -> None:
+    receiver.add_actions(Action.hang())
+    proc = await ship(tmp_path, receiver, loki={"timeout": 0.5})
+    failed = await proc.wait_for_log("push failed, will retry")
+    assert failed["outcome"] == "timeout"
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == LINES
+
+
+async def test_tenant_header_is_sent(tmp_path: Path) -> None:
+    receiver = LokiReceiver(require_tenant=True)
+    await receiver.start()
+    try:
+        proc = await ship(tmp_path, receiver, loki={"tenant_id": "team-a"})
+        assert await proc.wait() == 0
+        assert receiver.lines(stream="stdout") == LINES
+        assert {r.tenant for r in receiver.requests} == {"team-a"}
+    finally:
+        await receiver.stop()
+
+
+async def test_missing_tenant_is_a_401_and_is_dropped_loudly(tmp_path: Path) -> None:
+    receiver = LokiReceiver(require_tenant=True)
+    await receiver.start()
+    try:
+        proc = await ship(tmp_path, receiver)
+        assert await proc.wait() == 0
+        assert receiver.lines() == []
+        assert proc.summary()["dropped"]["rejected"] == len(LINES)
+        assert {r.status for r in receiver.requests} == {401}
+    finally:
+        await receiver.stop()
