@@ -104,7 +104,7 @@ def _run(config: Config, origin: str) -> int:
             for source in sources:
                 source.close()
             return _config_error(str(e))
-        return await lifecycle.run(config, sources, sink)
+        return await lifecycle.run(config, sources, sink, ctx)
 
     return asyncio.run(go())
 

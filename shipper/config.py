@@ -46,6 +46,9 @@ DEFAULT_ANNOTATIONS_FILE = "/etc/podinfo/annotations"
 DEFAULT_MISSING = "unknown"
 # Per-task values become labels; per-run values never do (FACTS §4, cardinality).
 DEFAULT_CONTEXT_LABELS = ("dag_id", "task_id")
+# The metrics/health endpoint. 9337 is free in Prometheus' port registry
+# neighbourhood used by log shippers (Promtail 9080, Vector 9598, Fluent Bit 2020).
+DEFAULT_METRICS_LISTEN = "0.0.0.0:9337"
 CONTEXT_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index", "logical_date")
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
@@ -94,6 +97,14 @@ class AirflowConfig:
     labels: tuple[str, ...] = DEFAULT_CONTEXT_LABELS
 
 
+@dataclass(frozen=True)
+class MetricsConfig:
+    """The Prometheus endpoint and the exit-time Pushgateway push."""
+
+    listen: str = DEFAULT_METRICS_LISTEN  # host:port; "" disables the endpoint
+    pushgateway_url: str = ""             # e.g. http://pushgateway:9091; "" = no push
+
+
 DEFAULT_SOURCES = (
     SourceConfig("/proc/1/fd/1", "stdout"),
     SourceConfig("/proc/1/fd/2", "stderr"),
@@ -109,10 +120,15 @@ class Config:
     labels: dict[str, str] = field(default_factory=dict)
     sink: SinkConfig = field(default_factory=SinkConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
     file_poll_interval: float = DEFAULT_FILE_POLL_INTERVAL
+    # When this path exists, behave as on SIGTERM (read to the end, flush,
+    # exit): how the sidecar learns the task ended on clusters without native
+    # sidecars (< 1.29). Checked every file_poll_interval; "" = off.
+    stop_file: str = ""
 
 
 def load(*, path: str | None, env: dict[str, str] | os._Environ[str]) -> tuple[Config, str]:
@@ -193,7 +209,8 @@ def _convert(typ: Any, value: Any, key: str) -> Any:
                     raise ConfigError(f"{key}[{i}]: missing required key {', '.join(missing)}")
             out.append(_build(SourceConfig, item, f"{key}[{i}]."))
         return tuple(out)
-    sub = {"LokiConfig": LokiConfig, "SinkConfig": SinkConfig, "AirflowConfig": AirflowConfig}.get(typ)
+    sub = {"LokiConfig": LokiConfig, "SinkConfig": SinkConfig, "AirflowConfig": AirflowConfig,
+           "MetricsConfig": MetricsConfig}.get(typ)
     if sub is not None:
         return _build(sub, value, key + ".")
     raise AssertionError(f"no converter for {typ}")  # a new field type needs a branch above
@@ -254,6 +271,10 @@ def _validate(c: Config) -> None:
     if len(c.labels) + 1 + len(c.airflow.labels) > MAX_LABELS:
         raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, "
                           f"this config makes {len(c.labels) + 1 + len(c.airflow.labels)}")
+    if c.metrics.listen:
+        parse_listen(c.metrics.listen)
+    if c.metrics.pushgateway_url:
+        parse_url(c.metrics.pushgateway_url, key="metrics.pushgateway_url")
     if not c.airflow.missing:
         raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
 
@@ -281,23 +302,35 @@ class Url:
         return host if self.port == default else f"{host}:{self.port}"
 
 
-def parse_url(url: str) -> Url:
-    """Parse and check an http(s) URL; ConfigError names what is wrong."""
+def parse_listen(listen: str) -> tuple[str, int]:
+    """`host:port`, `[v6]:port` or `:port` (all interfaces) for metrics.listen."""
+    host, sep, port = listen.rpartition(":")
+    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) < 65536:
+        raise ConfigError(f"metrics.listen: expected host:port (e.g. 0.0.0.0:9337), got {listen!r}")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if any(c in host for c in "/[]@ "):
+        raise ConfigError(f"metrics.listen: {host!r} is not a host name or address")
+    return host, int(port)
+
+
+def parse_url(url: str, key: str = "loki.url") -> Url:
+    """Parse and check an http(s) URL; ConfigError names the key and what is wrong."""
     m = _URL.match(url)
     if m is None:
         if "://" not in url:
-            raise ConfigError(f"loki.url: {url!r} is not a URL (expected http://host[:port]/path)")
+            raise ConfigError(f"{key}: {url!r} is not a URL (expected http://host[:port]/path)")
         if any(c in url for c in "?#"):
-            raise ConfigError(f"loki.url: must not carry a query or fragment: {url!r}")
+            raise ConfigError(f"{key}: must not carry a query or fragment: {url!r}")
         if "@" in url.split("://", 1)[1].split("/", 1)[0]:
-            raise ConfigError(f"loki.url: must not carry credentials (use a token file): {url!r}")
-        raise ConfigError(f"loki.url: {url!r} is not a valid URL (expected http://host[:port]/path)")
+            raise ConfigError(f"{key}: must not carry credentials (use a token file): {url!r}")
+        raise ConfigError(f"{key}: {url!r} is not a valid URL (expected http://host[:port]/path)")
     scheme = m.group("scheme")
     if scheme not in ("http", "https"):
-        raise ConfigError(f"loki.url: scheme must be http or https, got {url!r}")
+        raise ConfigError(f"{key}: scheme must be http or https, got {url!r}")
     port = int(m.group("port")) if m.group("port") else (443 if scheme == "https" else 80)
     if not 0 < port < 65536:
-        raise ConfigError(f"loki.url: port must be 1-65535 in {url!r}")
+        raise ConfigError(f"{key}: port must be 1-65535 in {url!r}")
     host = m.group("host")
     if host.startswith("["):
         host = host[1:-1]
@@ -311,9 +344,10 @@ def _check_url(url: str) -> None:
 def dump(c: Config) -> str:
     """The effective configuration as TOML (for `shipper check-config`)."""
     lines = []
-    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "file_poll_interval"):
+    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "file_poll_interval",
+                 "stop_file"):
         lines.append(f"{name} = {_toml(getattr(c, name))}")
-    for table in ("loki", "sink", "airflow"):
+    for table in ("loki", "sink", "airflow", "metrics"):
         lines.append(f"\n[{table}]")
         sub = getattr(c, table)
         for f in dataclasses.fields(sub):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from collections.abc import Sequence
 from typing import Any
 
 # Every reason a line can be lost, initialised to 0 so dashboards and the exit
@@ -21,6 +22,32 @@ DROP_REASONS = (
     "forced_exit",        # a second signal asked the shipper to exit at once
     "internal_error",     # a pipeline task died (a bug); exit code 3
 )
+
+
+class Histogram:
+    """Cumulative-bucket histogram; `observe` is two list operations on the hot path."""
+
+    def __init__(self, bounds: Sequence[float]) -> None:
+        self.bounds = tuple(bounds)
+        self.counts = [0] * (len(self.bounds) + 1)  # last slot: above every bound (+Inf)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        """Record one observation."""
+        i = 0
+        for bound in self.bounds:
+            if value <= bound:
+                break
+            i += 1
+        self.counts[i] += 1
+        self.sum += value
+
+
+# Push duration buckets: loopback pushes take ~1 ms, a loaded gateway ~100 ms,
+# a timeout 10 s.
+PUSH_DURATION_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Batch sizes from a single short line to batch_max_bytes (1 MiB), x4 steps.
+BATCH_SIZE_BOUNDS = (256, 1024, 4096, 16384, 65536, 262144, 1048576, 4194304)
 
 
 class Counters:
@@ -38,6 +65,10 @@ class Counters:
         self.retries = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_push_ok = 0.0     # epoch seconds of the last 2xx
+        self.last_push_failed = False  # the latest push attempt failed (for /ready)
+        self.body_bytes_sent = 0    # compressed bodies acknowledged
+        self.push_duration = Histogram(PUSH_DURATION_BOUNDS)
+        self.batch_size = Histogram(BATCH_SIZE_BOUNDS)
 
 
 COUNTERS = Counters()
@@ -86,15 +117,21 @@ def batch_sent(lines: int, line_bytes: int, body_bytes: int, seconds: float, sta
     c.lines_sent += lines
     c.bytes_sent += line_bytes
     c.batches_sent += 1
+    c.body_bytes_sent += body_bytes
     key = str(status)
     c.requests[key] = c.requests.get(key, 0) + 1
     c.last_push_ok = time.time()
+    c.last_push_failed = False
+    c.push_duration.observe(seconds)
+    c.batch_size.observe(line_bytes)
 
 
-def push_failed(outcome: str, message: str, retry_in: float | None) -> None:
+def push_failed(outcome: str, message: str, retry_in: float | None, seconds: float) -> None:
     """A push did not succeed; `retry_in` is None when the batch is given up."""
     c = COUNTERS
     c.requests[outcome] = c.requests.get(outcome, 0) + 1
+    c.push_duration.observe(seconds)
+    c.last_push_failed = retry_in is not None
     if retry_in is not None:
         c.retries += 1
         log("warn", "push failed, will retry", outcome=outcome, error=message[:512],

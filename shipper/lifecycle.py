@@ -8,22 +8,36 @@ Shutdown (first SIGTERM/SIGINT, or every source at end of input):
   4. exit 0 if every line read was acknowledged (or refused by Loki, counted),
      1 if some were not. A second signal exits at once (1 if lines were pending).
 A supervised task that dies marks the run failed and exits 3, loudly.
+
+After the exit code is known the run's story is written three ways, because a
+task pod often ends before the first scrape: the `exit` summary on stderr,
+the same summary as one entry in Loki (stream `{job="shipper", <the task's
+labels>}`), and, when configured, the final metrics to a Pushgateway.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
+import json
+import os
 import signal
+import sys
 import time
 from collections.abc import Mapping
+from typing import Any
 
-from shipper import events
+from shipper import __version__, encoder, events
 from shipper.batch import Stream
-from shipper.config import CONTEXT_KEYS, Config
-from shipper.encoder import encode_metadata
+from shipper.config import CONTEXT_KEYS, Config, parse_listen
 from shipper.labels import clean_value, context_from_env, label_string, read_annotations
 from shipper.pipeline import Pipeline, Sink
+from shipper.server import MetricsServer, Status
 from shipper.sources import Source
+
+# The exit summary and the Pushgateway push get at least this long even when
+# the shutdown deadline is spent: one small request, and the run's only record.
+SUMMARY_PUSH_TIMEOUT = 1.0
 
 EXIT_OK = 0
 EXIT_UNDELIVERED = 1
@@ -39,27 +53,70 @@ def airflow_context(config: Config, env: Mapping[str, str]) -> dict[str, str]:
     return ctx
 
 
-def build_streams(config: Config, ctx: Mapping[str, str]) -> list[Stream]:
-    """One Stream per source: static labels + `stream` + context labels; per-run values as metadata."""
+def task_labels(config: Config, ctx: Mapping[str, str]) -> dict[str, str]:
+    """Static labels plus the context keys configured as labels (`dag_id`, `task_id`)."""
     air = config.airflow
-    metadata = encode_metadata(
-        (key, clean_value(ctx[key])) for key in CONTEXT_KEYS if key not in air.labels and ctx.get(key))
+    labels = {k: clean_value(v) for k, v in config.labels.items()}
+    for key in air.labels:
+        labels[key] = clean_value(ctx.get(key) or air.missing)
+    return labels
+
+
+def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
+    """Per-run context (`run_id`, `try_number`, ...) as encoded structured metadata."""
+    return encoder.encode_metadata(
+        (key, clean_value(ctx[key])) for key in CONTEXT_KEYS
+        if key not in config.airflow.labels and ctx.get(key))
+
+
+def build_streams(config: Config, ctx: Mapping[str, str]) -> list[Stream]:
+    """One Stream per source: task labels + `stream`; per-run values as metadata."""
+    metadata = run_metadata(config, ctx)
     streams = []
     for source in config.sources:
-        labels = {k: clean_value(v) for k, v in config.labels.items()}
+        labels = task_labels(config, ctx)
         labels["stream"] = clean_value(source.stream)
-        for key in air.labels:
-            labels[key] = clean_value(ctx.get(key) or air.missing)
         streams.append(Stream(label_string(labels), metadata, source.stream))
     return streams
 
 
-async def run(config: Config, sources: list[Source], sink: Sink) -> int:
+def summary_push(config: Config, ctx: Mapping[str, str], summary: Mapping[str, Any],
+                 wall_ns: int) -> bytes:
+    """The exit summary as one compressed push: stream {job="shipper", <task labels>}."""
+    labels = task_labels(config, ctx)
+    labels["job"] = "shipper"
+    line = json.dumps(summary, separators=(",", ":")).encode()
+    entries = encoder.encode_entries([line], wall_ns, run_metadata(config, ctx))
+    return encoder.compress(encoder.encode_push([(label_string(labels), entries)]))
+
+
+def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
+    """`<base>/metrics/job/shipper/<key>@base64/<value>...`, grouped by the task labels.
+
+    Grouped by `dag_id`/`task_id` (the context labels), not by run: a group per
+    run would grow the Pushgateway without bound. Values are base64url-encoded
+    so any character (a `/` in a task id) is safe in the path.
+    """
+    path = base.rstrip("/") + "/metrics/job/shipper"
+    for key in config.airflow.labels:
+        value = (ctx.get(key) or config.airflow.missing).encode()
+        path += f"/{key}@base64/{base64.urlsafe_b64encode(value).decode()}"
+    return path
+
+
+async def run(config: Config, sources: list[Source], sink: Sink,
+              ctx: Mapping[str, str] | None = None) -> int:
     """Run the pipeline until shutdown; returns the exit code."""
+    ctx = ctx or {}
     loop = asyncio.get_running_loop()
     pipeline = Pipeline(config, sources, sink)
     changed = asyncio.Event()
     state = _State()
+
+    def begin_shutdown(why: str) -> None:
+        state.reason = why
+        state.deadline = time.monotonic() + config.shutdown_timeout
+        pipeline.stop()
 
     def on_signal(signum: int) -> None:
         state.signals += 1
@@ -67,18 +124,58 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
         if state.signals == 1:
             events.log("info", "signal received: reading to the end, flushing",
                        signal=name, shutdown_timeout=config.shutdown_timeout)
-            state.reason = name
-            state.deadline = time.monotonic() + config.shutdown_timeout
-            pipeline.stop()
+            begin_shutdown(name)
         else:
             events.log("warn", "second signal: exiting now", signal=name)
         changed.set()
+
+    async def watch_stop_file() -> None:
+        # One stat per file_poll_interval, only when stop_file is configured.
+        while not os.path.exists(config.stop_file):
+            await asyncio.sleep(config.file_poll_interval)
+        if not state.deadline:
+            events.log("info", "stop file appeared: reading to the end, flushing",
+                       path=config.stop_file, shutdown_timeout=config.shutdown_timeout)
+            begin_shutdown("stop_file")
+        changed.set()
+
+    tasks: list[asyncio.Task[None]] = []
+
+    def status() -> Status:
+        dead = [t.get_name() for t in tasks if t.done() and not t.cancelled() and t.exception()]
+        waiting = [s.path for s in sources if s.kind == "waiting"]
+        reason = ""
+        if dead:
+            reason = f"pipeline task died: {', '.join(dead)}"
+        elif waiting:
+            reason = f"waiting for source {', '.join(waiting)}"
+        elif events.COUNTERS.last_push_failed:
+            reason = "the last push failed; retrying"
+        return Status(healthy=not dead, ready=not reason, reason=reason,
+                      pending_lines=pipeline.undelivered_lines,
+                      pending_bytes=pipeline.undelivered_line_bytes,
+                      sources_open=sum(1 for s in sources if s.fd is not None))
+
+    server: MetricsServer | None = None
+    if config.metrics.listen:
+        host, port = parse_listen(config.metrics.listen)
+        server = MetricsServer(status)
+        try:
+            bound = await server.start(host, port)
+        except OSError as e:
+            events.log("error", "refusing to start",
+                       error=f"metrics.listen: cannot listen on {config.metrics.listen}: {e.strerror or e}")
+            return EXIT_CONFIG
+        events.log("info", "metrics endpoint listening", host=host or "*", port=bound)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, on_signal, sig)
     started = time.monotonic()
     intake = asyncio.create_task(pipeline.intake(), name="intake")
     sender = asyncio.create_task(pipeline.sender(), name="sender")
+    tasks += [intake, sender]
+    if config.stop_file:
+        tasks.append(asyncio.create_task(watch_stop_file(), name="stop_file"))
     code = EXIT_OK
     try:
         while True:
@@ -89,10 +186,10 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
             timeout = max(0.0, deadline - time.monotonic()) if deadline else None
             changed.clear()
             watch = asyncio.create_task(changed.wait())
-            waiting = {t for t in (intake, sender) if not t.done()} | {watch}
+            waiting = {t for t in tasks if not t.done()} | {watch}
             await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
             watch.cancel()
-            failed = [t for t in (intake, sender) if t.done() and not t.cancelled() and t.exception()]
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
             if failed:
                 for t in failed:
                     exc = t.exception()
@@ -114,21 +211,72 @@ async def run(config: Config, sources: list[Source], sink: Sink) -> int:
                     code = EXIT_UNDELIVERED
                 break
     finally:
-        for t in (intake, sender):
+        for t in tasks:
             t.cancel()
-        await asyncio.gather(intake, sender, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         for source in sources:
             source.close()
-        await sink.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
-    c = events.COUNTERS
-    events.log("info", "exit", code=code, reason=state.reason,
-               seconds=round(time.monotonic() - started, 3),
-               lines_read=sum(c.lines_read.values()), lines_sent=c.lines_sent,
-               batches_sent=c.batches_sent, retries=c.retries, dropped=c.dropped,
-               lines_split=c.lines_split, lines_invalid_utf8=c.lines_invalid_utf8)
+    try:
+        summary = _summary(code, state.reason, time.monotonic() - started)
+        events.log("info", "exit", **summary)
+        # The record of a run must not wait on a dead Loki longer than its own
+        # deadline, and gets one short try even when the deadline is spent.
+        left = max(SUMMARY_PUSH_TIMEOUT, state.deadline - time.monotonic()) if state.deadline \
+            else config.shutdown_timeout
+        if config.sink.type == "loki" and state.signals < 2:
+            await _push_once("summary", sink, summary_push(config, ctx, summary, time.time_ns()), left)
+        if config.metrics.pushgateway_url and state.signals < 2:
+            await _push_metrics(config, ctx, pipeline, left)
+    finally:
+        await sink.close()
+        if server is not None:
+            await server.close()
     return code
+
+
+def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
+    """The run's final record; the same dict goes to stderr and to Loki."""
+    c = events.COUNTERS
+    return {
+        "code": code, "reason": reason, "seconds": round(seconds, 3),
+        "lines_read": sum(c.lines_read.values()), "bytes_read": sum(c.bytes_read.values()),
+        "lines_sent": c.lines_sent, "bytes_sent": c.bytes_sent, "batches_sent": c.batches_sent,
+        "retries": c.retries, "dropped": dict(c.dropped),
+        "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
+        "version": __version__,
+    }
+
+
+async def _push_once(what: str, sink: Sink, body: bytes, timeout: float) -> bool:
+    """One try, no retry: used for the exit records only."""
+    try:
+        answer = await sink.push(body, timeout=timeout)
+    except Exception as e:
+        events.log("warn", f"{what} push failed", error=f"{type(e).__name__}: {e}")
+        return False
+    if not 200 <= answer.status < 300:
+        events.log("warn", f"{what} push refused", status=answer.status, error=answer.message[:512])
+        return False
+    events.log("info", f"{what} pushed")
+    return True
+
+
+async def _push_metrics(config: Config, ctx: Mapping[str, str], pipeline: Pipeline,
+                        timeout: float) -> None:
+    from shipper import metrics
+    from shipper.loki import LokiClient
+
+    gauges = {"pending_lines": pipeline.undelivered_lines,
+              "pending_bytes": pipeline.undelivered_line_bytes, "sources_open": 0}
+    body = metrics.render(events.COUNTERS, gauges, metrics.sample_process())
+    client = LokiClient(pushgateway_url(config.metrics.pushgateway_url, config, ctx),
+                        method=b"PUT", content_type=metrics.CONTENT_TYPE.encode())
+    try:
+        await _push_once("pushgateway", client, body, timeout)
+    finally:
+        await client.close()
 
 
 class _State:

@@ -31,15 +31,19 @@ class Answer:
 class LokiClient:
     """Pushes snappy-compressed protobuf bodies to a Loki push URL."""
 
-    def __init__(self, url: str, tenant_id: str = "", timeout: float = 10.0) -> None:
+    def __init__(self, url: str, tenant_id: str = "", timeout: float = 10.0, *,
+                 method: bytes = b"POST", content_type: bytes = b"application/x-protobuf") -> None:
+        # method/content_type let the same client PUT the exit-time metrics to
+        # a Pushgateway; Loki pushes use the defaults.
         parts = parse_url(url)
+        self._method = method
         self._tls = parts.scheme == "https"
         self._host = parts.host
         self._port = parts.port
         self._target = parts.path.encode()
         self._headers = [
             (b"Host", parts.netloc.encode()),
-            (b"Content-Type", b"application/x-protobuf"),
+            (b"Content-Type", content_type),
             (b"User-Agent", USER_AGENT.encode()),
         ]
         if tenant_id:
@@ -72,7 +76,7 @@ class LokiClient:
         conn, reader, writer = self._conn, self._reader, self._writer
         assert conn is not None and reader is not None
         headers = [*self._headers, (b"Content-Length", str(len(body)).encode())]
-        writer.write(conn.send(h11.Request(method="POST", target=self._target, headers=headers)) or b"")
+        writer.write(conn.send(h11.Request(method=self._method, target=self._target, headers=headers)) or b"")
         writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
         await writer.drain()

@@ -81,6 +81,12 @@ class Pipeline:
         open_lines = self.acc._open.lines if self.acc._open else 0
         return sum(s.lines for s in self.pending) + open_lines
 
+    @property
+    def undelivered_line_bytes(self) -> int:
+        """Line bytes read but not acknowledged (queued, or in the open batch)."""
+        open_bytes = self.acc._open.line_bytes if self.acc._open else 0
+        return sum(s.line_bytes for s in self.pending) + open_bytes
+
     # --- intake --------------------------------------------------------------
 
     async def intake(self) -> None:
@@ -255,11 +261,11 @@ class Pipeline:
                 if delay is None:
                     delay = next(delays)
                 label = str(outcome) if isinstance(outcome, int) else _error_kind(outcome)
-                events.push_failed(label, answer.message, delay)
+                events.push_failed(label, answer.message, delay, time.monotonic() - started)
                 await asyncio.sleep(delay)
             else:
                 self._done(item)
-                events.push_failed(str(outcome), answer.message, None)
+                events.push_failed(str(outcome), answer.message, None, time.monotonic() - started)
                 events.lines_dropped("rejected", item.lines, status=outcome)
 
     def _done(self, item: Sealed) -> None:

@@ -24,8 +24,12 @@ async def receiver() -> AsyncIterator[LokiReceiver]:
 
 def make_config(url: str, sources: Sequence[tuple[str | Path, str]], *,
                 loki: dict[str, object] | None = None, labels: dict[str, str] | None = None,
-                **top: object) -> str:
-    """TOML for the shipper: test-friendly timings unless overridden."""
+                metrics: dict[str, object] | None = None, **top: object) -> str:
+    """TOML for the shipper: test-friendly timings unless overridden.
+
+    The metrics endpoint listens on a free loopback port (logged as
+    "metrics endpoint listening") so tests can run side by side.
+    """
     settings: dict[str, object] = {"shutdown_timeout": 20.0, "file_poll_interval": 0.05, **top}
     loki_settings: dict[str, object] = {"url": url, "batch_wait": 0.1, "min_backoff": 0.05,
                                         "max_backoff": 0.2, "timeout": 5.0, **(loki or {})}
@@ -33,6 +37,8 @@ def make_config(url: str, sources: Sequence[tuple[str | Path, str]], *,
     out.append("[loki]")
     out += [f"{k} = {_toml(v)}" for k, v in loki_settings.items()]
     out.append("[airflow]\nannotations_file = \"/nonexistent/annotations\"")
+    out.append("[metrics]")
+    out += [f"{k} = {_toml(v)}" for k, v in {"listen": "127.0.0.1:0", **(metrics or {})}.items()]
     if labels:
         out.append("[labels]")
         out += [f"{k} = {_toml(v)}" for k, v in labels.items()]

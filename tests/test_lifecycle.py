@@ -73,7 +73,7 @@ async def test_end_of_input_exits_0_without_a_signal(tmp_path: Path, receiver: L
     os.write(fd, b"a\nb\n")
     os.close(fd)
     assert await proc.wait() == 0
-    assert receiver.lines() == ["a", "b"]
+    assert receiver.lines(stream="stdout") == ["a", "b"]
     assert proc.summary()["reason"] == "end of input"
 
 
@@ -83,7 +83,7 @@ async def test_diagnostics_never_enter_the_shipped_stream(tmp_path: Path, receiv
     os.write(fd, b"only this\n")
     os.close(fd)
     assert await proc.wait() == 0
-    assert receiver.lines() == ["only this"]
+    assert receiver.lines(stream="stdout") == ["only this"]
     assert proc.stdout_lines == []
     assert len(proc.logs("push failed, will retry")) == 1
 
@@ -95,7 +95,7 @@ async def test_bad_input_lines_are_cleaned_and_counted(tmp_path: Path, receiver:
     await asyncio.to_thread(os.write, fd, data)
     os.close(fd)
     assert await proc.wait() == 0
-    got = receiver.lines()
+    got = receiver.lines(stream="stdout")
     assert got[:3] == ["ok", "bad \ufffd\ufffd utf8", "nul\x00byte"]
     assert got[3:7] == ["z" * (256 * 1024)] * 4
     assert got[7:] == ["emoji \U0001f600 \"q\" \\"]

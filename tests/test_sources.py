@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
@@ -39,8 +40,10 @@ async def test_fifo_lines_arrive_in_order_with_labels_and_metadata(tmp_path: Pat
     os.close(fd)
     assert await proc.wait() == 0
     streams = receiver.streams()
-    assert list(streams) == [(("cluster", "prod"), ("dag_id", "etl_daily"), ("stream", "stdout"), ("task_id", "load"))]
-    (entries,) = streams.values()
+    task_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("stream", "stdout"), ("task_id", "load"))
+    summary_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("job", "shipper"), ("task_id", "load"))
+    assert sorted(streams) == sorted([task_key, summary_key])
+    entries = streams[task_key]
     assert [e.line for e in entries] == lines
     assert receiver.dedup_dropped == 0
     assert all(a.ts_ns < b.ts_ns for a, b in zip(entries, entries[1:]))
@@ -51,6 +54,10 @@ async def test_fifo_lines_arrive_in_order_with_labels_and_metadata(tmp_path: Pat
     )}
     summary = proc.summary()
     assert (summary["code"], summary["lines_read"], summary["lines_sent"]) == (0, len(lines), len(lines))
+    # The same summary, as one entry of the task's own job="shipper" stream.
+    (pushed,) = streams[summary_key]
+    assert json.loads(pushed.line) == {k: v for k, v in summary.items() if k not in ("ts", "level", "msg")}
+    assert pushed.metadata == entries[0].metadata
 
 
 async def test_fifo_opened_before_any_writer_waits_for_one(tmp_path: Path, receiver: LokiReceiver) -> None:
