@@ -37,6 +37,14 @@ DEFAULT_MAX_BACKOFF = 5.0
 # reading (files lose nothing; a pipe writer blocks) until Loki catches up.
 # 4 MiB keeps the whole process inside its 20 MiB budget (README "Footprint").
 DEFAULT_BUFFER_MAX_BYTES = 4 * 1024 * 1024
+# What happens when the buffer is full and a PIPE source has more to give
+# (files simply pause: the file keeps the lines). "drop_oldest": keep reading,
+# give up the oldest queued batch (counted, reason buffer_full), so the task's
+# write() never blocks on a dead Loki and its last lines (the traceback) win.
+# "block": stop reading the pipe; nothing is dropped but the task blocks on
+# write until Loki recovers.
+DEFAULT_WHEN_FULL = "drop_oldest"
+WHEN_FULL_CHOICES = ("drop_oldest", "block")
 # How often an idle regular file (or a path that does not exist yet) is
 # checked. Pipes and FIFOs never poll: they wake the shipper when written.
 DEFAULT_FILE_POLL_INTERVAL = 1.0
@@ -124,6 +132,7 @@ class Config:
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
+    when_full: str = DEFAULT_WHEN_FULL
     file_poll_interval: float = DEFAULT_FILE_POLL_INTERVAL
     # When this path exists, behave as on SIGTERM (read to the end, flush,
     # exit): how the sidecar learns the task ended on clusters without native
@@ -247,6 +256,8 @@ def _validate(c: Config) -> None:
         raise ConfigError(
             f"buffer_max_bytes: must be at least loki.batch_max_bytes ({c.loki.batch_max_bytes}), "
             f"got {c.buffer_max_bytes}")
+    if c.when_full not in WHEN_FULL_CHOICES:
+        raise ConfigError(f'when_full: must be "drop_oldest" or "block", got "{c.when_full}"')
     if c.sink.type not in ("loki", "console"):
         raise ConfigError(f'sink.type: must be "loki" or "console", got "{c.sink.type}"')
     if not c.sources:
@@ -344,7 +355,7 @@ def _check_url(url: str) -> None:
 def dump(c: Config) -> str:
     """The effective configuration as TOML (for `shipper check-config`)."""
     lines = []
-    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "file_poll_interval",
+    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "when_full", "file_poll_interval",
                  "stop_file"):
         lines.append(f"{name} = {_toml(getattr(c, name))}")
     for table in ("loki", "sink", "airflow", "metrics"):

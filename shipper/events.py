@@ -20,6 +20,7 @@ DROP_REASONS = (
     "rejected",           # Loki answered a non-retriable 4xx (400, 401, 403, 413, ...)
     "shutdown_deadline",  # still undelivered when shutdown_timeout ran out
     "forced_exit",        # a second signal asked the shipper to exit at once
+    "buffer_full",        # when_full = "drop_oldest": a pipe had more while Loki lagged
     "internal_error",     # a pipeline task died (a bug); exit code 3
 )
 

@@ -8,6 +8,7 @@ Loki's length limit (property-tested in tests/test_labels.py).
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 
 # Loki's default max_label_value_length (bytes, pkg/validation/limits.go).
@@ -33,19 +34,28 @@ _ESCAPES = {
 }
 for _c in [*range(0x20), 0x7F]:
     _ESCAPES.setdefault(chr(_c), f"\\x{_c:02x}")
+# Go's strconv.Quote writes U+FFFD raw, but Prometheus' lexer (which Loki's
+# ParseLabels uses) cannot tell it from a decoding error and refuses the whole
+# label set ("invalid UTF-8 rune"): escaped, it is accepted and unquoted as U+FFFD.
+_ESCAPES["\ufffd"] = "\\ufffd"
 _ESCAPE_TABLE = str.maketrans(_ESCAPES)
+
+# Lone surrogates: what os.environ holds for bytes that are not UTF-8 (PEP 383).
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def clean_value(value: str, limit: int = MAX_LABEL_VALUE_BYTES) -> str:
     """Make `value` valid UTF-8 of at most `limit` bytes, cut on a character boundary.
 
     Values from `os.environ` may hold lone surrogates (undecodable bytes);
-    they become U+FFFD.
+    each becomes one U+FFFD, as the byte it stands for would when decoded.
     """
     try:
         raw = value.encode("utf-8")
     except UnicodeEncodeError:
-        raw = value.encode("utf-8", "surrogatepass").decode("utf-8", "replace").encode("utf-8")
+        # Not via "surrogatepass" + decode: that makes 3 bytes of each
+        # surrogate, and decoding them gives 3 U+FFFD per undecodable byte.
+        raw = _SURROGATE.sub("\ufffd", value).encode("utf-8")
     else:
         if len(raw) <= limit:
             return value
@@ -56,7 +66,11 @@ def clean_value(value: str, limit: int = MAX_LABEL_VALUE_BYTES) -> str:
 
 
 def quote(value: str) -> str:
-    """Quote a label value the way Go's strconv.Quote does for Loki's parser."""
+    """Quote a label value like Go's strconv.Quote, for Loki's parser.
+
+    One difference: U+FFFD is written as the escape `\\ufffd`, which Loki's
+    parser accepts where it refuses the raw character.
+    """
     return '"' + value.translate(_ESCAPE_TABLE) + '"'
 
 

@@ -218,6 +218,8 @@ async def run(config: Config, sources: list[Source], sink: Sink,
             source.close()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(sig)
+    if code == EXIT_OK and any(n for reason, n in events.COUNTERS.dropped.items() if reason != "rejected"):
+        code = EXIT_UNDELIVERED  # e.g. buffer_full drops while Loki was down
     try:
         summary = _summary(code, state.reason, time.monotonic() - started)
         events.log("info", "exit", **summary)

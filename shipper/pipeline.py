@@ -62,6 +62,7 @@ class Pipeline:
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
         self.stopping = False  # set by stop(): read to the current end, then finish
         self.intake_done = False
+        self._inflight: Sealed | None = None  # the batch the sender is pushing now
         self._wake = asyncio.Event()  # intake: something to do
         self._queued = asyncio.Event()  # sender: a batch was queued (or intake ended)
         self._ready: set[Source] = set()  # pipes the loop reported readable
@@ -101,7 +102,7 @@ class Pipeline:
             if now >= next_read or self._ready:
                 got, full = self._read_all(now)
             else:
-                full = self._buffer_full()
+                full = self._buffer_full() and not self._drops_for_pipes()
             self._seal_due(time.monotonic())
             if all(s.finished for s in self.sources):
                 break
@@ -175,6 +176,8 @@ class Pipeline:
                 continue
             while True:
                 budget = self.config.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
+                if budget <= 0 and source.kind == "pipe" and self.config.when_full == "drop_oldest":
+                    budget = self._drop_oldest()
                 if budget <= 0:
                     return total, True
                 lines, n, more = source.read(budget, readiness=source in ready)
@@ -195,6 +198,32 @@ class Pipeline:
         events.lines_read(source.path, len(lines), sum(map(len, lines)))
         for batch in self.acc.add(source.stream, lines, now, time.time_ns()):
             self._queue(batch)
+
+    def _drops_for_pipes(self) -> bool:
+        """True when a full buffer makes room (drop_oldest) instead of pausing a pipe."""
+        return self.config.when_full == "drop_oldest" and any(
+            s.kind == "pipe" and not s.finished for s in self.sources)
+
+    def _drop_oldest(self) -> int:
+        """Give up queued batches, oldest first, until a quarter of the buffer is free.
+
+        The batch being pushed right now is kept (its answer is on the way).
+        Returns the budget then available.
+        """
+        cfg = self.config
+        lines = 0
+        goal = cfg.buffer_max_bytes // 4
+        while cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes < goal:
+            index = 1 if self.pending and self.pending[0] is self._inflight else 0
+            if index >= len(self.pending):
+                break
+            item = self.pending[index]
+            del self.pending[index]
+            self.pending_bytes -= item.size
+            lines += item.lines
+        if lines:
+            events.lines_dropped("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes)
+        return cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
 
     def _buffer_full(self) -> bool:
         return self.pending_bytes + self.acc.open_bytes >= self.config.buffer_max_bytes
@@ -242,7 +271,7 @@ class Pipeline:
                 self._queued.clear()
                 await self._queued.wait()
                 continue
-            item = self.pending[0]
+            item = self._inflight = self.pending[0]
             started = time.monotonic()
             outcome: int | BaseException
             try:
@@ -257,6 +286,7 @@ class Pipeline:
                                   time.monotonic() - started, outcome)
                 delays = backoff(cfg.min_backoff, cfg.max_backoff)
             elif is_retriable(outcome):
+                self._inflight = None  # while we back off, it may be dropped for room
                 delay = parse_retry_after(answer.retry_after, time.time())
                 if delay is None:
                     delay = next(delays)
@@ -269,6 +299,7 @@ class Pipeline:
                 events.lines_dropped("rejected", item.lines, status=outcome)
 
     def _done(self, item: Sealed) -> None:
+        self._inflight = None
         self.pending.popleft()
         self.pending_bytes -= item.size
         self._wake.set()  # intake may be waiting for room

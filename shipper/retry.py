@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
+import h11
+
 # A proxy's Retry-After is honoured but never beyond this: a sidecar that
 # sleeps for an hour on a proxy's word is a sidecar that loses the pod's logs.
 MAX_RETRY_AFTER = 60.0
@@ -25,7 +27,9 @@ def is_retriable(outcome: int | BaseException) -> bool:
     """True when a push that ended with `outcome` (HTTP status or error) should be retried."""
     if isinstance(outcome, BaseException):
         # Transport errors (refused, reset, timeout, TLS) are transient by nature.
-        return isinstance(outcome, (OSError, TimeoutError, EOFError, ConnectionError))
+        # h11.RemoteProtocolError is one too: it is how shipper.loki reports a
+        # peer (Loki or a proxy) that died or spoke garbage in mid-answer.
+        return isinstance(outcome, (OSError, TimeoutError, EOFError, ConnectionError, h11.RemoteProtocolError))
     return outcome == 429 or outcome == 408 or 500 <= outcome <= 599
 
 
@@ -50,7 +54,8 @@ def parse_retry_after(value: str | None, now_epoch: float) -> float | None:
     if not value:
         return None
     value = value.strip()
-    if value.isdigit():
+    # isascii() too: str.isdigit() is also true of "²" or "٣", which float() refuses.
+    if value.isascii() and value.isdigit():
         return min(float(value), MAX_RETRY_AFTER)
     try:
         from email.utils import parsedate_to_datetime  # rare path: import only when needed

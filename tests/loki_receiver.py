@@ -572,6 +572,10 @@ class LokiReceiver:
         """Append to the script; each push takes the next action, then Action.ok() forever."""
         self._script.extend(actions)
 
+    def clear_actions(self) -> None:
+        """Drop the rest of the script: every later push is accepted (Loki recovered)."""
+        self._script.clear()
+
     @property
     def script_remaining(self) -> int:
         """Actions not yet taken by a push."""

@@ -145,7 +145,7 @@ def test_wrong_type_is_refused_naming_the_key(text: str, message: str) -> None:
 
 # --- unknown and missing keys --------------------------------------------------------
 
-TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, file_poll_interval, stop_file"
+TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, file_poll_interval, stop_file"
 LOKI_KEYS = "url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff, max_backoff"
 
 

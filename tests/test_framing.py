@@ -168,13 +168,31 @@ def test_multibyte_text_is_cut_at_the_last_boundary_within_the_limit() -> None:
     assert result.split_lines == 3
 
 
-def test_without_a_boundary_in_reach_the_cut_is_at_the_limit() -> None:
-    # Continuation bytes only: no character boundary exists, so cut at max bytes;
-    # each piece is invalid UTF-8 and counted as such.
+def test_invalid_bytes_are_replaced_before_the_cut() -> None:
+    # Continuation bytes only: each becomes a 3-byte U+FFFD, then the line is
+    # cut like any other, so no piece exceeds the limit. The line is counted once.
     result = feed_all_ways(b"\x80" * 25 + b"\n", 10)
-    assert result.lines == [REPLACEMENT * 10, REPLACEMENT * 10, REPLACEMENT * 5]
-    assert result.split_lines == 2
-    assert result.invalid_utf8_lines == 3
+    assert result.lines == [REPLACEMENT * 3] * 8 + [REPLACEMENT]
+    assert result.split_lines == 8
+    assert result.invalid_utf8_lines == 1
+
+
+def test_invalid_utf8_in_a_line_shipped_in_pieces_is_counted_once() -> None:
+    splitter = LineSplitter(10)
+    assert splitter.feed(b"\xff" + b"a" * 20) == [REPLACEMENT + b"a" * 7, b"a" * 10]
+    assert (splitter.split_lines, splitter.invalid_utf8_lines) == (2, 1)
+    assert splitter.feed(b"\xfe\n") == [b"aaa" + REPLACEMENT]
+    assert (splitter.split_lines, splitter.invalid_utf8_lines) == (2, 1)
+    assert splitter.feed(b"\xfd\n") == [REPLACEMENT]
+    assert (splitter.split_lines, splitter.invalid_utf8_lines) == (2, 2)
+
+
+def test_a_character_split_across_chunks_at_the_cut_is_not_invalid() -> None:
+    # An unterminated long line ending in an incomplete character keeps it pending.
+    splitter = LineSplitter(10)
+    assert splitter.feed(b"a" * 9 + b"xy" + "€".encode()[:2]) == [b"a" * 9 + b"x"]
+    assert splitter.feed("€".encode()[2:] + b"\n") == [b"y" + "€".encode()]
+    assert splitter.invalid_utf8_lines == 0
 
 
 # --- invalid UTF-8 -------------------------------------------------------------
@@ -210,42 +228,43 @@ def test_counters_accumulate_and_are_never_reset() -> None:
     assert (splitter.split_lines, splitter.invalid_utf8_lines) == (3, 2)
 
 
-# --- bugs ----------------------------------------------------------------------
+# --- regressions (each was a strict xfail) --------------------------------------
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: framing.py LineSplitter.feed cuts an unterminated partial line while its trailing \\r may "
-    "still be the CR of a CRLF: b'x'*10 + b'\\r' then b'\\n' (max 10) yields [x*10, b''] and "
-    "split_lines=1; fed whole it yields [x*10] and split_lines=0"))
 def test_crlf_after_a_max_length_line_split_between_cr_and_lf() -> None:
+    # The \r ending an unterminated max-length line may be the CR of a CRLF:
+    # it must not be shipped as a piece (that gave [x*10, b""] and one cut).
     assert run([b"x" * 10 + b"\r", b"\n"], 10) == Result([b"x" * 10], 0, 0)
+    assert feed_all_ways(b"x" * 10 + b"\r\n" + b"y" * 10 + b"\r", 10) == Result([b"x" * 10, b"y" * 10], 0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: framing.py LineSplitter._clean strips a trailing \\r from pieces cut off an unterminated "
-    "line in feed(): a lone \\r that ends a piece is lost (b'x'*9 + b'\\r' + b'y'*5 + b'\\n', max 10: "
-    "fed whole -> [b'xxxxxxxxx\\r', b'yyyyy'], fed as [11 bytes, rest] -> [b'xxxxxxxxx', b'yyyyy'])"))
 def test_lone_cr_at_a_cut_boundary_is_kept_whatever_the_chunking() -> None:
-    feed_all_ways(b"x" * 9 + b"\r" + b"y" * 5 + b"\n", 10)
+    # A piece cut off an unterminated line used to lose a \r that ended it.
+    result = feed_all_ways(b"x" * 9 + b"\r" + b"y" * 5 + b"\n", 10)
+    assert result == Result([b"x" * 9 + b"\r", b"y" * 5], 1, 0)
+    result = feed_all_ways(b"x" * 9 + b"\r\r" + b"y" * 5 + b"\r\n", 10)
+    assert result == Result([b"x" * 9 + b"\r", b"\r" + b"y" * 5], 1, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: framing.py LineSplitter._fix replaces invalid bytes after the cut, so an output line can "
-    "be up to 3x max_line_bytes: b'\\xff'*10 + b'\\n' with max 10 gives one 30-byte line"))
 def test_replacement_never_makes_a_line_longer_than_max_line_bytes() -> None:
+    # Replacing after the cut made a 10-byte piece of b"\xff" a 30-byte line.
     result = run([b"\xff" * 10 + b"\n", "é".encode("latin-1") * 25 + b"\n"], 10)
     assert all(len(line) <= 10 for line in result.lines), [len(line) for line in result.lines]
+    assert result == Result([REPLACEMENT * 3] * 3 + [REPLACEMENT] + [REPLACEMENT * 3] * 8 + [REPLACEMENT],
+                            3 + 8, 2)
+    assert feed_all_ways(b"\xff" * 10 + b"\n" + "é".encode("latin-1") * 25 + b"\n", 10) == result
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG (unreachable from config, which forces max_line_bytes >= 1024): framing.py LineSplitter._clean "
-    "checks UTF-8 validity on the whole chunk before the cut, so with max_line_bytes < 4 a cut inside a "
-    "valid character yields invalid, uncounted pieces: LineSplitter(1).feed(b'\\xc2\\x80\\n') == "
-    "[b'\\xc2', b'\\x80'], invalid_utf8_lines 0; fed one byte at a time -> two U+FFFD lines, counted 2"))
 def test_pieces_are_valid_utf8_even_with_a_tiny_limit() -> None:
+    # Validity used to be checked before the cut, which could split a valid
+    # character into uncounted invalid pieces. Below 4 bytes (no config allows
+    # it) a character wider than the limit is a piece of its own.
     result = run([b"\xc2\x80\n"], 1)
     for line in result.lines:
         line.decode("utf-8")
     assert result == run([b"\xc2", b"\x80", b"\n"], 1)
+    assert result == Result([b"\xc2\x80"], 0, 0)
+    assert feed_all_ways("a€😀b".encode() + b"\n", 2) == Result([b"a", "€".encode(), "😀".encode(), b"b"], 3, 0)
+    assert feed_all_ways(b"a\xffb\n", 2) == Result([b"a", REPLACEMENT, b"b"], 2, 1)
 
 
 # --- properties ----------------------------------------------------------------
@@ -297,12 +316,12 @@ def test_property_valid_short_lines_are_the_input_split_at_newlines(
 @given(st.data(), st.binary(max_size=200))
 def test_property_arbitrary_bytes_with_short_lines(data: st.DataObject, raw: bytes) -> None:
     limit = 16
-    # Keep every line (with its \r) within the limit: that is where the contract is simple.
+    # Keep every line (with its \r) within the limit: then only replacement can make a line
+    # longer (U+FFFD is 3 bytes), and such a line is cut like any other (reference() below).
     raw = b"\n".join(part[i:i + limit] for part in raw.split(b"\n") for i in range(0, max(len(part), 1), limit))
     chunks = data.draw(split_points(raw))
-    expected, invalid = reference_short_lines(raw)
-    assert run(chunks, limit) == Result(expected, 0, invalid)
-    assert run([raw], limit) == Result(expected, 0, invalid)
+    assert run(chunks, limit) == reference(raw, limit)
+    assert run([raw], limit) == reference(raw, limit)
 
 
 def reference_cut(line: str, limit: int) -> list[bytes]:
@@ -333,14 +352,46 @@ def test_property_long_valid_lines_are_cut_on_character_boundaries(
     assert all(len(line) <= limit for line in result.lines)
 
 
-@settings(max_examples=300)
-@given(st.data(), st.binary(max_size=120).map(lambda b: b.replace(b"\r", b"")), st.integers(4, 12))
-def test_property_any_bytes_without_cr_give_the_same_result_in_any_chunking(
+def reference(data: bytes, limit: int) -> Result:
+    """The whole contract, one line at a time: split at \\n (the unterminated last line
+    too, as flush() gives it), drop one \\r at the end, replace invalid UTF-8 (counting
+    the line), then cut greedily on character boundaries (counting the cuts)."""
+    parts = data.split(b"\n")
+    if parts[-1] == b"":
+        parts.pop()
+    lines: list[bytes] = []
+    cuts = invalid = 0
+    for part in parts:
+        if part.endswith(b"\r"):
+            part = part[:-1]
+        try:
+            text = part.decode("utf-8")
+        except UnicodeDecodeError:
+            invalid += 1
+            text = part.decode("utf-8", "replace")
+        pieces = reference_cut(text, limit)
+        cuts += len(pieces) - 1
+        lines += pieces
+    return Result(lines, cuts, invalid)
+
+
+# Bytes that exercise the edge cases far more often than uniform random bytes do.
+tricky_bytes_st = st.lists(
+    st.binary(max_size=8) | st.sampled_from([b"\r", b"\n", b"\r\n", b"\r\r", b"\xff", b"\x80", b"\xed\xa0",
+                                             "é€😀".encode(), "😀".encode()[:3], "€".encode()[:2]]),
+    max_size=40).map(b"".join)
+
+
+@settings(max_examples=500)
+@given(st.data(), tricky_bytes_st, st.integers(4, 12))
+def test_property_any_bytes_give_the_reference_result_in_any_chunking(
         data: st.DataObject, raw: bytes, limit: int) -> None:
-    # Any line length, invalid UTF-8 included; \r is left out (see the xfail tests above).
+    # Any line length, invalid UTF-8 and lone or trailing \r included.
     chunks = data.draw(split_points(raw))
     whole = run([raw], limit)
+    assert whole == reference(raw, limit)
     assert run(chunks, limit) == whole
     assert run([raw[i:i + 1] for i in range(len(raw))], limit) == whole
     for line in whole.lines:
         line.decode("utf-8")
+        assert len(line) <= limit

@@ -93,8 +93,7 @@ def test_label_string_of_hostile_values_parses() -> None:
 
 
 names_st = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]*", fullmatch=True).filter(lambda n: len(n) < 30)
-# U+FFFD is excluded here: Loki refuses it raw, see the xfail test below.
-values_st = st.text(st.characters(codec="utf-8", exclude_characters="\ufffd"), max_size=30)
+values_st = st.text(st.characters(codec="utf-8"), max_size=30)
 
 
 @settings(max_examples=300)
@@ -104,13 +103,13 @@ def test_property_label_string_parses_strictly(labels: dict[str, str]) -> None:
     parsed = parse(text)
     assert parsed == {k: v for k, v in labels.items() if v}
     assert list(parsed) == sorted(parsed)
+    assert "\ufffd" not in text  # Loki refuses it raw (see below)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: labels.py quote() writes U+FFFD raw. Prometheus' lexer, which Loki's ParseLabels uses, "
-    "refuses a literal U+FFFD inside a quoted value ('invalid UTF-8 rune'), so Loki answers 400 and "
-    "every line of that stream is dropped; clean_value() itself turns lone surrogates into U+FFFD. "
-    "label_string({'dag_id': '\\ufffd'}) == '{dag_id=\"\\ufffd\"}' (raw); expected the escape \\ufffd"))
+# Regression (was a strict xfail): quote() wrote U+FFFD raw. Prometheus' lexer, which Loki's
+# ParseLabels uses, refuses a literal U+FFFD inside a quoted value ('invalid UTF-8 rune'), so
+# Loki answered 400 and every line of that stream was dropped; clean_value() itself turns lone
+# surrogates into U+FFFD.
 @pytest.mark.parametrize("value", ["\ufffd", "etl_\ufffd", clean_value("bad\udcffbyte")])
 def test_replacement_character_is_escaped_in_label_values(value: str) -> None:
     text = label_string({"dag_id": value})
@@ -119,6 +118,7 @@ def test_replacement_character_is_escaped_in_label_values(value: str) -> None:
     # The receiver's parser does not model this rule, hence the explicit check.
     assert "\ufffd" not in text
     assert parse(text) == {"dag_id": value}
+    assert quote(value).count("\\ufffd") == value.count("\ufffd")
 
 
 # --- go_unquote ---------------------------------------------------------------------
@@ -176,12 +176,12 @@ def test_clean_value_replaces_lone_surrogates() -> None:
     cleaned.encode("utf-8")  # no surrogate left
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: labels.py clean_value encodes lone surrogates with 'surrogatepass' then decodes with "
-    "'replace': each surrogate (one undecodable env byte) becomes THREE U+FFFD. "
-    "clean_value('a\\udcffb') == 'a\\ufffd\\ufffd\\ufffdb', expected 'a\\ufffdb'"))
+# Regression (was a strict xfail): "surrogatepass" then "replace" made each surrogate (one
+# undecodable env byte) THREE U+FFFD.
 def test_clean_value_replaces_each_lone_surrogate_with_one_replacement_character() -> None:
     assert clean_value("a\udcffb") == "a\ufffdb"
+    assert clean_value("\udcc3\udca9-\udcff") == "\ufffd\ufffd-\ufffd"  # one per byte, as os.fsdecode made them
+    assert clean_value("\udcff" * 1000, limit=10) == "\ufffd" * 3  # still cut at the limit
 
 
 def test_clean_value_with_surrogates_is_still_cut() -> None:
