@@ -16,6 +16,7 @@ from shipper import __version__
 from shipper.config import Config, ConfigError, dump, load
 
 USAGE = """usage: shipper [--config PATH] [run | check-config]
+       shipper [--config PATH] exec -- CMD [ARGS...]
        shipper --version
 
 Reads the configured sources, labels every line with the Airflow context and
@@ -24,6 +25,8 @@ SHIPPER_CONFIG environment variable, else the defaults (see README).
 
   run            ship logs (the default)
   check-config   print the effective configuration and exit
+  exec           run CMD as a child, pass its output through unchanged, ship
+                 it, forward signals, exit with its exit code
 """
 
 
@@ -32,6 +35,7 @@ def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     config_path: str | None = None
     command = "run"
+    argv_child: list[str] = []
     rest = list(args)
     # Hand-rolled parsing: argparse costs memory in every pod for three options.
     while rest:
@@ -51,6 +55,13 @@ def main(argv: list[str] | None = None) -> int:
                 return _usage_error("--config needs a PATH")
         elif arg in ("run", "check-config"):
             command = arg
+        elif arg == "exec":
+            command = arg
+            if rest[:1] == ["--"]:
+                rest.pop(0)
+            if not rest:
+                return _usage_error("exec needs a command: shipper exec -- CMD [ARGS...]")
+            argv_child, rest = rest, []
         else:
             return _usage_error(f"unknown argument {arg!r}")
     try:
@@ -60,10 +71,11 @@ def main(argv: list[str] | None = None) -> int:
     if command == "check-config":
         sys.stdout.write(f"# effective configuration (from {origin})\n{dump(config)}")
         return 0
-    return _run(config, origin)
+    return _run(config, origin, argv_child)
 
 
-def _run(config: Config, origin: str) -> int:
+def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> int:
+    """`run`, or `exec` when `argv_child` is given."""
     if not config.loki.url.startswith("https:") or config.sink.type == "console":
         # asyncio imports ssl (OpenSSL, ~4.4 MiB) even when TLS is never used;
         # hiding it makes asyncio fall back to its no-TLS code (FACTS §6).
@@ -75,23 +87,30 @@ def _run(config: Config, origin: str) -> int:
     from shipper.pipeline import Sink
     from shipper.sources import Source, SourceError, check_path
 
+    if argv_child:
+        events.quiet()  # stderr is the command's: only warnings, errors, the summary
     ctx = lifecycle.airflow_context(config, os.environ)
-    streams = lifecycle.build_streams(config, ctx)
     sources = []
-    try:
-        for source_cfg, stream in zip(config.sources, streams):
-            check_path(source_cfg.path)
-            sources.append(Source(source_cfg.path, stream, config.max_line_bytes))
-    except SourceError as e:
-        return _config_error(str(e))
+    if argv_child:
+        # exec: the command's own stdout/stderr are the sources; [[sources]] are not read.
+        streams = lifecycle.build_streams(config, ctx, names=("stdout", "stderr"))
+    else:
+        streams = lifecycle.build_streams(config, ctx)
+        try:
+            for source_cfg, stream in zip(config.sources, streams):
+                check_path(source_cfg.path)
+                sources.append(Source(source_cfg.path, stream, config.max_line_bytes))
+        except SourceError as e:
+            return _config_error(str(e))
     sink: Sink
     if config.sink.type == "console":
-        sink = ConsoleSink()
+        # In exec mode stdout carries the command's output: pushes go to stderr.
+        sink = ConsoleSink(sys.stderr if argv_child else sys.stdout)
     else:
         sink = LokiClient(config.loki.url, config.loki.tenant_id, config.loki.timeout)
     events.log("info", "starting", version=__version__, config=origin, sink=config.sink.type,
                url=config.loki.url if config.sink.type == "loki" else None,
-               sources=[s.path for s in config.sources],
+               sources=[s.path for s in config.sources] if not argv_child else ["exec"],
                labels=sorted({s.labels for s in streams}),
                context_keys=sorted(ctx))
 
@@ -104,7 +123,21 @@ def _run(config: Config, origin: str) -> int:
             for source in sources:
                 source.close()
             return _config_error(str(e))
-        return await lifecycle.run(config, sources, sink, ctx)
+        child = None
+        if argv_child:
+            from shipper.exec import SpawnError, copy_all, spawn
+
+            try:
+                child = spawn(argv_child)
+            except SpawnError as e:
+                events.log("error", "cannot run the command", error=str(e))
+                return e.code
+            events.log("info", "command started", pid=child.pid, argv=argv_child)
+            sources.append(Source.from_pipe(child.stdout, "exec:stdout", streams[0], config.max_line_bytes,
+                                            passthrough=lambda data: copy_all(1, data)))
+            sources.append(Source.from_pipe(child.stderr, "exec:stderr", streams[1], config.max_line_bytes,
+                                            passthrough=lambda data: copy_all(2, data)))
+        return await lifecycle.run(config, sources, sink, ctx, child)
 
     return asyncio.run(go())
 

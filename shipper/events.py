@@ -75,8 +75,24 @@ class Counters:
 COUNTERS = Counters()
 
 
+_LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3}
+_min_level = 1
+
+
+def quiet() -> None:
+    """Only warnings, errors and the exit summary from now on.
+
+    exec mode: stderr carries the command's own output, which `kubectl logs`
+    must show as it would have without the shipper.
+    """
+    global _min_level
+    _min_level = _LEVELS["warn"]
+
+
 def log(level: str, msg: str, **fields: Any) -> None:
     """Write one JSON diagnostic line to stderr."""
+    if _LEVELS.get(level, 3) < _min_level and msg != "exit":
+        return
     record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
     try:
         sys.stderr.write(json.dumps(record, default=str) + "\n")
@@ -96,9 +112,9 @@ def lines_cleaned(source: str, split: int, invalid_utf8: int) -> None:
     COUNTERS.lines_split += split
     COUNTERS.lines_invalid_utf8 += invalid_utf8
     if split:
-        log("warn", "line longer than max_line_bytes was split", source=source, cuts=split)
+        log("info", "line longer than max_line_bytes was split", source=source, cuts=split)
     if invalid_utf8:
-        log("warn", "invalid UTF-8 replaced with U+FFFD", source=source, lines=invalid_utf8)
+        log("info", "invalid UTF-8 replaced with U+FFFD", source=source, lines=invalid_utf8)
 
 
 def source_opened(path: str, kind: str) -> None:

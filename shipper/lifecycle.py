@@ -24,12 +24,13 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from shipper import __version__, encoder, events
 from shipper.batch import Stream
 from shipper.config import CONTEXT_KEYS, Config, parse_listen
+from shipper.exec import FORWARDED, Child
 from shipper.labels import clean_value, context_from_env, label_string, read_annotations
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
@@ -69,14 +70,15 @@ def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
         if key not in config.airflow.labels and ctx.get(key))
 
 
-def build_streams(config: Config, ctx: Mapping[str, str]) -> list[Stream]:
-    """One Stream per source: task labels + `stream`; per-run values as metadata."""
+def build_streams(config: Config, ctx: Mapping[str, str],
+                  names: Sequence[str] | None = None) -> list[Stream]:
+    """One Stream per source (or per name given): task labels + `stream`; per-run values as metadata."""
     metadata = run_metadata(config, ctx)
     streams = []
-    for source in config.sources:
+    for name in names if names is not None else [s.stream for s in config.sources]:
         labels = task_labels(config, ctx)
-        labels["stream"] = clean_value(source.stream)
-        streams.append(Stream(label_string(labels), metadata, source.stream))
+        labels["stream"] = clean_value(name)
+        streams.append(Stream(label_string(labels), metadata, name))
     return streams
 
 
@@ -105,8 +107,13 @@ def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
 
 
 async def run(config: Config, sources: list[Source], sink: Sink,
-              ctx: Mapping[str, str] | None = None) -> int:
-    """Run the pipeline until shutdown; returns the exit code."""
+              ctx: Mapping[str, str] | None = None, child: Child | None = None) -> int:
+    """Run the pipeline until shutdown; returns the exit code.
+
+    With a `child` (exec mode) signals are forwarded to it instead of starting
+    the shutdown, the shutdown starts when it exits, and its exit code is
+    returned.
+    """
     ctx = ctx or {}
     loop = asyncio.get_running_loop()
     pipeline = Pipeline(config, sources, sink)
@@ -119,8 +126,12 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         pipeline.stop()
 
     def on_signal(signum: int) -> None:
-        state.signals += 1
         name = signal.Signals(signum).name
+        if child is not None:
+            events.log("info", "signal forwarded to the command", signal=name, pid=child.pid)
+            child.send(signum)
+            return
+        state.signals += 1
         if state.signals == 1:
             events.log("info", "signal received: reading to the end, flushing",
                        signal=name, shutdown_timeout=config.shutdown_timeout)
@@ -168,8 +179,24 @@ async def run(config: Config, sources: list[Source], sink: Sink,
             return EXIT_CONFIG
         events.log("info", "metrics endpoint listening", host=host or "*", port=bound)
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
+    def on_child_exit() -> None:
+        assert child is not None
+        if child.poll() is None:
+            return
+        loop.remove_reader(child.pidfd)
+        child.close()
+        events.log("info", "command exited: reading its output to the end, flushing",
+                   code=child.status, shutdown_timeout=config.shutdown_timeout)
+        if not state.deadline:
+            begin_shutdown(f"command exited with {child.status}")
+        changed.set()
+
+    handled = FORWARDED if child is not None else (signal.SIGTERM, signal.SIGINT)
+    for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
+    if child is not None:
+        loop.add_reader(child.pidfd, on_child_exit)
+        on_child_exit()  # it may have exited already
     started = time.monotonic()
     intake = asyncio.create_task(pipeline.intake(), name="intake")
     sender = asyncio.create_task(pipeline.sender(), name="sender")
@@ -179,7 +206,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     code = EXIT_OK
     try:
         while True:
-            if intake.done() and not state.deadline:
+            if intake.done() and not state.deadline and (child is None or child.status is not None):
                 # Every source ended without a signal: the same deadline applies.
                 state.deadline = time.monotonic() + config.shutdown_timeout
             deadline = state.deadline
@@ -198,7 +225,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
                 code = EXIT_INTERNAL
                 _give_up(pipeline, "internal_error")
                 break
-            if sender.done():
+            if sender.done() and (child is None or child.status is not None):
                 break  # intake finished and everything queued was answered
             if state.signals > 1:
                 code = EXIT_UNDELIVERED if _give_up(pipeline, "forced_exit") else EXIT_OK
@@ -216,7 +243,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         await asyncio.gather(*tasks, return_exceptions=True)
         for source in sources:
             source.close()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        for sig in handled:
             loop.remove_signal_handler(sig)
     if code == EXIT_OK and any(n for reason, n in events.COUNTERS.dropped.items() if reason != "rejected"):
         code = EXIT_UNDELIVERED  # e.g. buffer_full drops while Loki was down
@@ -235,6 +262,8 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         await sink.close()
         if server is not None:
             await server.close()
+    if child is not None and child.status is not None:
+        return child.status  # the task's outcome; the summary records the shipper's
     return code
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
+from typing import TextIO
 import h11
 
 from shipper import __version__
@@ -129,6 +130,9 @@ class ConsoleSink:
 
     timeout = 1.0
 
+    def __init__(self, out: TextIO | None = None) -> None:
+        self._out = out
+
     async def push(self, body: bytes, timeout: float | None = None) -> Answer:
         import json
         import sys
@@ -138,8 +142,9 @@ class ConsoleSink:
         from shipper.encoder import decode_push
 
         streams = decode_push(snappy.uncompress(body))
-        sys.stdout.write(json.dumps({"streams": streams}, ensure_ascii=False) + "\n")
-        sys.stdout.flush()
+        out = self._out or sys.stdout
+        out.write(json.dumps({"streams": streams}, ensure_ascii=False) + "\n")
+        out.flush()
         return Answer(204)
 
     async def close(self) -> None:

@@ -18,6 +18,8 @@ import os
 import re
 import stat
 
+from collections.abc import Callable
+
 from shipper import events
 from shipper.batch import Stream
 from shipper.framing import LineSplitter
@@ -109,6 +111,22 @@ class Source:
         self._offset = 0
         self.read_rate = 0.0  # bytes/s over the last read interval (paces pipe reads)
         self._last_read_at = 0.0
+        # exec mode: every chunk read is first copied here (our own stdout/stderr).
+        self.passthrough: Callable[[bytes], None] | None = None
+
+    @classmethod
+    def from_pipe(cls, fd: int, name: str, stream: Stream, max_line_bytes: int,
+                  passthrough: Callable[[bytes], None] | None = None) -> Source:
+        """A pipe the shipper already holds (exec mode: the command's output)."""
+        source = cls(name, stream, max_line_bytes)
+        os.set_blocking(fd, False)
+        source.fd = fd
+        source.kind = "pipe"
+        source.anonymous = True  # an empty read means every writer is gone
+        source.pipe_size = _grow_pipe(fd)
+        source.passthrough = passthrough
+        events.source_opened(name, "command pipe")
+        return source
 
     @property
     def finished(self) -> bool:
@@ -169,6 +187,8 @@ class Source:
             except BlockingIOError:
                 return lines, total, False
             if data:
+                if self.passthrough is not None:
+                    self.passthrough(data)
                 self.had_writer = True
                 total += len(data)
                 lines += self.splitter.feed(data)

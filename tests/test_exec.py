@@ -1,0 +1,141 @@
+"""`shipper exec`: the real shipper running a real command as its child.
+
+The command's output must pass through byte for byte, be shipped line by
+line, and its exit code (or 128+signal) must become the shipper's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import make_config
+from tests.loki_receiver import LokiReceiver
+
+# Writes to both streams, in pieces, with invalid UTF-8, \r\n, and no final newline.
+TASK = r"""
+import os, sys
+os.write(1, b"[2026-11-24T10:00:00.000+0000] {task.py:1} INFO - start\n")
+os.write(2, b"warning: \xff bytes\r\n")
+os.write(1, b"half a li")
+os.write(1, b"ne\nlast without newline")
+os.write(2, b"err end")
+sys.exit(3)
+"""
+
+
+async def run_exec(config: str, *argv: str, stdin: int | None = asyncio.subprocess.DEVNULL,
+                   ) -> asyncio.subprocess.Process:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW_CTX_", "SHIPPER_"))}
+    env["SHIPPER_CONFIG"] = config
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shipper", "exec", "--", *argv, env=env, stdin=stdin,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+
+
+async def run_bare(*argv: str) -> tuple[int, bytes, bytes]:
+    proc = await asyncio.create_subprocess_exec(
+        *argv, stdin=asyncio.subprocess.DEVNULL,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out, err
+
+
+def split_diagnostics(stderr: bytes, task_stderr: bytes) -> list[dict[str, object]]:
+    """The shipper's own stderr records after the command's passthrough bytes."""
+    assert stderr.startswith(task_stderr), stderr
+    rest = stderr[len(task_stderr):].decode()
+    return [json.loads(line) for line in rest.splitlines()]
+
+
+async def test_output_passes_through_unchanged_and_is_shipped(receiver: LokiReceiver) -> None:
+    bare = await run_bare(sys.executable, "-c", TASK)
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", TASK)
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (bare[0], bare[1]) == (3, bare[1])
+    records = split_diagnostics(err, bare[2])
+    # exec mode is quiet on stderr: only the exit summary follows the command's bytes.
+    assert [r["msg"] for r in records] == ["exit"]
+    assert records[0]["reason"] == "command exited with 3"
+    assert receiver.lines(stream="stdout") == [
+        "[2026-11-24T10:00:00.000+0000] {task.py:1} INFO - start", "half a line", "last without newline"]
+    assert receiver.lines(stream="stderr") == ["warning: \ufffd bytes", "err end"]
+    assert receiver.dedup_dropped == 0
+
+
+async def test_signals_are_forwarded_and_the_commands_exit_code_returned(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    ready = tmp_path / "ready"
+    task = (
+        "import os, signal, sys, time\n"
+        "def stop(n, f):\n"
+        "    print('got', signal.Signals(n).name, flush=True)\n"
+        "    sys.exit(7)\n"
+        "signal.signal(signal.SIGTERM, stop)\n"
+        f"open({str(ready)!r}, 'w').close()\n"
+        "while True:\n"
+        "    signal.pause()\n"
+    )
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", task)
+    # The marker is made after the handler is installed: SIGTERM now reaches it.
+    while not ready.exists():
+        await asyncio.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (7, b"got SIGTERM\n")
+    assert receiver.lines(stream="stdout") == ["got SIGTERM"]
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGSEGV])
+async def test_a_command_killed_by_a_signal_exits_128_plus_n(receiver: LokiReceiver, sig: int) -> None:
+    task = f"import os; print('dying', flush=True); os.kill(os.getpid(), {int(sig)})"
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", task)
+    out, _ = await proc.communicate()
+    assert (proc.returncode, out) == (128 + sig, b"dying\n")
+    assert receiver.lines(stream="stdout") == ["dying"]
+
+
+async def test_the_command_outliving_its_pipes_is_waited_for(receiver: LokiReceiver) -> None:
+    # Closing stdout/stderr is not the end of the task: its exit code is.
+    task = "import os, time; os.write(1, b'bye\\n'); os.close(1); os.close(2); time.sleep(0.3); raise SystemExit(5)"
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", task)
+    out, _ = await proc.communicate()
+    assert (proc.returncode, out) == (5, b"bye\n")
+    assert receiver.lines(stream="stdout") == ["bye"]
+
+
+@pytest.mark.parametrize(("argv", "code", "why"), [
+    (["/nonexistent/task"], 127, "/nonexistent/task: no such file"),
+    (["no-such-command-anywhere"], 127, "no-such-command-anywhere: command not found"),
+    (["/"], 126, "/: not an executable file"),
+    (["{tmp}/text.txt"], 126, "{tmp}/text.txt: "),
+])
+async def test_a_command_that_cannot_run_exits_like_a_shell(
+        tmp_path: Path, receiver: LokiReceiver, argv: list[str], code: int, why: str) -> None:
+    text = tmp_path / "text.txt"
+    text.write_text("not a program\n")
+    text.chmod(0o755)  # executable bits, but no interpreter line: exec fails (even for root)
+    argv = [a.format(tmp=tmp_path) for a in argv]
+    why = why.format(tmp=tmp_path)
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), *argv)
+    out, err = await proc.communicate()
+    assert (proc.returncode, out) == (code, b"")
+    (record,) = [json.loads(line) for line in err.decode().splitlines() if '"cannot run the command"' in line]
+    assert why in record["error"]
+    assert receiver.lines() == []
+
+
+async def test_exec_without_a_command_is_a_usage_error() -> None:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "shipper", "exec", "--",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    _, err = await proc.communicate()
+    assert proc.returncode == 2
+    assert b"exec needs a command" in err
