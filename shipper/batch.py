@@ -5,6 +5,11 @@ It is sealed when `batch_wait` has passed since its first line (`due(now)`)
 or when one more line would take it over `batch_max_bytes` (returned by
 `add()`). A sealed batch is encoded once and its bytes are reused across
 retries, so every line keeps the timestamp it got when it was read.
+
+The one batch that may exceed `batch_max_bytes` holds a single entry that
+would not fit even in an empty batch: config bounds the line, but not the
+stream's labels and metadata (context values are only known at run time).
+Shipping it alone, a little over the limit, beats crashing or dropping it.
 """
 
 from __future__ import annotations
@@ -13,10 +18,27 @@ from dataclasses import dataclass, field
 
 from shipper import encoder
 
-# Upper bound of an entry's framing besides its line and metadata: entry tag
-# and length (4), timestamp field (2 + 12), line tag and length (4). Using a
-# bound, not the exact size, keeps the size check out of the per-line loop.
-_ENTRY_OVERHEAD = 22
+
+def _entry_overhead(max_entry_bytes: int) -> int:
+    """Upper bound of an entry's framing besides its line and metadata.
+
+    For entries shorter than `max_entry_bytes`: entry tag and length, timestamp
+    field (2 + 12: two tags, seconds and nanos varints of up to 5 bytes), line
+    tag and length. Using a bound, not the exact size, keeps the size check out
+    of the per-line loop; the two lengths are bounded by the largest entry, not
+    fixed, because a line of 2 MiB or more has 4-byte length varints.
+    """
+    return 1 + _varint_size(max_entry_bytes) + 14 + 1 + _varint_size(max_entry_bytes)
+
+
+def _varint_size(n: int) -> int:
+    """Bytes of the protobuf varint of `n` (>= 0)."""
+    return max(1, (n.bit_length() + 6) // 7)
+
+
+# The bound for entries under 2 MiB (3-byte lengths), e.g. in the default 1 MiB
+# batches: 22 bytes.
+_ENTRY_OVERHEAD = _entry_overhead(2**21 - 1)
 # Stream framing besides the label string: two tags and two lengths.
 _STREAM_OVERHEAD = 12
 
@@ -60,6 +82,9 @@ class Accumulator:
     def __init__(self, batch_wait: float, batch_max_bytes: int) -> None:
         self.batch_wait = batch_wait
         self.batch_max_bytes = batch_max_bytes
+        # An entry that fits in a batch is shorter than the batch, which bounds
+        # its length varints (never below the usual 22: smaller batches are tests).
+        self._entry_overhead = max(_ENTRY_OVERHEAD, _entry_overhead(batch_max_bytes))
         self._open: Batch | None = None
 
     @property
@@ -79,7 +104,7 @@ class Accumulator:
         if not lines:
             return []
         sealed: list[Batch] = []
-        per_line = _ENTRY_OVERHEAD + len(stream.metadata)
+        per_line = self._entry_overhead + len(stream.metadata)
         first_ts = stream.stamp(len(lines), wall_ns)
         start = 0
         while start < len(lines):
@@ -91,22 +116,28 @@ class Accumulator:
                 room -= len(stream.labels.encode()) + _STREAM_OVERHEAD
             # Fast path: everything fits (one C-level sum over the lines).
             chunk = lines if start == 0 else lines[start:]
-            cost = sum(map(len, chunk)) + per_line * len(chunk)
+            line_bytes = sum(map(len, chunk))
+            cost = line_bytes + per_line * len(chunk)
             end = len(lines)
             if cost > room:
                 end, cost = _fit(lines, start, per_line, room)
+                line_bytes = cost - per_line * (end - start)
                 if end == start:
-                    if batch.lines == 0:
-                        raise AssertionError("a single line exceeds batch_max_bytes")  # config forbids it
-                    sealed.append(self._seal())
-                    continue
+                    if batch.lines:
+                        sealed.append(self._seal())
+                        continue
+                    # Too big even for an empty batch: the labels and metadata
+                    # took the room. Alone, over the limit (module docstring).
+                    end = start + 1
+                    line_bytes = len(lines[start])
+                    cost = line_bytes + _entry_overhead(line_bytes + per_line) + len(stream.metadata)
                 chunk = lines[start:end]
             if stream not in batch.parts:
                 batch.parts[stream] = []
                 batch.size += len(stream.labels.encode()) + _STREAM_OVERHEAD
             batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, stream.metadata))
             batch.lines += len(chunk)
-            batch.line_bytes += cost - per_line * len(chunk)
+            batch.line_bytes += line_bytes
             batch.size += cost
             start = end
             if start < len(lines):

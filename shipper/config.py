@@ -57,11 +57,21 @@ DEFAULT_CONTEXT_LABELS = ("dag_id", "task_id")
 # The metrics/health endpoint. 9337 is free in Prometheus' port registry
 # neighbourhood used by log shippers (Promtail 9080, Vector 9598, Fluent Bit 2020).
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9337"
+# TLS and auth for [loki] (all off by default; every secret comes from a file,
+# a Kubernetes secret mount, never from the config text, so check-config and
+# the logs can show the whole config). Certificate verification is always on
+# unless insecure_skip_verify says otherwise; "" for ca_file means the
+# system's CA store. Keys that only mean something for https:// are refused
+# on an http:// URL instead of being silently ignored.
+HTTPS_ONLY_KEYS = ("ca_file", "insecure_skip_verify", "cert_file", "key_file")
 CONTEXT_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index", "logical_date")
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
 # Loki's max_label_names_per_series.
 MAX_LABELS = 15
+# Largest integer accepted for any key: more than any size or count can be, and
+# what keeps huge TOML integers (hex ones may have thousands of digits) out.
+_INT_LIMIT = 2**63 - 1
 
 
 class ConfigError(ValueError):
@@ -79,6 +89,13 @@ class LokiConfig:
     timeout: float = DEFAULT_REQUEST_TIMEOUT
     min_backoff: float = DEFAULT_MIN_BACKOFF
     max_backoff: float = DEFAULT_MAX_BACKOFF
+    ca_file: str = ""                  # PEM CAs trusted for the server ("" = system CAs); replaces them
+    insecure_skip_verify: bool = False  # true: no certificate check at all (logged loudly)
+    cert_file: str = ""                # client certificate (PEM), with key_file
+    key_file: str = ""                 # its private key (PEM, unencrypted)
+    bearer_token_file: str = ""        # Authorization: Bearer <file content>
+    basic_auth_user: str = ""          # Authorization: Basic, with basic_auth_password_file
+    basic_auth_password_file: str = ""
 
 
 @dataclass(frozen=True)
@@ -164,6 +181,14 @@ def parse(text: str, origin: str = "<config>") -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"{origin} is not valid TOML: {e}") from None
+    except ValueError as e:
+        # tomllib converts decimal integers with int(), whose plain ValueError
+        # for more than 4300 digits it does not wrap. The advice after ";"
+        # (sys.set_int_max_str_digits) is for programmers, not for operators.
+        raise ConfigError(f"{origin} is not valid TOML: {str(e).split(';')[0]}") from None
+    except RecursionError:
+        # tomllib parses nested arrays and inline tables recursively.
+        raise ConfigError(f"{origin} is not valid TOML: arrays or tables nested too deeply") from None
     config: Config = _build(Config, raw, "")
     _validate(config)
     return config
@@ -187,10 +212,20 @@ def _convert(typ: Any, value: Any, key: str) -> Any:
     if typ in ("float",):
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {_kind(value)}")
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:  # an integer beyond the float range (about 1.8e308)
+            raise ConfigError(f"{key}: number too large") from None
     if typ == "int":
         if isinstance(value, bool) or not isinstance(value, int):
             raise ConfigError(f"{key}: expected an integer, got {_kind(value)}")
+        if not -_INT_LIMIT <= value <= _INT_LIMIT:
+            # Not printed: a hex integer may have too many digits for str().
+            raise ConfigError(f"{key}: integer out of range (beyond 2**63)")
+        return value
+    if typ == "bool":
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {_kind(value)}")
         return value
     if typ == "str":
         if not isinstance(value, str):
@@ -245,6 +280,7 @@ def _validate(c: Config) -> None:
             raise ConfigError(f"{key}: must be a positive finite number of seconds, got {value}")
     if c.loki.max_backoff < c.loki.min_backoff:
         raise ConfigError("loki.max_backoff: must be >= loki.min_backoff")
+    _validate_tls_auth(c.loki)
     if c.max_line_bytes < 1024:
         raise ConfigError(f"max_line_bytes: must be at least 1024, got {c.max_line_bytes}")
     # One batch must hold at least one full-size line plus its framing.
@@ -290,6 +326,32 @@ def _validate(c: Config) -> None:
         raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
 
 
+def _validate_tls_auth(c: LokiConfig) -> None:
+    """[loki] TLS and credential keys: pairs complete, no contradictions, no dead keys.
+
+    Only the text is checked here; the files are read when the client is built
+    (`shipper run`), so check-config works where the secrets are not mounted.
+    """
+    if not c.url.startswith("https://"):
+        for name in HTTPS_ONLY_KEYS:
+            if getattr(c, name):
+                raise ConfigError(f"loki.{name}: only used with an https:// loki.url, and loki.url is {c.url!r}")
+    if c.insecure_skip_verify and c.ca_file:
+        raise ConfigError("loki.insecure_skip_verify: cannot be combined with loki.ca_file "
+                          "(nothing would be verified against it)")
+    for have, need in (("cert_file", "key_file"), ("key_file", "cert_file"),
+                       ("basic_auth_user", "basic_auth_password_file"),
+                       ("basic_auth_password_file", "basic_auth_user")):
+        if getattr(c, have) and not getattr(c, need):
+            raise ConfigError(f"loki.{need}: needed with loki.{have} (both or neither)")
+    if c.bearer_token_file and c.basic_auth_user:
+        raise ConfigError("loki.bearer_token_file: cannot be combined with loki.basic_auth_user "
+                          "(one Authorization header; choose one)")
+    # RFC 7617: the user-id cannot contain a colon (it ends the user-id).
+    if any(ch == ":" or ch < " " or ch == "\x7f" for ch in c.basic_auth_user):
+        raise ConfigError("loki.basic_auth_user: must not contain ':' or control characters")
+
+
 # scheme://host[:port][/path]. Hand-written rather than urllib.parse: it is
 # the only URL the shipper parses, and urllib.parse costs ~0.4 MiB per pod.
 _URL = re.compile(r"(?P<scheme>[a-z]+)://(?P<host>\[[0-9a-fA-F:.]+\]|[^/:?#@\[\]\s]+)"
@@ -316,7 +378,8 @@ class Url:
 def parse_listen(listen: str) -> tuple[str, int]:
     """`host:port`, `[v6]:port` or `:port` (all interfaces) for metrics.listen."""
     host, sep, port = listen.rpartition(":")
-    if not sep or not port.isascii() or not port.isdigit() or not 0 <= int(port) < 65536:
+    # len() first: int() of more than 4300 digits is a ValueError, not a ConfigError.
+    if not sep or not port.isascii() or not port.isdigit() or len(port) > 5 or not 0 <= int(port) < 65536:
         raise ConfigError(f"metrics.listen: expected host:port (e.g. 0.0.0.0:9337), got {listen!r}")
     if host.startswith("[") and host.endswith("]"):
         host = host[1:-1]
@@ -371,12 +434,19 @@ def dump(c: Config) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _toml(v: Any) -> str:
-    if isinstance(v, str):
-        # JSON string escaping is valid TOML basic-string escaping for all we emit.
-        import json
+# TOML basic strings (toml.io, v1.0.0) must escape `"`, `\` and every control
+# character but tab, DEL (U+007F) included; JSON's escaping leaves DEL raw.
+_TOML_ESCAPES = str.maketrans({
+    **{chr(c): f"\\u{c:04x}" for c in [*range(0x20), 0x7F]},
+    "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\",
+})
 
-        return json.dumps(v, ensure_ascii=False)
+
+def _toml(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, str):
+        return '"' + v.translate(_TOML_ESCAPES) + '"'
     if isinstance(v, tuple):
         return "[" + ", ".join(_toml(x) for x in v) + "]"
     return repr(v)

@@ -164,10 +164,16 @@ def test_a_directory_as_source_exits_2(tmp_path: Path) -> None:
     assert run.logged("exit") == []
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: config.py _convert() lets OverflowError escape for an integer too large for a float "
-    "(`shutdown_timeout = 1` + 400 zeros): `shipper check-config` dies with a traceback and exit 1 "
-    "instead of exit 2 with a JSON error naming shutdown_timeout"))
+# Regression (was a strict xfail): an OverflowError escaped config.py _convert(), so the CLI died
+# with a traceback and exit 1 instead of exit 2 with a JSON error naming the key.
 def test_a_number_too_large_for_a_float_exits_2() -> None:
     run = shipper("check-config", config="shutdown_timeout = 1" + "0" * 400 + "\n")
     assert refusal(run).startswith("shutdown_timeout: ")
+
+
+@pytest.mark.parametrize("text", ["max_line_bytes = 1" + "0" * 5000, "x = " + "[" * 3000 + "]" * 3000,
+                                  "max_line_bytes = 0x" + "f" * 4000])
+def test_toml_that_python_cannot_convert_exits_2(text: str) -> None:
+    # tomllib's plain ValueError (over 4300 digits) and RecursionError, and an integer
+    # with too many digits for str(), are refusals like any other, not tracebacks.
+    assert refusal(shipper("check-config", config=text + "\n"))
