@@ -101,7 +101,7 @@ def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
     """
     path = base.rstrip("/") + "/metrics/job/shipper"
     for key in config.airflow.labels:
-        value = (ctx.get(key) or config.airflow.missing).encode()
+        value = clean_value(ctx.get(key) or config.airflow.missing).encode()
         path += f"/{key}@base64/{base64.urlsafe_b64encode(value).decode()}"
     return path
 

@@ -45,6 +45,7 @@ class MetricsServer:
         self._status = status
         self._server: asyncio.Server | None = None
         self._active = 0
+        self._clients: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
@@ -53,16 +54,27 @@ class MetricsServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def close(self) -> None:
-        """Stop listening."""
+        """Stop listening and end the connections still open (idle or mid-request).
+
+        Their handlers see end of input and return. A handler left running
+        would be cancelled when the loop closes, and Python 3.11's asyncio then
+        prints a traceback (not JSON) to stderr for it.
+        """
         if self._server is not None:
             self._server.close()
             self._server = None
+        for writer in self._clients:
+            writer.close()
+        handlers = {t for t in self._clients.values() if t is not None}
+        if handlers:
+            await asyncio.wait(handlers, timeout=1.0)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= MAX_CONNECTIONS:
+        if self._active >= MAX_CONNECTIONS or self._server is None:
             writer.close()
             return
         self._active += 1
+        self._clients[writer] = asyncio.current_task()
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
         try:
             async with asyncio.timeout(REQUEST_TIMEOUT):
@@ -85,6 +97,7 @@ class MetricsServer:
             pass  # slow or vanished client: just drop it
         finally:
             self._active -= 1
+            del self._clients[writer]
             writer.close()
 
     def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
