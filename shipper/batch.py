@@ -17,6 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from shipper import encoder
+from shipper.checkpoint import Position
 
 
 def _entry_overhead(max_entry_bytes: int) -> int:
@@ -70,6 +71,9 @@ class Batch:
     lines: int = 0
     line_bytes: int = 0  # sum of line lengths (what users call "log bytes")
     size: int = 0  # upper bound of the uncompressed PushRequest size
+    # Per file source: the position its lines in this batch end at. Once the
+    # batch is acknowledged, a checkpoint may record it (shipper.checkpoint).
+    marks: dict[str, Position] = field(default_factory=dict)
 
     def body(self) -> bytes:
         """The uncompressed PushRequest."""
@@ -96,15 +100,26 @@ class Accumulator:
         """Monotonic time at which the open batch becomes due, None if none is open."""
         return self._open.opened + self.batch_wait if self._open else None
 
-    def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int) -> list[Batch]:
+    def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
+            mark: tuple[str, Position] | None = None) -> list[Batch]:
         """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
 
         Returns the batches this filled up (sealed, oldest first); usually none.
+        With a `mark` (a file source's key and the position these lines end
+        at) the lines are kept in one batch when they fit in an empty one (the
+        open batch is sealed first if needed), so the mark is exact for the
+        batch that gets it.
         """
         if not lines:
             return []
         sealed: list[Batch] = []
         per_line = self._entry_overhead + len(stream.metadata)
+        if mark is not None and self._open is not None and self._open.lines:
+            room = self.batch_max_bytes - self._open.size
+            if stream not in self._open.parts:
+                room -= len(stream.labels.encode()) + _STREAM_OVERHEAD
+            if sum(map(len, lines)) + per_line * len(lines) > room:
+                sealed.append(self._seal())
         first_ts = stream.stamp(len(lines), wall_ns)
         start = 0
         while start < len(lines):
@@ -142,6 +157,9 @@ class Accumulator:
             start = end
             if start < len(lines):
                 sealed.append(self._seal())
+        if mark is not None:
+            assert self._open is not None  # the last lines stay in the open batch
+            self._open.marks[mark[0]] = mark[1]
         return sealed
 
     def due(self, now: float) -> Batch | None:

@@ -76,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> int:
     """`run`, or `exec` when `argv_child` is given."""
-    if not config.loki.url.startswith("https:") or config.sink.type == "console":
+    loki_tls = config.sink.type == "loki" and config.loki.url.startswith("https:")
+    if not loki_tls and not config.metrics.pushgateway_url.startswith("https:"):
         # asyncio imports ssl (OpenSSL, ~4.4 MiB) even when TLS is never used;
         # hiding it makes asyncio fall back to its no-TLS code (FACTS §6).
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
@@ -107,7 +108,18 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         # In exec mode stdout carries the command's output: pushes go to stderr.
         sink = ConsoleSink(sys.stderr if argv_child else sys.stdout)
     else:
-        sink = LokiClient(config.loki.url, config.loki.tenant_id, config.loki.timeout)
+        try:
+            # Reads the CA/client-cert/credential files now: a bad one exits 2 naming its key.
+            sink = LokiClient.from_config(config.loki)
+        except ConfigError as e:
+            return _config_error(str(e))
+        loki = config.loki
+        if loki.insecure_skip_verify:
+            events.log("warn", "TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
+                       "anyone on the path can read and alter the logs and the credentials",
+                       url=loki.url)
+        if (loki.bearer_token_file or loki.basic_auth_password_file) and not loki.url.startswith("https://"):
+            events.log("warn", "credentials are sent over plain http (loki.url is not https://)", url=loki.url)
     events.log("info", "starting", version=__version__, config=origin, sink=config.sink.type,
                url=config.loki.url if config.sink.type == "loki" else None,
                sources=[s.path for s in config.sources] if not argv_child else ["exec"],
@@ -115,11 +127,16 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                context_keys=sorted(ctx))
 
     async def go() -> int:
+        from shipper.checkpoint import CheckpointError
+        from shipper.spool import SpoolError
+
         # Sources are opened inside the loop so open errors exit 2 before any push.
         try:
+            durable = lifecycle.open_durable(config, sources)
             for source in sources:
-                source.try_open()
-        except SourceError as e:
+                if source.kind == "waiting":
+                    source.try_open()
+        except (SourceError, CheckpointError, SpoolError) as e:
             for source in sources:
                 source.close()
             return _config_error(str(e))
@@ -137,7 +154,7 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                                             passthrough=lambda data: copy_all(1, data)))
             sources.append(Source.from_pipe(child.stderr, "exec:stderr", streams[1], config.max_line_bytes,
                                             passthrough=lambda data: copy_all(2, data)))
-        return await lifecycle.run(config, sources, sink, ctx, child)
+        return await lifecycle.run(config, sources, sink, ctx, child, durable)
 
     return asyncio.run(go())
 

@@ -21,6 +21,7 @@ DROP_REASONS = (
     "shutdown_deadline",  # still undelivered when shutdown_timeout ran out
     "forced_exit",        # a second signal asked the shipper to exit at once
     "buffer_full",        # when_full = "drop_oldest": a pipe had more while Loki lagged
+    "spool_error",        # a spooled batch could not be read back (file gone or unreadable)
     "internal_error",     # a pipeline task died (a bug); exit code 3
 )
 
@@ -68,6 +69,7 @@ class Counters:
         self.last_push_ok = 0.0     # epoch seconds of the last 2xx
         self.last_push_failed = False  # the latest push attempt failed (for /ready)
         self.body_bytes_sent = 0    # compressed bodies acknowledged
+        self.lines_spooled_at_exit = 0  # undelivered at exit but safe in the spool
         self.push_duration = Histogram(PUSH_DURATION_BOUNDS)
         self.batch_size = Histogram(BATCH_SIZE_BOUNDS)
 

@@ -25,16 +25,19 @@ import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
-from shipper import __version__, encoder, events
+from shipper import __version__, checkpoint, encoder, events
 from shipper.batch import Stream
 from shipper.config import CONTEXT_KEYS, Config, parse_listen
 from shipper.exec import FORWARDED, Child
 from shipper.labels import clean_value, context_from_env, label_string, read_annotations
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
+from shipper.checkpoint import Position
 from shipper.sources import Source
+from shipper.spool import Spool, SpoolEntry
 
 # The exit summary and the Pushgateway push get at least this long even when
 # the shutdown deadline is spent: one small request, and the run's only record.
@@ -44,6 +47,44 @@ EXIT_OK = 0
 EXIT_UNDELIVERED = 1
 EXIT_CONFIG = 2
 EXIT_INTERNAL = 3
+EXIT_SPOOLED = 4  # lines left undelivered are safe in the spool; the next run sends them
+
+
+@dataclass
+class Durable:
+    """What an earlier run left: spooled batches and acknowledged file positions."""
+
+    spool: Spool | None = None
+    replay: list[SpoolEntry] = field(default_factory=list)
+    checkpoint_file: str = ""
+    positions: dict[str, Position] = field(default_factory=dict)
+
+
+def open_durable(config: Config, sources: list[Source]) -> Durable:
+    """Load the spool and checkpoint and set each file source's resume position.
+
+    Raises CheckpointError / SpoolError (the CLI exits 2). Must run before the
+    sources are opened.
+    """
+    state = Durable(checkpoint_file=config.checkpoint_file)
+    if config.spool_dir:
+        state.spool = Spool(config.spool_dir, config.spool_max_bytes)
+        state.replay = state.spool.load()
+        for path in state.spool.corrupt:
+            events.log("error", "unreadable spool file set aside", path=path + ".corrupt")
+        if not state.checkpoint_file:
+            state.checkpoint_file = os.path.join(config.spool_dir, "checkpoint.json")
+    if state.checkpoint_file:
+        state.positions = checkpoint.load(state.checkpoint_file)
+    resume = dict(state.positions)
+    for entry in state.replay:
+        resume.update(entry.marks)  # spooled lines were read: start after them
+    for source in sources:
+        source.resume = resume.get(source.path)
+    if state.replay:
+        events.log("info", "replaying batches spooled by an earlier run", batches=len(state.replay),
+                   lines=sum(e.lines for e in state.replay))
+    return state
 
 
 def airflow_context(config: Config, env: Mapping[str, str]) -> dict[str, str]:
@@ -107,7 +148,8 @@ def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
 
 
 async def run(config: Config, sources: list[Source], sink: Sink,
-              ctx: Mapping[str, str] | None = None, child: Child | None = None) -> int:
+              ctx: Mapping[str, str] | None = None, child: Child | None = None,
+              durable: Durable | None = None) -> int:
     """Run the pipeline until shutdown; returns the exit code.
 
     With a `child` (exec mode) signals are forwarded to it instead of starting
@@ -116,7 +158,9 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     """
     ctx = ctx or {}
     loop = asyncio.get_running_loop()
-    pipeline = Pipeline(config, sources, sink)
+    durable = durable or Durable()
+    pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
+                        checkpoint_file=durable.checkpoint_file, positions=durable.positions)
     changed = asyncio.Event()
     state = _State()
 
@@ -247,6 +291,8 @@ async def run(config: Config, sources: list[Source], sink: Sink,
             loop.remove_signal_handler(sig)
     if code == EXIT_OK and any(n for reason, n in events.COUNTERS.dropped.items() if reason != "rejected"):
         code = EXIT_UNDELIVERED  # e.g. buffer_full drops while Loki was down
+    if code == EXIT_OK and events.COUNTERS.lines_spooled_at_exit:
+        code = EXIT_SPOOLED
     try:
         summary = _summary(code, state.reason, time.monotonic() - started)
         events.log("info", "exit", **summary)
@@ -274,7 +320,7 @@ def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
         "code": code, "reason": reason, "seconds": round(seconds, 3),
         "lines_read": sum(c.lines_read.values()), "bytes_read": sum(c.bytes_read.values()),
         "lines_sent": c.lines_sent, "bytes_sent": c.bytes_sent, "batches_sent": c.batches_sent,
-        "retries": c.retries, "dropped": dict(c.dropped),
+        "retries": c.retries, "dropped": dict(c.dropped), "lines_spooled": c.lines_spooled_at_exit,
         "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
         "version": __version__,
     }
@@ -319,9 +365,14 @@ class _State:
 
 
 def _give_up(pipeline: Pipeline, reason: str) -> int:
-    """Count every line still undelivered as dropped for `reason`; returns how many."""
-    lost = pipeline.undelivered_lines
+    """Count every line still undelivered and not spooled as dropped for `reason`; returns how many."""
+    kept = pipeline.spooled_lines
+    lost = pipeline.undelivered_lines - kept
     if lost:
         events.lines_dropped(reason, lost)
+    if kept:
+        events.COUNTERS.lines_spooled_at_exit = kept
+        events.log("warn", "lines left in the spool for the next run", lines=kept,
+                   spool_dir=pipeline.spool.directory if pipeline.spool else None)
     pipeline.pending.clear()
     return lost

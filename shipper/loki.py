@@ -3,21 +3,179 @@
 HTTP is parsed by h11 (a small, well-kept sans-IO state machine); this module
 only moves its bytes over an asyncio stream. TLS (and so `ssl`, about 4 MiB of
 memory) is imported only for `https://` URLs.
+
+Security ([loki] keys, see shipper.config): the server's certificate is
+verified (system CAs, or `ca_file`) unless `insecure_skip_verify`; a client
+certificate (`cert_file` + `key_file`) is offered when configured. A bearer
+token or basic-auth password is read from a file (a Kubernetes secret mount)
+and re-read when the file changes: one stat() per push, a read only when the
+file's identity, size or mtime changed. Secrets are never logged: messages
+name the key and the path, never the content.
 """
 
 from __future__ import annotations
 
 import asyncio
+import binascii  # loaded anyway: shipper.lifecycle imports base64
+import os
+import stat
 from dataclasses import dataclass
-from typing import TextIO
+from typing import TYPE_CHECKING, TextIO
 import h11
 
 from shipper import __version__
-from shipper.config import parse_url
+from shipper.config import ConfigError, LokiConfig, parse_url
+
+if TYPE_CHECKING:
+    import ssl
 
 USER_AGENT = f"shipper/{__version__}"
 # Loki's error messages are short; a proxy's HTML error page is cut here.
 MAX_RESPONSE_BODY = 64 * 1024
+
+
+# A credential file larger than this is not a token or a password (Kubernetes
+# service-account tokens are ~1-2 KiB); it would also make an oversized header.
+MAX_SECRET_BYTES = 16 * 1024
+
+
+class TLSCertificateError(ConnectionError):
+    """The server's certificate did not verify (retried like any transport error)."""
+
+
+class SecretFile:
+    """A credential read from a file and re-read when the file changes.
+
+    `current()` costs one stat() when nothing changed. A file that cannot be
+    read (or holds an unusable value) at construction is a ConfigError naming
+    `key`; later, the last good value is kept and one warning is logged until
+    the file is good again. Trailing CR/LF is stripped (`echo token > file`).
+    Write the file atomically (rename, as the kubelet does for secret mounts):
+    an in-place rewrite may be read half-written.
+    """
+
+    def __init__(self, key: str, path: str, *, token: bool = False) -> None:
+        self.key = key
+        self.path = path
+        self._token = token  # a bearer token must be printable ASCII without spaces
+        self._failing = False
+        value, signature, problem = self._load()
+        if problem is not None:
+            raise ConfigError(f"{key}: {problem}")
+        self._value, self._signature = value, signature
+
+    def current(self) -> bytes:
+        """The value, re-read first if the file changed since the last read."""
+        try:
+            st = os.stat(self.path)
+            changed = _signature(st) != self._signature
+        except OSError as e:
+            self._failed(e.strerror or str(e))
+            return self._value
+        if changed:
+            value, signature, problem = self._load()
+            if problem is not None:
+                self._failed(problem)  # the signature is kept: retried at the next push
+            else:
+                from shipper import events
+
+                self._value, self._signature = value, signature
+                events.log("info", "credential file changed, re-read", key=self.key, path=self.path)
+                self._failing = False
+        elif self._failing:
+            self._failing = False  # back to the file we last read successfully
+        return self._value
+
+    def _failed(self, problem: str) -> None:
+        if not self._failing:
+            from shipper import events
+
+            self._failing = True
+            events.log("warn", "credential file unreadable, keeping the last good value",
+                       key=self.key, path=self.path, error=problem)
+
+    def _load(self) -> tuple[bytes, tuple[int, ...], str | None]:
+        """(value, signature, None) or (b"", (), problem); the problem never quotes the value."""
+        try:
+            # O_NONBLOCK: a FIFO at this path must not block the event loop in open().
+            fd = os.open(self.path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as e:
+            return b"", (), f"cannot read {self.path}: {e.strerror or e}"
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                return b"", (), f"{self.path} is not a regular file"
+            data = os.read(fd, MAX_SECRET_BYTES + 1)
+        except OSError as e:
+            return b"", (), f"cannot read {self.path}: {e.strerror or e}"
+        finally:
+            os.close(fd)
+        if len(data) > MAX_SECRET_BYTES:
+            return b"", (), f"{self.path} is larger than {MAX_SECRET_BYTES} bytes"
+        value = data.rstrip(b"\r\n")
+        if not value:
+            return b"", (), f"{self.path} is empty"
+        if self._token and not all(0x21 <= b <= 0x7E for b in value):
+            return b"", (), f"{self.path}: a bearer token must be printable ASCII without spaces"
+        return value, _signature(st), None
+
+
+def _signature(st: os.stat_result) -> tuple[int, ...]:
+    # A kubelet secret update swaps a symlink: new inode. An in-place write: new mtime.
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+
+
+class Authorization:
+    """The Authorization header value for each push: Bearer or Basic, from a SecretFile."""
+
+    def __init__(self, secret: SecretFile, user: str | None = None) -> None:
+        self._secret = secret
+        self._user = None if user is None else user.encode()
+        self.kind = "bearer" if user is None else "basic"
+
+    def value(self) -> bytes:
+        """Re-reads the file if it changed (call once per push)."""
+        secret = self._secret.current()
+        if self._user is None:
+            return b"Bearer " + secret
+        return b"Basic " + binascii.b2a_base64(self._user + b":" + secret, newline=False)
+
+
+def tls_context(c: LokiConfig) -> ssl.SSLContext:
+    """The client's TLS settings from [loki]; files are loaded now (ConfigError naming the key)."""
+    import ssl  # only https pays for OpenSSL
+
+    if c.ca_file:
+        _check_readable("loki.ca_file", c.ca_file)
+    try:
+        context = ssl.create_default_context(cafile=c.ca_file or None)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"loki.ca_file: cannot load CA certificates from {c.ca_file}: {_reason(e)}") from None
+    if c.insecure_skip_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    if c.cert_file:
+        _check_readable("loki.cert_file", c.cert_file)
+        _check_readable("loki.key_file", c.key_file)
+        try:
+            # password: an encrypted key fails here instead of prompting on a terminal.
+            context.load_cert_chain(c.cert_file, c.key_file, password=lambda: b"")
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"loki.cert_file: cannot load the client certificate {c.cert_file} with "
+                              f"loki.key_file {c.key_file} (PEM, unencrypted, matching): {_reason(e)}") from None
+    return context
+
+
+def _check_readable(key: str, path: str) -> None:
+    try:
+        with open(path, "rb") as f:
+            f.read(1)
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path}: {e.strerror or e}") from None
+
+
+def _reason(e: Exception) -> str:
+    return str(e) if not isinstance(e, OSError) or not e.strerror else e.strerror
 
 
 @dataclass(frozen=True)
@@ -33,12 +191,16 @@ class LokiClient:
     """Pushes snappy-compressed protobuf bodies to a Loki push URL."""
 
     def __init__(self, url: str, tenant_id: str = "", timeout: float = 10.0, *,
-                 method: bytes = b"POST", content_type: bytes = b"application/x-protobuf") -> None:
+                 method: bytes = b"POST", content_type: bytes = b"application/x-protobuf",
+                 ssl_context: ssl.SSLContext | None = None, authorization: Authorization | None = None) -> None:
         # method/content_type let the same client PUT the exit-time metrics to
-        # a Pushgateway; Loki pushes use the defaults.
+        # a Pushgateway; Loki pushes use the defaults. Without ssl_context an
+        # https URL gets the default one (system CAs) at the first connection.
         parts = parse_url(url)
         self._method = method
         self._tls = parts.scheme == "https"
+        self._ssl_context = ssl_context if self._tls else None
+        self._authorization = authorization
         self._host = parts.host
         self._port = parts.port
         self._target = parts.path.encode()
@@ -54,6 +216,18 @@ class LokiClient:
         self._writer: asyncio.StreamWriter | None = None
         self._conn: h11.Connection | None = None
 
+    @classmethod
+    def from_config(cls, c: LokiConfig) -> LokiClient:
+        """The Loki client of [loki]: reads the TLS and credential files now (ConfigError names the key)."""
+        authorization = None
+        if c.bearer_token_file:
+            authorization = Authorization(SecretFile("loki.bearer_token_file", c.bearer_token_file, token=True))
+        elif c.basic_auth_password_file:
+            authorization = Authorization(SecretFile("loki.basic_auth_password_file", c.basic_auth_password_file),
+                                          user=c.basic_auth_user)
+        context = tls_context(c) if c.url.startswith("https://") else None
+        return cls(c.url, c.tenant_id, c.timeout, ssl_context=context, authorization=authorization)
+
     async def push(self, body: bytes, timeout: float | None = None) -> Answer:
         """Send one push; raises OSError/TimeoutError/h11 errors on transport failure."""
         try:
@@ -66,17 +240,12 @@ class LokiClient:
 
     async def _exchange(self, body: bytes) -> Answer:
         if self._writer is None:
-            ssl_context = None
-            if self._tls:
-                import ssl  # only https pays for OpenSSL
-
-                ssl_context = ssl.create_default_context()
-            self._reader, self._writer = await asyncio.open_connection(
-                self._host, self._port, ssl=ssl_context, limit=MAX_RESPONSE_BODY)
-            self._conn = h11.Connection(h11.CLIENT)
+            await self._connect()
         conn, reader, writer = self._conn, self._reader, self._writer
-        assert conn is not None and reader is not None
+        assert conn is not None and reader is not None and writer is not None
         headers = [*self._headers, (b"Content-Length", str(len(body)).encode())]
+        if self._authorization is not None:
+            headers.append((b"Authorization", self._authorization.value()))
         writer.write(conn.send(h11.Request(method=self._method, target=self._target, headers=headers)) or b"")
         writer.write(conn.send(h11.Data(data=body)) or b"")
         writer.write(conn.send(h11.EndOfMessage()) or b"")
@@ -113,6 +282,26 @@ class LokiClient:
                 retry_after = value.decode("latin-1")
         message = b"".join(chunks).decode("utf-8", "replace").strip()
         return Answer(response.status_code, message, retry_after)
+
+    async def _connect(self) -> None:
+        if self._tls and self._ssl_context is None:
+            import ssl  # only https pays for OpenSSL
+
+            self._ssl_context = ssl.create_default_context()
+        try:
+            self._reader, self._writer = await asyncio.open_connection(
+                self._host, self._port, ssl=self._ssl_context, limit=MAX_RESPONSE_BODY)
+        except OSError as e:
+            if self._ssl_context is not None:
+                import ssl  # already imported: self._ssl_context is one
+
+                if isinstance(e, ssl.SSLCertVerificationError):
+                    raise TLSCertificateError(
+                        f"certificate of {self._host}:{self._port} not trusted: {e.verify_message} "
+                        f"(loki.ca_file must hold the CA that signed it, and the certificate "
+                        f"must name the host of loki.url)") from e
+            raise
+        self._conn = h11.Connection(h11.CLIENT)
 
     async def close(self) -> None:
         """Close the connection (it is reopened by the next push)."""

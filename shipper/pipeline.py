@@ -19,12 +19,14 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Protocol
 
-from shipper import encoder, events
+from shipper import checkpoint, encoder, events
 from shipper.batch import Accumulator, Batch
+from shipper.checkpoint import Position
 from shipper.config import Config
 from shipper.loki import Answer
 from shipper.retry import backoff, is_retriable, parse_retry_after
 from shipper.sources import Source
+from shipper.spool import Spool, SpoolEntry
 
 # Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
 MIN_READ_INTERVAL = 0.02
@@ -44,19 +46,27 @@ class Sink(Protocol):
 class Sealed:
     """A batch encoded and compressed once; the same bytes are resent on retry."""
 
-    body: bytes
+    body: bytes | None  # None: only in the spool, read back when its turn comes
     lines: int
     line_bytes: int
-    size: int  # bytes it holds against buffer_max_bytes
+    size: int  # bytes it holds against buffer_max_bytes (0 when only on disk)
+    marks: dict[str, Position]  # file positions its lines end at (checkpoints)
+    spooled: SpoolEntry | None = None
 
 
 class Pipeline:
     """Moves lines from sources to the sink; see the module docstring."""
 
-    def __init__(self, config: Config, sources: list[Source], sink: Sink) -> None:
+    def __init__(self, config: Config, sources: list[Source], sink: Sink, *,
+                 spool: Spool | None = None, replay: list[SpoolEntry] | None = None,
+                 checkpoint_file: str = "", positions: dict[str, Position] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.sink = sink
+        self.spool = spool
+        # Acknowledged positions, saved to checkpoint_file after each ack that moves one.
+        self.checkpoint_file = checkpoint_file
+        self.positions: dict[str, Position] = dict(positions or {})
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
@@ -68,6 +78,9 @@ class Pipeline:
         self._ready: set[Source] = set()  # pipes the loop reported readable
         self._armed: set[int] = set()
         self._loop = asyncio.get_running_loop()
+        for entry in replay or []:
+            # An earlier run's batches go first, with their original timestamps.
+            self.pending.append(Sealed(None, entry.lines, entry.line_bytes, 0, entry.marks, entry))
 
     # --- control -------------------------------------------------------------
 
@@ -75,6 +88,11 @@ class Pipeline:
         """Begin shutdown: intake reads every source to its current end, then ends."""
         self.stopping = True
         self._wake.set()
+
+    @property
+    def spooled_lines(self) -> int:
+        """Queued lines that are safe in the spool (a restart replays them)."""
+        return sum(s.lines for s in self.pending if s.spooled is not None)
 
     @property
     def undelivered_lines(self) -> int:
@@ -122,7 +140,7 @@ class Pipeline:
             await self._sleep(timeout)
         self._disarm()
         for source in self.sources:
-            self._add(source, source.flush(), time.monotonic())
+            self._add(source, source.flush(), time.monotonic(), source.last_mark)
         batch = self.acc.flush()
         if batch is not None:
             self._queue(batch)
@@ -175,7 +193,7 @@ class Pipeline:
             if source.kind == "waiting" and not source.try_open():
                 continue
             while True:
-                budget = self.config.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
+                budget = self._budget()
                 if budget <= 0 and source.kind == "pipe" and self.config.when_full == "drop_oldest":
                     budget = self._drop_oldest()
                 if budget <= 0:
@@ -183,12 +201,12 @@ class Pipeline:
                 lines, n, more = source.read(budget, readiness=source in ready)
                 source.note_read(n, now)
                 total += n
-                self._add(source, lines, now)
+                self._add(source, lines, now, source.last_mark)
                 if not more:
                     break
         return total, False
 
-    def _add(self, source: Source, lines: list[bytes], now: float) -> None:
+    def _add(self, source: Source, lines: list[bytes], now: float, mark: Position | None = None) -> None:
         if not lines:
             return
         split, invalid = source.splitter.split_lines, source.splitter.invalid_utf8_lines
@@ -196,13 +214,26 @@ class Pipeline:
             events.lines_cleaned(source.path, split, invalid)
             source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
         events.lines_read(source.path, len(lines), sum(map(len, lines)))
-        for batch in self.acc.add(source.stream, lines, now, time.time_ns()):
+        marked = (source.path, mark) if mark is not None else None
+        for batch in self.acc.add(source.stream, lines, now, time.time_ns(), marked):
             self._queue(batch)
 
     def _drops_for_pipes(self) -> bool:
         """True when a full buffer makes room (drop_oldest) instead of pausing a pipe."""
         return self.config.when_full == "drop_oldest" and any(
             s.kind == "pipe" and not s.finished for s in self.sources)
+
+    def _budget(self) -> int:
+        """Bytes intake may read now.
+
+        Memory holds the open batch and queued batches up to buffer_max_bytes.
+        With a spool that has room, queued batches beyond that live on disk
+        only, so only the open batch counts.
+        """
+        cfg = self.config
+        if self.spool is not None and self.spool.used < self.spool.max_bytes:
+            return cfg.buffer_max_bytes - self.acc.open_bytes
+        return cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
 
     def _drop_oldest(self) -> int:
         """Give up queued batches, oldest first, until a quarter of the buffer is free.
@@ -213,20 +244,21 @@ class Pipeline:
         cfg = self.config
         lines = 0
         goal = cfg.buffer_max_bytes // 4
-        while cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes < goal:
+        while self._budget() < goal:
             index = 1 if self.pending and self.pending[0] is self._inflight else 0
             if index >= len(self.pending):
                 break
             item = self.pending[index]
             del self.pending[index]
-            self.pending_bytes -= item.size
+            self._release(item)
             lines += item.lines
         if lines:
-            events.lines_dropped("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes)
-        return cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
+            events.lines_dropped("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes,
+                                 spool_max_bytes=cfg.spool_max_bytes if self.spool else None)
+        return self._budget()
 
     def _buffer_full(self) -> bool:
-        return self.pending_bytes + self.acc.open_bytes >= self.config.buffer_max_bytes
+        return self._budget() <= 0
 
     def _seal_due(self, now: float) -> None:
         batch = self.acc.due(now)
@@ -235,8 +267,20 @@ class Pipeline:
 
     def _queue(self, batch: Batch) -> None:
         body = encoder.compress(batch.body())
-        self.pending.append(Sealed(body, batch.lines, batch.line_bytes, batch.size))
-        self.pending_bytes += batch.size
+        item = Sealed(body, batch.lines, batch.line_bytes, batch.size, batch.marks)
+        spool = self.spool
+        if spool is not None and spool.used < spool.max_bytes:
+            try:
+                item.spooled = spool.write(item.lines, item.line_bytes, item.marks, body)
+            except OSError as e:
+                # The spool is a safety net: when it fails the batch stays in memory.
+                events.log("error", "cannot write to the spool; keeping the batch in memory",
+                           spool_dir=spool.directory, error=str(e))
+            else:
+                if self.pending_bytes + item.size > self.config.buffer_max_bytes:
+                    item.body, item.size = None, 0  # memory is full: on disk only
+        self.pending.append(item)
+        self.pending_bytes += item.size
         self._queued.set()
 
     def _arm(self) -> None:
@@ -272,17 +316,23 @@ class Pipeline:
                 await self._queued.wait()
                 continue
             item = self._inflight = self.pending[0]
+            try:
+                body = self._body(item)
+            except OSError as e:
+                self._done(item)
+                events.lines_dropped("spool_error", item.lines, error=str(e))
+                continue
             started = time.monotonic()
             outcome: int | BaseException
             try:
-                answer = await self.sink.push(item.body)
+                answer = await self.sink.push(body)
                 outcome = answer.status
             except Exception as e:  # transport errors; the policy decides below
                 answer = Answer(0, f"{type(e).__name__}: {e}")
                 outcome = e
             if isinstance(outcome, int) and 200 <= outcome < 300:
                 self._done(item)
-                events.batch_sent(item.lines, item.line_bytes, len(item.body),
+                events.batch_sent(item.lines, item.line_bytes, len(body),
                                   time.monotonic() - started, outcome)
                 delays = backoff(cfg.min_backoff, cfg.max_backoff)
             elif is_retriable(outcome):
@@ -298,11 +348,31 @@ class Pipeline:
                 events.push_failed(str(outcome), answer.message, None, time.monotonic() - started)
                 events.lines_dropped("rejected", item.lines, status=outcome)
 
+    def _body(self, item: Sealed) -> bytes:
+        if item.body is not None:
+            return item.body
+        assert self.spool is not None and item.spooled is not None
+        return self.spool.read_body(item.spooled)  # transient: dropped after the push
+
     def _done(self, item: Sealed) -> None:
+        """The batch is answered for good (2xx, or refused): forget it, advance checkpoints."""
         self._inflight = None
         self.pending.popleft()
-        self.pending_bytes -= item.size
+        self._release(item)
+        if item.marks:
+            self.positions.update(item.marks)
+            if self.checkpoint_file:
+                try:
+                    checkpoint.save(self.checkpoint_file, self.positions)
+                except OSError as e:
+                    events.log("error", "cannot write the checkpoint", path=self.checkpoint_file,
+                               error=str(e))
         self._wake.set()  # intake may be waiting for room
+
+    def _release(self, item: Sealed) -> None:
+        self.pending_bytes -= item.size
+        if item.spooled is not None and self.spool is not None:
+            self.spool.remove(item.spooled)
 
 
 def _error_kind(e: BaseException) -> str:

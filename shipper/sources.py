@@ -22,6 +22,7 @@ from collections.abc import Callable
 
 from shipper import events
 from shipper.batch import Stream
+from shipper.checkpoint import Position
 from shipper.framing import LineSplitter
 
 # One os.read(): large enough to take a full 64 KiB pipe in one call, small
@@ -113,6 +114,14 @@ class Source:
         self._last_read_at = 0.0
         # exec mode: every chunk read is first copied here (our own stdout/stderr).
         self.passthrough: Callable[[bytes], None] | None = None
+        # Regular files: where to start (checkpoint or spool of an earlier run),
+        # the read position, and the offset just after the last newline read.
+        self.resume: Position | None = None
+        self._pos = 0
+        self._line_end = 0
+        # The position the lines of the latest read() end at (files only):
+        # what a checkpoint may record once those lines are acknowledged.
+        self.last_mark: Position | None = None
 
     @classmethod
     def from_pipe(cls, fd: int, name: str, stream: Stream, max_line_bytes: int,
@@ -146,8 +155,17 @@ class Source:
             self.fd = self._open(os.O_RDONLY)
             fst = os.fstat(self.fd)
             self._ident = (fst.st_dev, fst.st_ino)
-            self._offset = 0
+            self._offset = self._pos = self._line_end = 0
             self.kind = "file"
+            resume, self.resume = self.resume, None  # only for the file first opened
+            if resume is not None and (resume.dev, resume.ino) == self._ident:
+                if resume.offset <= fst.st_size:
+                    self._offset = self._pos = self._line_end = os.lseek(self.fd, resume.offset, os.SEEK_SET)
+                    events.log("info", "source resumed after what was already shipped",
+                               path=self.path, offset=resume.offset)
+                else:
+                    events.log("warn", "source is shorter than its checkpoint: reading it from the start",
+                               path=self.path, offset=resume.offset, size=fst.st_size)
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             self.fd = self._open(os.O_RDONLY | os.O_NONBLOCK)
             self.anonymous = _link_target(self.path).startswith("pipe:")
@@ -192,11 +210,23 @@ class Source:
                 self.had_writer = True
                 total += len(data)
                 lines += self.splitter.feed(data)
+                if self.kind == "file":
+                    newline = data.rfind(b"\n")
+                    if newline >= 0:
+                        self._line_end = self._pos + newline + 1
+                    self._pos += len(data)
+                    self.last_mark = self._mark(self._line_end)
+                    # One chunk per call: the pipeline keeps a chunk's lines in
+                    # one batch, so the mark is exact for that batch.
+                    return lines, total, True
                 continue
             # Empty read: end of what is there now.
             if self.kind == "file":
+                old_end = self._mark(self._pos)
                 if self._after_file_end(lines):
-                    continue  # truncated or rotated: read the new content
+                    # Truncated or rotated: these lines end the old content.
+                    self.last_mark = old_end
+                    return lines, total, True
                 return lines, total, False
             if self.had_writer or self.anonymous or readiness:
                 lines += self.splitter.flush()
@@ -219,7 +249,7 @@ class Source:
             # and reading starts again at the new beginning.
             out += self.splitter.flush()
             os.lseek(self.fd, 0, os.SEEK_SET)
-            self._offset = 0
+            self._offset = self._pos = self._line_end = 0
             events.source_rotated(self.path, "truncated")
             return True
         try:
@@ -244,7 +274,14 @@ class Source:
 
     def flush(self) -> list[bytes]:
         """The last unterminated line (shutdown)."""
+        if self.kind == "file":
+            self.last_mark = self._mark(self._pos)
         return self.splitter.flush()
+
+    def _mark(self, offset: int) -> Position | None:
+        if self._ident is None:
+            return None
+        return Position(self._ident[0], self._ident[1], offset)
 
     def close(self) -> None:
         """Release the file descriptor."""

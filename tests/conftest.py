@@ -48,7 +48,7 @@ def make_config(url: str, sources: Sequence[tuple[str | Path, str]], *,
 
 
 def _toml(v: object) -> str:
-    return json.dumps(v) if isinstance(v, str) else repr(v)
+    return json.dumps(v) if isinstance(v, (str, bool)) else repr(v)  # json: true/false, as TOML
 
 
 def open_fifo_writer(path: Path) -> int:

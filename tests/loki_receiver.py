@@ -118,6 +118,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -496,8 +497,11 @@ class LokiReceiver:
 
     def __init__(self, *, require_tenant: bool = False, script: Iterable[Action] = (),
                  limits: Limits | None = None, keep_entries: bool = True, port: int = 0,
-                 record_arrivals: str | os.PathLike[str] | None = None) -> None:
+                 record_arrivals: str | os.PathLike[str] | None = None,
+                 ssl_context: ssl.SSLContext | None = None) -> None:
+        # ssl_context: serve https (url starts with https://); CERT_REQUIRED on it asks for client certs.
         self.require_tenant = require_tenant
+        self._ssl_context = ssl_context
         self.limits = limits or Limits()
         self.keep_entries = keep_entries
         self.requests: list[RequestRecord] = []
@@ -538,7 +542,7 @@ class LokiReceiver:
         runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
         try:
             await runner.setup()
-            await web.SockSite(runner, sock).start()
+            await web.SockSite(runner, sock, ssl_context=self._ssl_context).start()
         except BaseException:
             await runner.cleanup()
             sock.close()
@@ -547,7 +551,8 @@ class LokiReceiver:
         if self._record_path is not None:
             self._record = open(self._record_path, "a", encoding="ascii")
         self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}{PUSH_PATH}"
+        scheme = "https" if self._ssl_context is not None else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.port}{PUSH_PATH}"
 
     async def stop(self) -> None:
         """Reset hung connections, close everything; idempotent."""

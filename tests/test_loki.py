@@ -37,7 +37,7 @@ async def test_5xx_and_429_are_retried_until_loki_recovers(tmp_path: Path, recei
     assert [r.status for r in receiver.requests][:5] == [500, 502, 503, 429, 204]
     summary = proc.summary()
     assert summary["retries"] == 4
-    assert summary["dropped"] == {"rejected": 0, "shutdown_deadline": 0, "forced_exit": 0, "buffer_full": 0, "internal_error": 0}
+    assert summary["dropped"] == {"rejected": 0, "shutdown_deadline": 0, "forced_exit": 0, "buffer_full": 0, "spool_error": 0, "internal_error": 0}
     assert {r.user_agent for r in receiver.requests} == {"shipper/0.1.0"}
 
 

@@ -210,7 +210,9 @@ def b64(value: str) -> str:
 
 async def start_pushgateway() -> tuple[GoServer, str]:
     pushgateway = binary("prometheus-pushgateway")
-    server = await GoServer.start(pushgateway, "--web.listen-address=127.0.0.1:0", "--log.level=info")
+    # Debian's build persists to /var/lib/prometheus by default: tests start empty.
+    server = await GoServer.start(pushgateway, "--web.listen-address=127.0.0.1:0", "--log.level=info",
+                                  "--persistence.file=")
     try:
         address = await server.address()
     except BaseException:

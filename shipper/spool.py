@@ -1,0 +1,116 @@
+"""The disk spool: sealed batches written ahead of their first push.
+
+With `spool_dir` set, every sealed batch is written here (atomically, fsynced)
+before it is queued, and removed once Loki acknowledged it (or it was given
+up). So a batch survives a Loki outage longer than the memory buffer holds,
+and a shipper restart (even after SIGKILL): the files are replayed in order
+with the timestamps their lines got when first read, which Loki deduplicates
+if it had already stored them. Each file also records the file offsets its
+lines end at (`marks`), so file sources resume after what is spooled.
+
+File format, one batch per file `<seq>.batch`: one JSON header line, then the
+compressed push body exactly as sent.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from shipper.checkpoint import Position, write_atomically
+
+SUFFIX = ".batch"
+
+
+@dataclass
+class SpoolEntry:
+    """One spooled batch."""
+
+    seq: int
+    path: str
+    lines: int
+    line_bytes: int
+    marks: dict[str, Position]
+    file_bytes: int
+
+
+class SpoolError(Exception):
+    """The spool directory cannot be used."""
+
+
+class Spool:
+    """Batches on disk, oldest first; `used` bytes are counted against `max_bytes`."""
+
+    def __init__(self, directory: str, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.used = 0
+        self.corrupt: list[str] = []  # files set aside at load (named in the log)
+        try:
+            os.makedirs(directory, exist_ok=True)
+            names = os.listdir(directory)
+        except OSError as e:
+            raise SpoolError(f"spool_dir {directory}: {e.strerror or e}") from None
+        self._next_seq = 1
+        self._names = names
+
+    def load(self) -> list[SpoolEntry]:
+        """Batches left by an earlier run, oldest first; unreadable ones are set aside."""
+        entries = []
+        for name in sorted(self._names):
+            path = os.path.join(self.directory, name)
+            if name.endswith(".tmp"):
+                os.unlink(path)  # a write that never completed: its batch was not queued
+                continue
+            if not name.endswith(SUFFIX):
+                continue
+            try:
+                entry = _read_header(path)
+            except (OSError, ValueError, KeyError, TypeError):
+                os.rename(path, path + ".corrupt")
+                self.corrupt.append(path)
+                continue
+            entries.append(entry)
+            self.used += entry.file_bytes
+            self._next_seq = max(self._next_seq, entry.seq + 1)
+        self._names = []
+        return entries
+
+    def write(self, lines: int, line_bytes: int, marks: dict[str, Position], body: bytes) -> SpoolEntry:
+        """Write one batch durably; returns its entry."""
+        seq = self._next_seq
+        self._next_seq += 1
+        header = json.dumps({
+            "lines": lines, "line_bytes": line_bytes,
+            "marks": [[p, m.dev, m.ino, m.offset] for p, m in marks.items()],
+        }, separators=(",", ":")).encode() + b"\n"
+        path = os.path.join(self.directory, f"{seq:012d}{SUFFIX}")
+        write_atomically(path, header + body)
+        size = len(header) + len(body)
+        self.used += size
+        return SpoolEntry(seq, path, lines, line_bytes, dict(marks), size)
+
+    def read_body(self, entry: SpoolEntry) -> bytes:
+        """The compressed push body of a spooled batch."""
+        with open(entry.path, "rb") as f:
+            data = f.read()
+        return data[data.index(b"\n") + 1:]
+
+    def remove(self, entry: SpoolEntry) -> None:
+        """Forget a batch (acknowledged or given up)."""
+        try:
+            os.unlink(entry.path)
+        except FileNotFoundError:
+            pass
+        self.used -= entry.file_bytes
+
+
+def _read_header(path: str) -> SpoolEntry:
+    name = os.path.basename(path)
+    seq = int(name[: -len(SUFFIX)])
+    with open(path, "rb") as f:
+        header = json.loads(f.readline())
+        size = os.fstat(f.fileno()).st_size
+    marks = {str(p): Position(int(d), int(i), int(o)) for p, d, i, o in header["marks"]}
+    return SpoolEntry(seq, path, int(header["lines"]), int(header["line_bytes"]), marks, size)
