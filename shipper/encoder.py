@@ -110,6 +110,48 @@ def compress(body: bytes) -> bytes:
     return result
 
 
+def uncompress(body: bytes) -> bytes:
+    """Inverse of `compress` (413 splitting, console sink)."""
+    import snappy
+
+    result: bytes = snappy.uncompress(body)
+    return result
+
+
+def split_push(body: bytes) -> tuple[tuple[bytes, int, int], tuple[bytes, int, int]] | None:
+    """Split an uncompressed PushRequest into two halves by entry count (Loki said 413).
+
+    Entries keep their exact bytes (timestamps included) and their order within
+    each stream. Returns ((body, lines, line_bytes), ...) for each half, or None
+    when there is a single entry, which cannot be split.
+    """
+    entries: list[tuple[bytes, bytes, int]] = []  # (labels field, raw entry, line length)
+    for _, _, stream in _fields(body):
+        labels = b""
+        raw: list[bytes] = []
+        for num, _, value in _fields(stream):
+            if num == 1:
+                labels = value
+            elif num == 2:
+                raw.append(value)
+        for entry in raw:
+            line_len = sum(len(v) for n, _, v in _fields(entry) if n == 2)
+            entries.append((labels, entry, line_len))
+    if len(entries) < 2:
+        return None
+    half = len(entries) // 2
+    return _encode_part(entries[:half]), _encode_part(entries[half:])
+
+
+def _encode_part(entries: list[tuple[bytes, bytes, int]]) -> tuple[bytes, int, int]:
+    by_stream: dict[bytes, list[bytes]] = {}
+    for labels, entry, _ in entries:
+        by_stream.setdefault(labels, []).append(_field(b"\x12", entry))
+    body = b"".join(_field(b"\x0a", _field(b"\x0a", labels) + b"".join(chunks))
+                    for labels, chunks in by_stream.items())
+    return body, len(entries), sum(n for _, _, n in entries)
+
+
 # --- decoding, for the console sink only (tests use the protobuf library) ---
 
 def _read_varint(buf: bytes, i: int) -> tuple[int, int]:

@@ -335,6 +335,9 @@ class Pipeline:
                 events.batch_sent(item.lines, item.line_bytes, len(body),
                                   time.monotonic() - started, outcome)
                 delays = backoff(cfg.min_backoff, cfg.max_backoff)
+            elif outcome == 413 and self._split(item, body):
+                events.push_failed("413", answer.message, 0.0, time.monotonic() - started)
+                continue  # the halves are at the front of the queue, in order
             elif is_retriable(outcome):
                 self._inflight = None  # while we back off, it may be dropped for room
                 delay = parse_retry_after(answer.retry_after, time.time())
@@ -347,6 +350,28 @@ class Pipeline:
                 self._done(item)
                 events.push_failed(str(outcome), answer.message, None, time.monotonic() - started)
                 events.lines_dropped("rejected", item.lines, status=outcome)
+
+    def _split(self, item: Sealed, body: bytes) -> bool:
+        """Replace a batch Loki found too large (413) by its two halves; False if it is one line.
+
+        The halves keep the lines' timestamps. A spooled batch stays in the
+        spool until its second half is acknowledged: a restart in between
+        replays the whole batch and Loki deduplicates the first half.
+        """
+        halves = encoder.split_push(encoder.uncompress(body))
+        if halves is None:
+            return False
+        (body1, lines1, bytes1), (body2, lines2, bytes2) = halves
+        size1 = item.size // 2
+        first = Sealed(encoder.compress(body1), lines1, bytes1, size1, {})
+        second = Sealed(encoder.compress(body2), lines2, bytes2, item.size - size1, item.marks, item.spooled)
+        self.pending.popleft()
+        self.pending.appendleft(second)
+        self.pending.appendleft(first)
+        self._inflight = None
+        events.log("warn", "Loki refused the batch as too large (413): splitting it",
+                   lines=item.lines, halves=[lines1, lines2])
+        return True
 
     def _body(self, item: Sealed) -> bytes:
         if item.body is not None:

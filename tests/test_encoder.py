@@ -11,7 +11,8 @@ import snappy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper.encoder import compress, decode_push, encode_entries, encode_metadata, encode_push, varint
+from shipper.encoder import (compress, decode_push, encode_entries, encode_metadata, encode_push, split_push,
+                             uncompress, varint)
 from tests.loki_receiver import load_push_pb2
 
 NS = 1_000_000_000
@@ -289,3 +290,43 @@ def test_compress_is_snappy_block_format(body: bytes) -> None:
 def test_compressed_golden_body_roundtrips_through_protobuf(pb: Any) -> None:
     req = pb.PushRequest.FromString(snappy.uncompress(compress(golden_body())))
     assert [len(s.entries) for s in req.streams] == [3, 2]
+
+
+# --- split_push: what a 413 makes of a batch -------------------------------------
+
+def _flat(pb: Any, body: bytes) -> list[tuple[str, int, int, str, list[tuple[str, str]]]]:
+    """Every entry as (labels, seconds, nanos, line, metadata), in body order."""
+    return [(s.labels, e.timestamp.seconds, e.timestamp.nanos, e.line,
+             [(p.name, p.value) for p in e.structuredMetadata])
+            for s in pb.PushRequest.FromString(body).streams for e in s.entries]
+
+
+@settings(max_examples=200)
+@given(streams_st())
+def test_property_split_push_halves_keep_every_entry_exactly(
+        pb: Any, streams: list[tuple[str, list[bytes], int, list[tuple[str, str]]]]) -> None:
+    body = encode_push([(labels, encode_entries(lines, ts, encode_metadata(meta)))
+                        for labels, lines, ts, meta in streams])
+    total = sum(len(lines) for _, lines, _, _ in streams)
+    halves = split_push(body)
+    if total < 2:
+        assert halves is None
+        return
+    assert halves is not None
+    (first, n1, b1), (second, n2, b2) = halves
+    assert (n1, n2) == (total // 2, total - total // 2)
+    assert b1 + b2 == sum(len(line) for _, lines, _, _ in streams for line in lines)
+    # Same entries, same timestamps and metadata; each stream's order kept.
+    assert sorted(_flat(pb, first) + _flat(pb, second)) == sorted(_flat(pb, body))
+    if len({labels for labels, _, _, _ in streams}) == len(streams):
+        # Distinct label sets (the shipper's case): the body order is kept exactly.
+        assert _flat(pb, first) + _flat(pb, second) == _flat(pb, body)
+
+
+def test_split_push_of_one_stream_cuts_in_the_middle(pb: Any) -> None:
+    body = encode_push([("{a=\"1\"}", encode_entries([b"l0", b"l1", b"l2", b"l3", b"l4"], 10))])
+    halves = split_push(body)
+    assert halves is not None
+    assert [[e[3] for e in _flat(pb, h[0])] for h in halves] == [["l0", "l1"], ["l2", "l3", "l4"]]
+    assert [h[1:] for h in halves] == [(2, 4), (3, 6)]
+    assert uncompress(compress(body)) == body
