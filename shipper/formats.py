@@ -1,0 +1,459 @@
+"""Source formats: lines in, records out. No IO.
+
+Each parser turns the complete lines of one source (from a LineSplitter) into
+`Record`s: the line to ship plus what the format says about it. All share
+one interface (`Parser`): `feed(lines) -> list[Record]` and, for the state a
+format may hold across lines, `flush() -> list[Record]` at end of input.
+
+- `RawParser`: each line as it is (the default format).
+- `CriParser`: Kubernetes node log files (`/var/log/pods/...`, FACTS §3):
+  `<RFC3339Nano> <stdout|stderr> <P|F>[:tags] <message>`. The prefix is
+  stripped; `P` chunks of a stream are joined until its `F` into one line;
+  the record carries the CRI time and stream.
+- `JsonParser`: Airflow 3 task logs, one JSON object per line
+  (`{"timestamp":...,"level":...,"event":...,"logger":...}`): the record's
+  `timestamp` is its time, `event` its line (or the line is kept whole),
+  `level` its level, chosen keys become structured metadata.
+
+Never dropped: a line a parser cannot read (malformed CRI prefix, invalid
+JSON, a missing key, an unreadable timestamp) becomes a record of the line
+exactly as it came, with no time, stream, metadata or level, and is counted
+in the parser's `malformed`.
+
+Lines given are expected as a LineSplitter yields them (no terminator, valid
+UTF-8); every record's line is then valid UTF-8 too. CriParser also takes
+lines whose invalid UTF-8 was not replaced yet, and replaces it itself after
+joining P chunks (see CriParser).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import NamedTuple, Protocol
+
+from shipper import levels
+from shipper.framing import LineSplitter
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+class Record(NamedTuple):
+    """One line to ship and what its format told about it."""
+
+    line: bytes  # valid UTF-8, no terminator
+    ts_ns: int | None = None  # the record's own time (epoch ns); None: stamp at read time
+    stream: str | None = None  # "stdout" / "stderr" (CRI); None when unknown
+    metadata: Metadata = ()  # structured metadata pairs for this entry
+    level: str | None = None  # normalised level the format stated; None: use levels.detect(line)
+
+
+# Records are built with tuple.__new__: a NamedTuple's own __new__ costs
+# about twice as much, on a path taken once per line.
+_new = tuple.__new__
+
+
+class Parser(Protocol):
+    """What every format offers the pipeline."""
+
+    malformed: int
+
+    def feed(self, lines: Sequence[bytes]) -> list[Record]:
+        """Records for `lines`, in order; a stateful format may hold some back."""
+        ...
+
+    def flush(self) -> list[Record]:
+        """Records held back (end of input, rotation, shutdown)."""
+        ...
+
+
+class RawParser:
+    """Each line as it is."""
+
+    malformed = 0
+
+    def feed(self, lines: Sequence[bytes]) -> list[Record]:
+        return [_new(Record, (line, None, None, (), None)) for line in lines]
+
+    def flush(self) -> list[Record]:
+        return []
+
+
+# --- timestamps ----------------------------------------------------------------
+
+_NS = 1_000_000_000
+# Nanoseconds per unit of the last digit of an n-digit fraction, n = 0..9.
+_SCALE = (0, 100_000_000, 10_000_000, 1_000_000, 100_000, 10_000, 1_000, 100, 10, 1)
+_DATETIME = re.compile(rb"(\d{4})-(\d\d)-(\d\d)[Tt ](\d\d):(\d\d):(\d\d)\Z")
+_TAIL = re.compile(rb"(?:[.,](\d+))?(?:([Zz])|([+-])(\d\d):?(\d\d))?\Z")
+_MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
+# Epoch seconds of `YYYY-MM-DDTHH:MM:SS` prefixes seen lately: log times
+# repeat their second for many lines. Bounded: cleared when full.
+_SECONDS: dict[bytes, int] = {}
+_SECONDS_MAX = 256
+
+
+def parse_time(ts: bytes) -> int | None:
+    """Epoch ns of an RFC 3339 / ISO 8601 timestamp, or None if it is not one.
+
+    `YYYY-MM-DD(T|t|space)HH:MM:SS[(.|,)fraction][Z|z|+HH:MM|+HHMM]`: what
+    containerd/CRI-O (RFC3339Nano: 0-9 fraction digits, `Z` or an offset),
+    structlog (`...123456Z`) and Python's isoformat (`...+00:00`) write.
+    Digits past the ninth are truncated. No offset means UTC.
+    """
+    second = _SECONDS.get(ts[:19])
+    # Fast path: a second seen lately, then `.` 1-9 digits `Z` (CRI, structlog).
+    if second is not None and 21 < len(ts) <= 30 and ts[-1] == 0x5A and ts[19] == 0x2E:
+        digits = ts[20:-1]
+        if digits.isdigit():
+            return second * _NS + int(digits) * _SCALE[len(digits)]
+    return _parse_time(ts, second)
+
+
+def _parse_time(ts: bytes, second: int | None) -> int | None:
+    if second is None:
+        second = _epoch_second(ts[:19])
+        if second is None:
+            return None
+        if len(_SECONDS) >= _SECONDS_MAX:
+            _SECONDS.clear()
+        _SECONDS[ts[:19]] = second
+    m = _TAIL.match(ts, 19)
+    if m is None:
+        return None
+    digits = m[1] or b""
+    ns = int(digits[:9]) * _SCALE[min(len(digits), 9)] if digits else 0
+    if m[3] is not None:
+        hours, minutes = int(m[4]), int(m[5])
+        if hours > 23 or minutes > 59:
+            return None
+        offset = hours * 3600 + minutes * 60
+        second -= offset if m[3] == b"+" else -offset
+    return second * _NS + ns
+
+
+def _epoch_second(head: bytes) -> int | None:
+    """Epoch seconds of `YYYY-MM-DDTHH:MM:SS` (UTC), None if invalid."""
+    m = _DATETIME.match(head)
+    if m is None:
+        return None
+    year, month, day, hour, minute, second = map(int, m.groups())
+    if not (1 <= month <= 12 and hour <= 23 and minute <= 59 and second <= 59):
+        return None
+    leap = year % 4 == 0 and (year % 100 != 0 or year % 400 == 0)
+    if not 1 <= day <= _MONTH_DAYS[month] + (month == 2 and leap):
+        return None
+    return _days_from_civil(year, month, day) * 86400 + hour * 3600 + minute * 60 + second
+
+
+def _days_from_civil(y: int, m: int, d: int) -> int:
+    """Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm)."""
+    y -= m <= 2
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (m + (-3 if m > 2 else 9)) + 2) // 5 + d - 1
+    doe = yoe * 365 + yoe // 4 - yoe // 100 + doy
+    return era * 146097 + doe - 719468
+
+
+# --- CRI -------------------------------------------------------------------------
+
+_STREAMS = {b"stdout": "stdout", b"stderr": "stderr"}
+
+
+class CriParser:
+    """Kubernetes CRI log lines; see the module docstring.
+
+    `P` chunks are joined per stream (stdout and stderr interleave in one
+    file), and the joined line gets the time of its first chunk. A joined line
+    longer than `max_bytes` is shipped in pieces of at most that size, cut on
+    character boundaries, as it grows (so a never-ending `P` run holds about
+    `max_bytes` per stream). Invalid UTF-8 is replaced after joining, so a
+    character cut between two chunks survives when the lines given were not
+    cleaned yet (a LineSplitter that already replaced invalid UTF-8 turns such
+    a character into two U+FFFD first).
+    """
+
+    __slots__ = ("max_bytes", "_partial", "_oneshot", "malformed", "joined_lines", "cut_lines",
+                 "invalid_utf8_lines")
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        # stream -> (splitter holding its P chunks so far, time of the first chunk)
+        self._partial: dict[str, tuple[LineSplitter, int]] = {}
+        self._oneshot = LineSplitter(max_bytes)  # cleans and cuts an unusual F line
+        # Counters read by the caller (telemetry); never reset here.
+        self.malformed = 0  # lines that were not CRI, shipped as they came
+        self.joined_lines = 0  # lines made of P chunks
+        self.cut_lines = 0  # cuts made in lines longer than max_bytes
+        self.invalid_utf8_lines = 0  # lines in which invalid UTF-8 was replaced
+
+    @property
+    def pending_bytes(self) -> int:
+        """Bytes of P chunks waiting for their F."""
+        return sum(s.pending_bytes for s, _ in self._partial.values())
+
+    def feed(self, lines: Sequence[bytes]) -> list[Record]:
+        out: list[Record] = []
+        append = out.append
+        max_bytes = self.max_bytes
+        for line in lines:
+            fields = line.split(b" ", 3)
+            if len(fields) == 4:
+                ts_field, stream_field, tag, message = fields
+            elif len(fields) == 3:
+                ts_field, stream_field, tag = fields  # `<time> <stream> F`: an empty message
+                message = b""
+            else:
+                append(self._malformed(line))
+                continue
+            stream = _STREAMS.get(stream_field)
+            ts = parse_time(ts_field) if stream is not None else None
+            if tag != b"F" and tag != b"P":
+                tag = tag.split(b":", 1)[0]  # `F:tag2:...`: the first tag decides
+            if ts is None or (tag != b"F" and tag != b"P"):
+                append(self._malformed(line))
+                continue
+            assert stream is not None
+            pending = self._partial.get(stream)
+            if tag == b"F" and pending is None:
+                if len(message) <= max_bytes and (message.isascii() or _is_utf8(message)):
+                    append(_new(Record, (message, ts, stream, (), None)))
+                else:
+                    for piece in self._oneshot.feed(message) + self._oneshot.flush():
+                        append(_new(Record, (piece, ts, stream, (), None)))
+                    self._count(self._oneshot)
+                continue
+            if pending is None:
+                pending = self._partial[stream] = (LineSplitter(max_bytes), ts)
+            splitter, first_ts = pending
+            pieces = splitter.feed(message)
+            if tag == b"F":
+                # flush() gives nothing only when the whole line is empty (after
+                # a cut, the rest held back is never empty): still one line.
+                pieces += splitter.flush() or [b""]
+                del self._partial[stream]
+                self.joined_lines += 1
+            for piece in pieces:
+                append(_new(Record, (piece, first_ts, stream, (), None)))
+            self._count(splitter)
+        return out
+
+    def flush(self) -> list[Record]:
+        """Lines whose F never came, one per stream (end of input, rotation)."""
+        out: list[Record] = []
+        for stream, (splitter, first_ts) in self._partial.items():
+            out += [_new(Record, (piece, first_ts, stream, (), None)) for piece in splitter.flush() or [b""]]
+            self.joined_lines += 1
+            self._count(splitter)
+        self._partial.clear()
+        return out
+
+    def _malformed(self, line: bytes) -> Record:
+        self.malformed += 1
+        if not (line.isascii() or _is_utf8(line)):
+            line = line.decode("utf-8", "replace").encode("utf-8")
+            self.invalid_utf8_lines += 1
+        return _new(Record, (line, None, None, (), None))
+
+    def _count(self, splitter: LineSplitter) -> None:
+        self.cut_lines += splitter.split_lines
+        self.invalid_utf8_lines += splitter.invalid_utf8_lines
+        splitter.split_lines = splitter.invalid_utf8_lines = 0
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+# --- JSON ------------------------------------------------------------------------
+
+_decode = json.JSONDecoder().decode
+
+
+class JsonParser:
+    """JSON lines, Airflow 3 task logs by default; see the module docstring.
+
+    `metadata`: record keys to send as structured metadata, either names
+    (the metadata name is the key) or a mapping key -> metadata name. Values
+    are sent as text: strings as they are, other values as compact JSON
+    (`1234`, `true`); null and "" are left out, and so are missing keys.
+    `keep_record=True` ships the line whole instead of its `event`.
+    `time_key` must be present with a parsable timestamp (else the line is
+    malformed); so must `message_key` unless keep_record. The record's
+    `level_key` value, normalised, becomes the Record's level. With
+    `exception_key`, a traceback structlog stored in the record (Airflow 3's
+    `"exception": [{"exc_type":..., "frames": [...]}]`, or a string) is
+    rendered Python-style after the event, so it reads as one entry.
+    `max_bytes`: should the line so built be longer (a rendered traceback can
+    outgrow its JSON), the record is shipped whole instead (counted in
+    `kept_whole`), so a line never exceeds what the input line did.
+    """
+
+    __slots__ = ("keep_record", "time_key", "message_key", "level_key", "exception_key", "max_bytes",
+                 "_metadata", "malformed", "kept_whole")
+
+    def __init__(self, *, metadata: Mapping[str, str] | Iterable[str] = (), keep_record: bool = False,
+                 time_key: str = "timestamp", message_key: str = "event", level_key: str = "level",
+                 exception_key: str | None = "exception", max_bytes: int | None = None) -> None:
+        self.max_bytes = max_bytes
+        self.keep_record = keep_record
+        self.time_key = time_key
+        self.message_key = message_key
+        self.level_key = level_key
+        self.exception_key = exception_key
+        pairs = metadata.items() if isinstance(metadata, Mapping) else ((k, k) for k in metadata)
+        self._metadata: tuple[tuple[str, str], ...] = tuple(pairs)
+        # Counters read by the caller (telemetry); never reset here.
+        self.malformed = 0  # lines shipped as they came (not JSON, or a key missing)
+        self.kept_whole = 0  # records shipped whole because their event line exceeded max_bytes
+
+    def feed(self, lines: Sequence[bytes]) -> list[Record]:
+        parse = self.parse
+        return [parse(line) for line in lines]
+
+    def flush(self) -> list[Record]:
+        return []
+
+    def parse(self, line: bytes) -> Record:
+        """The record of one line (no state: usable on CRI messages too)."""
+        # (json's C decoder is most of the cost. A regex reader of Airflow 3's
+        # flat records was tried instead: validating exactly alone costs half of
+        # the decode; it came out 10% faster without metadata, slower with it.)
+        record = _load_object(line)
+        if record is None:
+            return self._raw(line)
+        get = record.get
+        when = get(self.time_key)
+        ts = parse_time(when.encode()) if isinstance(when, str) else None
+        if ts is None:
+            return self._raw(line)
+        if self.keep_record:
+            text = line
+        else:
+            event = get(self.message_key)
+            if event is None:
+                return self._raw(line)
+            message = event if isinstance(event, str) else _compact(event)
+            if self.exception_key is not None:
+                exc = get(self.exception_key)
+                if exc:
+                    rendered = render_exception(exc)
+                    if rendered:
+                        message = f"{message}\n{rendered}" if message else rendered
+            text = _utf8(message)
+            if self.max_bytes is not None and len(text) > self.max_bytes:
+                self.kept_whole += 1
+                text = line
+        level = get(self.level_key)
+        metadata: Metadata = ()
+        if self._metadata:
+            pairs = []
+            for key, name in self._metadata:
+                value = get(key)
+                if value is not None and value != "":
+                    pairs.append((name, _text(value)))
+            metadata = tuple(pairs)
+        return _new(Record, (text, ts, None, metadata, levels.normalize(level) if isinstance(level, str) else None))
+
+    def _raw(self, line: bytes) -> Record:
+        self.malformed += 1
+        return _new(Record, (line, None, None, (), None))
+
+
+def _load_object(line: bytes) -> dict[str, object] | None:
+    """The JSON object on `line`, or None if the line is not one."""
+    if line[:1] != b"{":
+        return None
+    try:
+        # Decoding the str is about twice as fast as json.loads(bytes).
+        obj = _decode(line.decode("utf-8"))
+    except ValueError:  # includes UnicodeDecodeError and JSONDecodeError
+        return None
+    return obj if isinstance(obj, dict) else None
+
+
+# json.dumps with non-default options builds an encoder per call; this one is built once.
+_compact = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
+
+
+def _text(value: object) -> str:
+    """A metadata value as text, encodable as UTF-8: strings as they are, others as JSON."""
+    kind = type(value)
+    if kind is str:
+        return _clean(value)  # type: ignore[arg-type]
+    if kind is int:
+        return str(value)
+    if kind is bool:
+        return "true" if value else "false"
+    return _clean(_compact(value))
+
+
+def _clean(text: str) -> str:
+    """`text`, with lone surrogates (JSON `\\ud800` escapes) replaced: never fails to encode."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace").decode("utf-8")
+    return text
+
+
+def _utf8(text: str) -> bytes:
+    try:
+        return text.encode("utf-8")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+def render_exception(exc: object) -> str | None:
+    """A Python-style traceback of structlog's exception value, None if not one.
+
+    A string (structlog's format_exc_info) is returned as it is. A list of
+    stacks (structlog's ExceptionDictTransformer, which Airflow 3 uses: the
+    raised exception first, then its cause or context, each with `exc_type`,
+    `exc_value`, `frames` of `filename`/`lineno`/`name`, and `is_cause`)
+    is rendered oldest first, as Python prints a chain.
+    """
+    if isinstance(exc, str):
+        return exc
+    if not isinstance(exc, list) or not exc or not all(isinstance(s, dict) for s in exc):
+        return None
+    blocks: list[str] = []
+    for i in range(len(exc) - 1, -1, -1):
+        stack = exc[i]
+        out: list[str] = []
+        frames = stack.get("frames")
+        if isinstance(frames, list) and frames:
+            out.append("Traceback (most recent call last):")
+            for frame in frames:
+                if isinstance(frame, dict):
+                    out.append(f'  File "{frame.get("filename")}", line {frame.get("lineno")}, in {frame.get("name")}')
+                    source = frame.get("line")
+                    if isinstance(source, str) and source.strip():
+                        out.append(f"    {source.strip()}")
+        exc_type = stack.get("exc_type") or "Exception"
+        exc_value = stack.get("exc_value")
+        out.append(f"{exc_type}: {exc_value}" if exc_value not in (None, "") else str(exc_type))
+        blocks.append("\n".join(out))
+        if i:
+            blocks.append("The above exception was the direct cause of the following exception:"
+                          if stack.get("is_cause") else
+                          "During handling of the above exception, another exception occurred:")
+    return _clean("\n\n".join(blocks))
+
+
+def make_parser(name: str, *, max_bytes: int, metadata: Mapping[str, str] | Iterable[str] = (),
+                keep_record: bool = False) -> Parser:
+    """The parser for a source's `format` setting: "raw", "cri" or "json"."""
+    if name == "raw":
+        return RawParser()
+    if name == "cri":
+        return CriParser(max_bytes)
+    if name == "json":
+        return JsonParser(metadata=metadata, keep_record=keep_record, max_bytes=max_bytes)
+    raise ValueError(f"unknown format {name!r}: use raw, cri or json")

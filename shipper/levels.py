@@ -1,0 +1,156 @@
+"""Log level detection: a line in, its level out. No IO, no state.
+
+`detect(line)` returns one of `trace`, `debug`, `info`, `warning`, `error`,
+`critical`, or None when the line shows no level it recognises. Text forms
+are looked for in the head of the line only (its first line, at most `HEAD`
+bytes), so a merged multi-line entry gets the level of its first line and a
+long line costs no more than a short one; a JSON record's level key may be
+anywhere in it.
+
+Recognised, in this order (the first hit wins):
+1. JSON records (the line starts with `{"`): the value of `"level"` or
+   `"levelname"`, any case (Airflow 3 writes `"level":"error"`;
+   python-json-logger writes `"levelname": "ERROR"`). Nothing else is looked
+   at in a JSON record: words in its message do not count.
+2. Airflow 2's `} LEVEL - `: `[ts] {file.py:12} ERROR - msg` (the fast path:
+   one scan).
+3. At the start of the line: `<LEVEL>:` any case (`logging.basicConfig`'s
+   `ERROR:root:msg`, CLI style `error: ...`), or an upper-case `<LEVEL>`
+   followed by a space (`%(levelname)s %(message)s`).
+4. `<LEVEL> - ` after a space: Airflow 2 `simple_log_format`
+   `2024-01-01 12:00:00,123 ERROR - msg`, the logging cookbook's
+   `%(asctime)s - %(name)s - %(levelname)s - %(message)s`, `%(levelname)-8s`
+   padding, and Airflow's `colored_console_log` ANSI colours.
+5. `[<LEVEL>]` or `| <LEVEL> |`, padding allowed (`[%(levelname)s]`,
+   `[%(levelname)-8s]`, loguru's `| ERROR    |`).
+6. logfmt `level=<LEVEL>` (or `level="<LEVEL>"`), not `loglevel=`.
+7. A bare Python traceback (`Traceback (most recent call last):` at the
+   start) is `error`: an uncaught exception printed by the interpreter.
+
+Level words, any of UPPER, lower or Title case: TRACE; DEBUG; INFO;
+WARNING, WARN -> warning; ERROR, EXCEPTION -> error; CRITICAL, FATAL ->
+critical. A word in position but not in this list (`[Errno 2]`, `- name -`)
+is not a level, and detection goes on to the next form.
+"""
+
+from __future__ import annotations
+
+import re
+
+# How much of a line is examined. Airflow's prefix `[ts] {file.py:1234} LEVEL - `
+# ends well inside 100 bytes; the rest of the head allows long logger names.
+HEAD = 256
+
+_NAMES = {
+    "trace": "trace",
+    "debug": "debug",
+    "info": "info",
+    "warning": "warning",
+    "warn": "warning",
+    "error": "error",
+    "exception": "error",
+    "critical": "critical",
+    "fatal": "critical",
+}
+# The same words as bytes, in the three spellings logs use.
+_WORDS: dict[bytes, str] = {}
+for _name, _level in _NAMES.items():
+    for _spelling in (_name, _name.upper(), _name.capitalize()):
+        _WORDS[_spelling.encode()] = _level
+# Upper case only: the "LEVEL <space>" form at the start of a line, where a
+# Title-case word is more often prose ("Error handling is on") than a level.
+_UPPER = {w: lv for w, lv in _WORDS.items() if w.isupper()}
+
+_AIRFLOW = re.compile(rb"\} ([A-Za-z]{4,9}) - ")
+_JSON_LEVEL = re.compile(rb'"level(?:name)?"\s*:\s*"([A-Za-z]{1,16})"')
+_ANSI = re.compile(rb"\x1b\[[0-9;]*m")
+_LEAD = re.compile(rb"([A-Za-z]{4,9})([: ])")
+# After "[" or "|": the word and the closing bracket or bar, padding allowed.
+_BRACKETED = re.compile(rb" *([A-Za-z]{4,9}) *[\]|]")
+# After "level=" (logfmt); the value may be quoted.
+_LOGFMT_VALUE = re.compile(rb'"?([A-Za-z]{4,9})')
+# Bytes that, before "level=", make it part of a longer key ("loglevel=").
+_WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.")
+# The byte before " - " when the level is padded (space) or coloured (the "m" of an ANSI reset).
+_PAD_OR_COLOUR = frozenset(b" m")
+_TRACEBACK = b"Traceback (most recent call last):"
+
+
+def normalize(name: str) -> str | None:
+    """A level name as found in structured data (`"WARN"`, `"error"`) -> normalised, or None."""
+    return _NAMES.get(name.lower())
+
+
+def detect(line: bytes) -> str | None:
+    """The level `line` shows, normalised to lower case; None if none is recognised."""
+    if line[:2] == b'{"':
+        i = line.find(b'"level')
+        while i >= 0:
+            m = _JSON_LEVEL.match(line, i)
+            if m is not None:
+                return _WORDS.get(m[1]) or _NAMES.get(m[1].decode().lower())
+            i = line.find(b'"level', i + 6)
+        return None
+    # Fast path, Airflow 2's own format "} LEVEL - ": one C-level scan. (A
+    # "} LEVEL - " past the first line of a merged entry cannot be the first
+    # hit: such a line starts an entry of its own.)
+    m = _AIRFLOW.search(line, 0, HEAD)
+    if m is not None:
+        level = _WORDS.get(m[1])
+        if level is not None:
+            return level
+    return _other_forms(line)
+
+
+def _other_forms(line: bytes) -> str | None:
+    end = line.find(b"\n", 0, HEAD)
+    if end < 0:
+        end = HEAD
+    m = _LEAD.match(line, 0, end)
+    if m is not None:
+        level = (_WORDS if m[2] == b":" else _UPPER).get(m[1])
+        if level is not None:
+            return level
+    # " LEVEL - " after anything else.
+    i = line.find(b" - ", 0, end)
+    while i > 0:
+        level = _WORDS.get(line[line.rfind(b" ", 0, i) + 1:i])
+        if level is not None:
+            return level
+        if line[i - 1] in _PAD_OR_COLOUR:
+            level = _before_dash(line, i)
+            if level is not None:
+                return level
+        i = line.find(b" - ", i + 3, end)
+    # "[LEVEL]", "| LEVEL |", then logfmt "level=LEVEL". (bytes.find is a
+    # memchr-speed scan; a regex search over the line costs several times more.)
+    for opener in (b"[", b"|"):
+        i = line.find(opener, 0, end)
+        while i >= 0:
+            m = _BRACKETED.match(line, i + 1, end)
+            if m is not None:
+                level = _WORDS.get(m[1])
+                if level is not None:
+                    return level
+            i = line.find(opener, i + 1, end)
+    i = line.find(b"level=", 0, end)
+    while i >= 0:
+        if i == 0 or line[i - 1] not in _WORD_BYTES:
+            m = _LOGFMT_VALUE.match(line, i + 6, end)
+            if m is not None:
+                level = _WORDS.get(m[1])
+                if level is not None:
+                    return level
+        i = line.find(b"level=", i + 6, end)
+    if line.startswith(_TRACEBACK):
+        return "error"
+    return None
+
+
+def _before_dash(line: bytes, i: int) -> str | None:
+    """The slow forms of "LEVEL - ": padded (`INFO     - `) or coloured (`\\x1b[31mERROR\\x1b[0m - `)."""
+    word = line[max(0, i - 40):i]
+    if b"\x1b" in word:
+        word = _ANSI.sub(b"", word)
+    word = word.rstrip(b" ")
+    return _WORDS.get(word[word.rfind(b" ") + 1:])

@@ -1,0 +1,488 @@
+"""shipper.formats: CRI and JSON lines to records; exact outcomes, nothing ever dropped.
+
+Stateful parsers are fed whole, one line at a time, and split in two at every
+position; all runs must give identical records and counters.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper.formats import (CriParser, JsonParser, Parser, RawParser, Record, make_parser, parse_time,
+                             render_exception)
+
+NS = 1_000_000_000
+T0 = 1475713029  # 2016-10-06T00:17:09Z
+
+
+def epoch_ns(dt: datetime) -> int:
+    delta = dt - datetime(1970, 1, 1, tzinfo=timezone.utc)
+    return (delta.days * 86400 + delta.seconds) * NS + delta.microseconds * 1000
+
+
+# --- timestamps ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, ns", [
+    (b"2016-10-06T00:17:09.669794202Z", T0 * NS + 669794202),
+    (b"2016-10-06T00:17:09.6697942Z", T0 * NS + 669794200),  # RFC3339Nano trims trailing zeros
+    (b"2016-10-06T00:17:09.1Z", T0 * NS + 100000000),
+    (b"2016-10-06T00:17:09Z", T0 * NS),
+    (b"2016-10-06T00:17:09z", T0 * NS),
+    (b"2016-10-06t00:17:09Z", T0 * NS),
+    (b"2016-10-06 00:17:09Z", T0 * NS),
+    (b"2016-10-06T00:17:09", T0 * NS),  # no offset: UTC
+    (b"2016-10-06T00:17:09,5", T0 * NS + 500000000),
+    (b"2016-10-06T00:17:09.123456789123Z", T0 * NS + 123456789),  # past the ninth digit: truncated
+    (b"2016-10-06T02:17:09.5+02:00", T0 * NS + 500000000),
+    (b"2016-10-06T02:17:09+0200", T0 * NS),
+    (b"2016-10-05T19:47:09.000001-04:30", T0 * NS + 1000),
+    (b"2016-10-06T00:17:09+00:00", T0 * NS),
+    (b"2016-10-06T00:17:09-00:00", T0 * NS),
+    (b"1970-01-01T00:00:00Z", 0),
+    (b"1969-12-31T23:59:59.5Z", -NS // 2),
+    (b"2024-02-29T00:00:00Z", 1709164800 * NS),
+    (b"2000-02-29T12:00:00Z", 951825600 * NS),
+    (b"9999-12-31T23:59:59Z", 253402300799 * NS),
+])
+def test_parse_time(text: bytes, ns: int) -> None:
+    assert parse_time(text) == ns
+    assert parse_time(text) == ns  # again, from the cache of seconds
+
+
+@pytest.mark.parametrize("text", [
+    b"", b"2016", b"2016-10-06", b"2016-10-06T00:17", b"2016-10-06T00:17:9Z", b"2016-10-06T00:17:09.Z",
+    b"2016-10-06T00:17:09.1ZZ", b"2016-10-06T00:17:09 Z", b"2016-10-06T00:17:09.12x4Z", b"2016-10-06T00:17:09+2",
+    b"2016-10-06T00:17:09+02:0", b"2016-10-06T00:17:09+24:00", b"2016-10-06T00:17:09+02:60",
+    b"2016-13-06T00:17:09Z", b"2016-00-06T00:17:09Z", b"2016-10-00T00:17:09Z", b"2016-09-31T00:17:09Z",
+    b"2023-02-29T00:00:00Z", b"1900-02-29T00:00:00Z", b"2016-10-06T24:00:00Z", b"2016-10-06T00:60:00Z",
+    b"2016-10-06T00:17:60Z", b"2016-10-06X00:17:09Z", b"+016-10-06T00:17:09Z", b"2016-1-06T00:17:09Z",
+    b"\xd9\xa1016-10-06T00:17:09Z", b"2016-10-06T00:17:09.\xd9\xa1Z", b"2016-10-06T00:17:09.1_0Z",
+    b" 2016-10-06T00:17:09Z", b"2016-10-06T00:17:09Z ",
+])
+def test_parse_time_rejects(text: bytes) -> None:
+    assert parse_time(text) is None
+
+
+@settings(max_examples=300)
+@given(st.datetimes(min_value=datetime(1, 1, 2), max_value=datetime(9999, 12, 30),
+                    timezones=st.sampled_from([timezone.utc, timezone(timedelta(hours=5, minutes=30)),
+                                               timezone(timedelta(hours=-8)), timezone(timedelta(minutes=-1))])),
+       st.sampled_from(["Z", "isoformat", "nano"]))
+def test_parse_time_agrees_with_datetime(dt: datetime, style: str) -> None:
+    if style == "isoformat":
+        text = dt.isoformat()  # 2024-01-01T12:00:00.123456+05:30 (no fraction when zero)
+    else:
+        utc = dt.astimezone(timezone.utc)
+        frac = f"{utc.microsecond:06d}" + ("123" if style == "nano" else "")
+        text = utc.strftime("%Y-%m-%dT%H:%M:%S").rjust(19, "0") + "." + frac.rstrip("0") + "Z"
+        text = text.replace(".Z", "Z")
+    expected = epoch_ns(dt) + (123 if style == "nano" else 0)
+    assert parse_time(text.encode()) == expected, text
+
+
+# --- raw -------------------------------------------------------------------------------
+
+def test_raw() -> None:
+    p = RawParser()
+    assert p.feed([b"a", b""]) == [Record(b"a"), Record(b"")]
+    assert p.flush() == [] and p.malformed == 0
+
+
+# --- CRI -------------------------------------------------------------------------------
+
+def cri(stream: str, tag: str, message: bytes, ts: bytes = b"2016-10-06T00:17:09.669794202Z") -> bytes:
+    return ts + b" " + stream.encode() + b" " + tag.encode() + b" " + message
+
+
+TS = T0 * NS + 669794202
+
+
+def feed_all_ways(lines: list[bytes], max_bytes: int = 1024) -> tuple[list[Record], tuple[int, ...]]:
+    """Records and counters of a fresh CriParser fed `lines` then flushed; the same for every split."""
+    def run(chunks: list[list[bytes]]) -> tuple[list[Record], tuple[int, ...]]:
+        p = CriParser(max_bytes)
+        out: list[Record] = []
+        for chunk in chunks:
+            out += p.feed(chunk)
+        out += p.flush()
+        assert p.pending_bytes == 0
+        return out, (p.malformed, p.joined_lines, p.cut_lines, p.invalid_utf8_lines)
+
+    expected = run([lines])
+    for chunks in chunkings(lines):
+        assert run(chunks) == expected, f"differs when fed as {chunks!r}"
+    return expected
+
+
+def chunkings(lines: list[bytes]) -> Iterator[list[list[bytes]]]:
+    yield [[line] for line in lines]
+    for i in range(len(lines) + 1):
+        yield [lines[:i], lines[i:]]
+
+
+T1 = b"2016-10-06T00:17:10.5Z"
+T2 = b"2016-10-06T02:17:11+02:00"
+
+
+@pytest.mark.parametrize("lines, records", [
+    ([], []),
+    ([cri("stdout", "F", b"hello world")], [Record(b"hello world", TS, "stdout")]),
+    ([cri("stderr", "F", b"oops")], [Record(b"oops", TS, "stderr")]),
+    ([cri("stdout", "F", b"x", T2)], [Record(b"x", (T0 + 2) * NS, "stdout")]),
+    # The message is everything after the third space, spaces kept.
+    ([cri("stdout", "F", b" a  b ")], [Record(b" a  b ", TS, "stdout")]),
+    ([cri("stdout", "F", b"")], [Record(b"", TS, "stdout")]),
+    ([b"2016-10-06T00:17:09.669794202Z stdout F"], [Record(b"", TS, "stdout")]),
+    # P chunks join until F; the line has the first chunk's time.
+    ([cri("stdout", "P", b"ab"), cri("stdout", "P", b"cd", T1), cri("stdout", "F", b"ef", T1)],
+     [Record(b"abcdef", TS, "stdout")]),
+    ([cri("stdout", "P", b"ab"), cri("stdout", "F", b"")], [Record(b"ab", TS, "stdout")]),
+    # Streams join separately; lines come out as they complete.
+    ([cri("stdout", "P", b"o1"), cri("stderr", "P", b"e1", T1), cri("stderr", "F", b"e2"), cri("stdout", "F", b"o2")],
+     [Record(b"e1e2", (T0 + 1) * NS + NS // 2, "stderr"), Record(b"o1o2", TS, "stdout")]),
+    ([cri("stdout", "P", b"o1"), cri("stderr", "F", b"e"), cri("stdout", "F", b"o2")],
+     [Record(b"e", TS, "stderr"), Record(b"o1o2", TS, "stdout")]),
+    # More tags after the first (`F:x`); the first decides.
+    ([cri("stdout", "P:x", b"a"), cri("stdout", "F:y:z", b"b")], [Record(b"ab", TS, "stdout")]),
+    # A P run whose F never came is shipped at flush().
+    ([cri("stdout", "P", b"tail")], [Record(b"tail", TS, "stdout")]),
+    ([cri("stdout", "P", b"o"), cri("stderr", "P", b"e")], [Record(b"o", TS, "stdout"), Record(b"e", TS, "stderr")]),
+])
+def test_cri(lines: list[bytes], records: list[Record]) -> None:
+    assert feed_all_ways(lines)[0] == records
+
+
+MALFORMED = [
+    b"",
+    b"hello",
+    b"plain text with spaces",
+    b"2016-10-06T00:17:09Z stdout",
+    b"2016-10-06T00:17:09Z stdin F x",
+    b"2016-10-06T00:17:09Z STDOUT F x",
+    b"yesterday stdout F x",
+    b"2016-10-06T00:17:09 stdout F x ",  # (valid: no offset is UTC) -- replaced below
+    b"2016-10-06T00:17:61Z stdout F x",
+    b"2016-10-06T00:17:09Z stdout X x",
+    b"2016-10-06T00:17:09Z stdout p x",
+    b"2016-10-06T00:17:09Z stdout FP x",
+    b"2016-10-06T00:17:09Z  stdout F x",
+    b"2016-10-06T00:17:09Z stdout :F x",
+]
+MALFORMED[7] = b"2016-10-06T00:17:09Zstdout F x"
+
+
+@pytest.mark.parametrize("line", MALFORMED)
+def test_cri_malformed_is_shipped_as_is(line: bytes) -> None:
+    records, counters = feed_all_ways([line])
+    assert records == [Record(line)]
+    assert counters == (1, 0, 0, 0)
+
+
+def test_cri_malformed_invalid_utf8_is_replaced() -> None:
+    records, counters = feed_all_ways([b"junk \xff"])
+    assert records == [Record("junk \ufffd".encode())]
+    assert counters == (1, 0, 0, 1)
+
+
+def test_cri_malformed_line_leaves_partials_alone() -> None:
+    lines = [cri("stdout", "P", b"a"), b"junk", cri("stdout", "F", b"b")]
+    records, counters = feed_all_ways(lines)
+    assert records == [Record(b"junk"), Record(b"ab", TS, "stdout")]
+    assert counters == (1, 1, 0, 0)
+
+
+def test_cri_counters() -> None:
+    lines = [cri("stdout", "P", b"a"), cri("stdout", "F", b"b"), cri("stdout", "F", b"c"), cri("stderr", "P", b"d")]
+    assert feed_all_ways(lines)[1] == (0, 2, 0, 0)
+
+
+def test_cri_long_joined_line_is_cut_as_it_grows() -> None:
+    p = CriParser(8)
+    assert p.feed([cri("stdout", "P", b"abcdef")]) == []
+    assert p.pending_bytes == 6
+    assert p.feed([cri("stdout", "P", b"ghijkl", T1)]) == [Record(b"abcdefgh", TS, "stdout")]
+    assert p.pending_bytes == 4  # never much more than max_bytes per stream
+    assert p.feed([cri("stdout", "F", b"mn", T1)]) == [Record(b"ijklmn", TS, "stdout")]
+    assert (p.cut_lines, p.joined_lines) == (1, 1)
+
+
+def test_cri_long_full_line_is_cut() -> None:
+    lines = [cri("stdout", "F", b"abcdefghij"), cri("stdout", "F", b"12345678")]
+    records, counters = feed_all_ways(lines, max_bytes=8)
+    assert [r.line for r in records] == [b"abcdefgh", b"ij", b"12345678"]
+    assert all(r[1:] == (TS, "stdout", (), None) for r in records)
+    assert counters == (0, 0, 1, 0)
+    # On character boundaries: "é" is 2 bytes.
+    records, _ = feed_all_ways([cri("stdout", "F", "abcdefgé".encode())], max_bytes=8)
+    assert [r.line for r in records] == [b"abcdefg", "é".encode()]
+
+
+def test_cri_utf8_character_split_between_chunks() -> None:
+    e = "é".encode()  # b"\xc3\xa9"
+    records, counters = feed_all_ways([cri("stdout", "P", b"ab" + e[:1]), cri("stdout", "F", e[1:] + b"cd")])
+    assert records == [Record("abécd".encode(), TS, "stdout")]
+    assert counters == (0, 1, 0, 0)
+
+
+def test_cri_invalid_utf8_is_replaced_and_counted() -> None:
+    lines = [cri("stdout", "F", b"a\xffb"), cri("stderr", "P", b"\xfe"), cri("stderr", "F", b"c")]
+    records, counters = feed_all_ways(lines)
+    assert records == [Record("a\ufffdb".encode(), TS, "stdout"), Record("\ufffdc".encode(), TS, "stderr")]
+    assert counters == (0, 1, 0, 2)
+
+
+CRI_LINE = st.one_of(
+    st.builds(cri, st.sampled_from(["stdout", "stderr"]), st.sampled_from(["F", "P", "F:x", "P:y"]),
+              st.text(st.characters(min_codepoint=32, max_codepoint=0x2FFF), max_size=12).map(str.encode),
+              st.sampled_from([b"2016-10-06T00:17:09.669794202Z", T1, T2])),
+    st.binary(max_size=30).map(lambda b: b.replace(b"\n", b"")).filter(lambda b: b.isascii()),
+)
+
+
+def cri_model(lines: list[bytes]) -> list[Record]:
+    """What a CriParser must give for lines without cuts or invalid UTF-8: a plain model."""
+    out: list[Record] = []
+    partial: dict[str, tuple[bytes, int]] = {}
+    for line in lines:
+        fields = line.split(b" ", 3)
+        if len(fields) == 3:
+            fields.append(b"")
+        ts = parse_time(fields[0]) if len(fields) == 4 else None
+        tag = fields[2].split(b":")[0] if len(fields) == 4 else b""
+        if ts is None or fields[1] not in (b"stdout", b"stderr") or tag not in (b"F", b"P"):
+            out.append(Record(line))
+            continue
+        stream = fields[1].decode()
+        text, first = partial.get(stream, (b"", ts))
+        if tag == b"P":
+            partial[stream] = (text + fields[3], first)  # a stream keeps its place: flushed in order of first chunk
+        else:
+            partial.pop(stream, None)
+            out.append(Record(text + fields[3], first, stream))
+    out += [Record(text, first, stream) for stream, (text, first) in partial.items()]
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(CRI_LINE, max_size=12))
+def test_cri_never_drops_a_line(lines: list[bytes]) -> None:
+    records, counters = feed_all_ways(lines)
+    assert records == cri_model(lines)
+    assert counters[0] == sum(1 for r in records if r.ts_ns is None)
+
+
+# What a CRI message can hold: no line break (the runtime splits lines there; a
+# final \r is taken by LineSplitter's CRLF rule), no lone surrogate.
+MESSAGE_CHARS = st.characters(blacklist_categories=["Cs"], blacklist_characters="\r\n")
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.sampled_from(["P", "F"]), st.text(MESSAGE_CHARS, max_size=20).map(str.encode)),
+                max_size=8),
+       st.integers(4, 16))
+def test_cri_cut_pieces_rebuild_the_line(chunks: list[tuple[str, bytes]], max_bytes: int) -> None:
+    lines = [cri("stdout", tag, message) for tag, message in chunks]
+    records, counters = feed_all_ways(lines, max_bytes)
+    assert all(len(r.line) <= max_bytes for r in records)
+    assert b"".join(r.line for r in records) == b"".join(m for _, m in chunks)
+    assert counters[0] == counters[3] == 0
+
+
+# --- JSON ------------------------------------------------------------------------------
+
+AIRFLOW3 = (b'{"timestamp":"2025-04-01T12:00:00.123456Z","level":"info","event":"Marking task as SUCCESS.",'
+            b'"logger":"airflow.task","filename":"taskinstance.py","lineno":1234}')
+A3_TS = 1743508800 * NS + 123456000
+
+
+def test_json_airflow3_record() -> None:
+    p = JsonParser()
+    assert p.feed([AIRFLOW3]) == [Record(b"Marking task as SUCCESS.", A3_TS, None, (), "info")]
+    assert p.flush() == [] and p.malformed == 0
+
+
+def test_json_keep_record() -> None:
+    assert JsonParser(keep_record=True).parse(AIRFLOW3) == Record(AIRFLOW3, A3_TS, None, (), "info")
+    # No event needed then.
+    line = b'{"timestamp":"2025-04-01T12:00:00.123456Z","msg":"x"}'
+    assert JsonParser(keep_record=True).parse(line) == Record(line, A3_TS)
+
+
+def test_json_metadata() -> None:
+    line = json.dumps({
+        "timestamp": "2025-04-01T12:00:00.123456Z", "level": "warning", "event": "e", "logger": "airflow.task",
+        "lineno": 12, "ratio": 1.5, "ok": True, "no": False, "ctx": {"a": [1, "b"]}, "none": None, "empty": "",
+        "name": "ünï",
+    }).encode()
+    p = JsonParser(metadata=["logger", "lineno", "ratio", "ok", "no", "ctx", "none", "empty", "missing", "name"])
+    assert p.parse(line) == Record(b"e", A3_TS, None, (
+        ("logger", "airflow.task"), ("lineno", "12"), ("ratio", "1.5"), ("ok", "true"), ("no", "false"),
+        ("ctx", '{"a":[1,"b"]}'), ("name", "ünï")), "warning")
+    renamed = JsonParser(metadata={"logger": "logger_name", "lineno": "line"})
+    assert renamed.parse(line).metadata == (("logger_name", "airflow.task"), ("line", "12"))
+
+
+@pytest.mark.parametrize("level, normalised", [
+    ("info", "info"), ("WARN", "warning"), ("exception", "error"), ("fatal", "critical"), ("notice", None),
+    (30, None), (None, None),
+])
+def test_json_level(level: object, normalised: str | None) -> None:
+    line = json.dumps({"timestamp": "2025-04-01T12:00:00.123456Z", "event": "x", "level": level}).encode()
+    assert JsonParser().parse(line).level == normalised
+
+
+@pytest.mark.parametrize("event, line", [
+    ("", b""), ("multi\nline", b"multi\nline"), ("ünïcode ✓", "ünïcode ✓".encode()), (42, b"42"),
+    (1.5, b"1.5"), (True, b"true"), ({"a": 1, "b": [None]}, b'{"a":1,"b":[null]}'), (["x"], b'["x"]'),
+    ("a\ud800b", b"a?b"),  # a lone surrogate (JSON escape) cannot be UTF-8
+])
+def test_json_event_to_line(event: object, line: bytes) -> None:
+    record = json.dumps({"timestamp": "2025-04-01T12:00:00.123456Z", "event": event})
+    assert JsonParser().parse(record.encode()).line == line
+
+
+def test_json_lone_surrogate_in_metadata() -> None:
+    record = b'{"timestamp":"2025-04-01T12:00:00Z","event":"x","logger":"\\udfffy"}'
+    assert JsonParser(metadata=["logger"]).parse(record).metadata == (("logger", "?y"),)
+
+
+def test_json_custom_keys() -> None:
+    p = JsonParser(time_key="ts", message_key="msg", level_key="severity")
+    line = b'{"ts":"2025-04-01T12:00:00.123456+00:00","msg":"hi","severity":"ERROR","timestamp":"x"}'
+    assert p.parse(line) == Record(b"hi", A3_TS, None, (), "error")
+
+
+@pytest.mark.parametrize("line", [
+    b"",
+    b"not json",
+    b"[2022-06-12T13:00:00.123+0000] {x.py:1} INFO - airflow 2 text",
+    b"[1, 2]",
+    b'"string"',
+    b" " + AIRFLOW3,
+    AIRFLOW3[:-1],
+    b'{"event":"no timestamp"}',
+    b'{"timestamp":"yesterday","event":"x"}',
+    b'{"timestamp":1743508800,"event":"x"}',
+    b'{"timestamp":null,"event":"x"}',
+    b'{"timestamp":"2025-04-01T12:00:00Z","level":"info"}',
+    b'{"timestamp":"2025-04-01T12:00:00Z","event":null}',
+    b'{"timestamp":"2025-04-01T12:00:00Z","event":"\xff"}',
+    b'{"timestamp":"2025-04-01T12:00:00Z","event":"x"} trailing',
+    b'{"timestamp":"2025-04-01T12:00:00Z","event":"x"}{"b":1}',
+])
+def test_json_malformed_is_shipped_as_is(line: bytes) -> None:
+    p = JsonParser(metadata=["logger"])
+    assert p.feed([line, line]) == [Record(line), Record(line)]
+    assert p.malformed == 2
+
+
+def test_json_last_duplicate_key_wins() -> None:
+    line = b'{"timestamp":"2025-04-01T12:00:00Z","event":"first","event":"second"}'
+    assert JsonParser().parse(line).line == b"second"
+
+
+EXC = [
+    {"exc_type": "ValueError", "exc_value": "boom", "exc_notes": [], "syntax_error": None, "is_cause": False,
+     "frames": [{"filename": "/opt/airflow/dags/d.py", "lineno": 12, "name": "execute"},
+                {"filename": "/opt/airflow/dags/d.py", "lineno": 30, "name": "fail", "line": "  raise ValueError  "}],
+     "is_group": False, "exceptions": []},
+    {"exc_type": "KeyError", "exc_value": "'k'", "is_cause": True,
+     "frames": [{"filename": "/x.py", "lineno": 3, "name": "lookup"}]},
+    {"exc_type": "OSError", "exc_value": "", "is_cause": False, "frames": []},
+]
+EXC_TEXT = """OSError
+
+During handling of the above exception, another exception occurred:
+
+Traceback (most recent call last):
+  File "/x.py", line 3, in lookup
+KeyError: 'k'
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/opt/airflow/dags/d.py", line 12, in execute
+  File "/opt/airflow/dags/d.py", line 30, in fail
+    raise ValueError
+ValueError: boom"""
+
+
+def test_render_exception() -> None:
+    assert render_exception(EXC) == EXC_TEXT
+    assert render_exception(EXC[:1]) == EXC_TEXT[EXC_TEXT.rindex("Traceback"):]
+    assert render_exception("Traceback (most recent call last):\n...") == "Traceback (most recent call last):\n..."
+    assert render_exception([{}]) == "Exception"
+    for not_one in (None, 5, [], [1], {"exc_type": "X"}, [{"exc_type": "X"}, "y"]):
+        assert render_exception(not_one) is None
+
+
+def test_json_exception_joins_the_event() -> None:
+    record = {"timestamp": "2025-04-01T12:00:00.123456Z", "level": "error", "event": "Task failed with exception",
+              "logger": "airflow.task", "exception": EXC[:1]}
+    line = json.dumps(record).encode()
+    expected = ("Task failed with exception\n" + EXC_TEXT[EXC_TEXT.rindex("Traceback"):]).encode()
+    assert JsonParser().parse(line) == Record(expected, A3_TS, None, (), "error")
+    assert JsonParser(exception_key=None).parse(line).line == b"Task failed with exception"
+    assert JsonParser(keep_record=True).parse(line).line == line
+    assert JsonParser().parse(json.dumps(record | {"event": ""}).encode()).line.startswith(b"Traceback")
+    assert JsonParser().parse(json.dumps(record | {"exception": 5}).encode()).line == b"Task failed with exception"
+
+
+def test_json_event_line_longer_than_max_bytes_ships_the_record_whole() -> None:
+    record = {"timestamp": "2025-04-01T12:00:00.123456Z", "level": "error", "event": "e", "exception": EXC}
+    line = json.dumps(record, separators=(",", ":")).encode()
+    rendered = ("e\n" + EXC_TEXT).encode()
+    p = JsonParser(max_bytes=len(rendered))
+    assert p.parse(line) == Record(rendered, A3_TS, None, (), "error")
+    p = JsonParser(max_bytes=len(rendered) - 1)
+    assert p.parse(line) == Record(line, A3_TS, None, (), "error")
+    assert (p.kept_whole, p.malformed) == (1, 0)
+
+
+@settings(max_examples=300)
+@given(st.lists(st.one_of(st.text(max_size=60).map(lambda t: t.encode("utf-8", "replace")), st.just(AIRFLOW3),
+                          st.builds(lambda d: json.dumps(d).encode(), st.dictionaries(
+                              st.sampled_from(["timestamp", "event", "level", "logger"]),
+                              st.one_of(st.none(), st.integers(), st.text(max_size=8),
+                                        st.just("2025-04-01T12:00:00Z"))))),
+                max_size=10))
+def test_json_never_drops_a_line(lines: list[bytes]) -> None:
+    p = JsonParser(metadata=["logger", "level"])
+    records = p.feed(lines)
+    assert len(records) == len(lines)
+    for line, record in zip(lines, records):
+        if record.ts_ns is None:
+            assert record == Record(line)
+        record.line.decode("utf-8")  # always valid UTF-8
+        assert all(isinstance(v, str) and v.encode() for _, v in record.metadata)
+    assert p.malformed == sum(1 for r in records if r.ts_ns is None)
+
+
+@settings(max_examples=200)
+@given(st.text(), st.datetimes(min_value=datetime(1970, 1, 2), max_value=datetime(2200, 1, 1)), st.booleans())
+def test_json_event_roundtrip(event: str, when: datetime, ascii_only: bool) -> None:
+    stamp = when.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    line = json.dumps({"timestamp": stamp, "level": "info", "event": event}, ensure_ascii=ascii_only).encode()
+    record = JsonParser().parse(line)
+    assert record.ts_ns == epoch_ns(when.replace(tzinfo=timezone.utc))
+    assert record.line == event.encode("utf-8", "replace")
+
+
+# --- the factory ---------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name, kind", [("raw", RawParser), ("cri", CriParser), ("json", JsonParser)])
+def test_make_parser(name: str, kind: Callable[..., Parser]) -> None:
+    parser: Parser = make_parser(name, max_bytes=1024)
+    assert isinstance(parser, kind)  # type: ignore[arg-type]
+    assert parser.malformed == 0
+
+
+def test_make_parser_unknown() -> None:
+    with pytest.raises(ValueError, match="unknown format"):
+        make_parser("xml", max_bytes=1024)

@@ -1,0 +1,125 @@
+"""shipper.levels: the level a line shows, normalised; exact outcomes per form."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from shipper.levels import HEAD, detect, normalize
+
+LEVELS = {None, "trace", "debug", "info", "warning", "error", "critical"}
+
+
+@pytest.mark.parametrize("line, level", [
+    # Airflow 2 default format, every level Python logging has.
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} DEBUG - msg", "debug"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} INFO - msg", "info"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} WARNING - msg", "warning"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} ERROR - msg", "error"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} CRITICAL - msg", "critical"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} FATAL - msg", "critical"),
+    (b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} WARN - msg", "warning"),
+    # The first level wins over words in the message.
+    (b"[2022-06-12T13:00:00.123+0000] {x.py:1} INFO - retry - ERROR - [WARNING] level=error", "info"),
+    (b"[2022-06-12T13:00:00.123+0000] {x.py:1} INFO - ", "info"),
+    # Older Airflow 2 (comma milliseconds), simple_log_format, colored_console_log.
+    (b"[2021-01-01 10:00:00,123] {x.py:1} ERROR - msg", "error"),
+    (b"2021-01-01 10:00:00,123 WARNING - msg", "warning"),
+    (b"[\x1b[34m2022-06-12T13:00:00.123+0000\x1b[0m] {\x1b[34mtaskinstance.py:\x1b[0m123} "
+     b"\x1b[31mERROR\x1b[0m - \x1b[31mboom\x1b[0m", "error"),
+    # Airflow 3 JSON (compact, msgspec) and other JSON loggers.
+    (b'{"timestamp":"2025-04-01T12:00:00.123456Z","level":"error","event":"x"}', "error"),
+    (b'{"timestamp":"2025-04-01T12:00:00.123456Z","level":"warning","event":"x"}', "warning"),
+    (b'{"timestamp": "2025-04-01T12:00:00Z", "level": "critical", "event": "x"}', "critical"),
+    (b'{"event":"x","level" : "WARN"}', "warning"),
+    (b'{"levelname": "ERROR", "message": "x"}', "error"),
+    (b'{"levels":[1],"level":"exception"}', "error"),
+    (b'{"level":"notice","event":"x"}', None),
+    (b'{"event":"[ERROR] x"}', None),  # JSON: only the level key counts
+    (b'{"level":3}', None),
+    # Plain Python logging.
+    (b"ERROR:root:msg", "error"),
+    (b"WARNING:py.warnings:/x.py:1: DeprecationWarning: y", "warning"),
+    (b"DEBUG:urllib3.connectionpool:Starting new HTTPS connection", "debug"),
+    (b"error: could not open file", "error"),
+    (b"Warning: low disk", "warning"),
+    (b"INFO     2024-01-01 12:00:00 msg", "info"),
+    (b"2024-01-01 12:00:00,123 - my.module - ERROR - msg", "error"),
+    (b"2024-01-01 12:00:00,123 - my.module - INFO     - padded", "info"),
+    (b"2024-01-01 12:00:00,123 [ERROR] my.module: msg", "error"),
+    (b"2024-01-01 12:00:00,123 [INFO    ] padded", "info"),
+    (b"[2024-01-01 12:00:00] [warning] lower", "warning"),
+    (b"2024-01-01 12:00:00.123 | ERROR    | mod:func:12 - loguru", "error"),
+    (b'time="2024-01-01T12:00:00Z" level=warning msg="logfmt"', "warning"),
+    (b'ts=1 level="error" msg=x', "error"),
+    (b"ts=1 loglevel=error msg=x", None),  # a longer key is not `level`
+    (b"Traceback (most recent call last):", "error"),
+    # Trace level (structlog, Go, Rust loggers).
+    (b"2024-01-01 12:00:00 [TRACE] x", "trace"),
+    # No level.
+    (b"", None),
+    (b"hello world", None),
+    (b"Error handling enabled", None),  # Title case + space at the start is prose
+    (b"[Errno 2] No such file or directory", None),
+    (b"2024-01-01 12:00:00,123 - my.module - msg without level", None),
+    (b"[2022-06-12T13:00:00.123+0000] {x.py:1} NOTICE - msg", None),
+    (b"  File \"/x.py\", line 1, in f", None),
+    (b"ValueError: boom", None),
+    (b"INFORMATION: x", None),
+    (b"{taskinstance.py:12} INFO - a custom log_format without asctime", "info"),
+])
+def test_detect(line: bytes, level: str | None) -> None:
+    assert detect(line) == level
+
+
+@pytest.mark.parametrize("word, level", [
+    (b"INFO", "info"), (b"info", "info"), (b"Info", "info"),
+    (b"WARN", "warning"), (b"warn", "warning"), (b"Warning", "warning"),
+    (b"EXCEPTION", "error"), (b"Exception", "error"),
+    (b"FATAL", "critical"), (b"fatal", "critical"), (b"Critical", "critical"),
+    (b"iNFO", None), (b"ERR", None), (b"CRIT", None),
+])
+def test_level_words(word: bytes, level: str | None) -> None:
+    assert detect(b"2024-01-01 12:00:00 [" + word + b"] x") == level
+    assert detect(b"[2024-01-01T12:00:00] {x.py:1} " + word + b" - x") == level
+
+
+def test_merged_entry_takes_the_first_lines_level() -> None:
+    entry = b"\n".join([
+        b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:441} ERROR - Task failed with exception",
+        b"Traceback (most recent call last):",
+        b"INFO - x [WARNING] level=info",
+    ])
+    assert detect(entry) == "error"
+    assert detect(b"Traceback (most recent call last):\n  File \"x\", line 1\nValueError: a - b") == "error"
+    # Forms found only after the first line do not count.
+    assert detect(b"hello\n[ERROR] x") is None
+    assert detect(b"hello\nts=1 level=error") is None
+    assert detect(b"hello\n2024-01-01 - x - ERROR - y") is None
+
+
+def test_only_the_head_is_examined() -> None:
+    prefix = b"x" * (HEAD - len(b" [ERROR]"))
+    assert detect(prefix + b" [ERROR]") == "error"
+    assert detect(prefix + b"x [ERROR]") is None
+
+
+@pytest.mark.parametrize("name, level", [
+    ("error", "error"), ("ERROR", "error"), ("Warn", "warning"), ("exception", "error"), ("fatal", "critical"),
+    ("critical", "critical"), ("debug", "debug"), ("trace", "trace"), ("info", "info"),
+    ("notice", None), ("", None), ("err", None),
+])
+def test_normalize(name: str, level: str | None) -> None:
+    assert normalize(name) == level
+
+
+@given(st.binary(max_size=400))
+def test_detect_any_bytes(line: bytes) -> None:
+    assert detect(line) in LEVELS
+
+
+@given(st.lists(st.sampled_from([b" - ", b"[", b"]", b"|", b"level=", b"{", b"}", b"ERROR", b"info", b" ", b"\n",
+                                 b"\x1b[31m", b"m", b":", b'"level":"warn"']), max_size=30))
+def test_detect_fragments(parts: list[bytes]) -> None:
+    assert detect(b"".join(parts)) in LEVELS

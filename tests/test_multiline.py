@@ -1,0 +1,351 @@
+"""shipper.multiline.Merger: continuation lines joined to their entry, the same however fed.
+
+Every table case is fed at one `now` whole, one line at a time, and split in
+two at every position; all runs must give identical entries, stamps and
+counters. Hypothesis checks that no byte is ever lost, added or reordered.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from shipper import levels
+from shipper.multiline import DEFAULT_START, Merger
+
+BIG = 256 * 1024
+
+
+@dataclass(frozen=True)
+class Result:
+    entries: list[bytes]
+    stamps: list[int]
+    counters: tuple[int, ...]
+    pending: int  # lines still open before flush
+
+
+def counters(m: Merger) -> tuple[int, ...]:
+    return (m.entries, m.merged_entries, m.merged_lines, m.split_max_lines, m.split_max_bytes, m.split_max_wait)
+
+
+def run(chunks: list[list[bytes]], *, start: re.Pattern[bytes] | None = None, max_lines: int = 1000,
+        max_bytes: int = BIG, now: float = 0.0) -> Result:
+    """Feed `chunks` (each one feed() call) at one `now`, then flush."""
+    m = Merger(start, max_lines, 5.0, max_bytes)
+    entries: list[bytes] = []
+    stamps: list[int] = []
+    i = 0
+    for chunk in chunks:
+        entries += m.feed(chunk, now, list(range(i, i + len(chunk))), stamps)
+        i += len(chunk)
+    pending = m.pending_lines
+    entries += m.flush(stamps)
+    assert m.pending_lines == 0 and m.pending_bytes == 0 and m.next_due() is None
+    return Result(entries, stamps, counters(m), pending)
+
+
+def chunkings(lines: list[bytes]) -> Iterator[list[list[bytes]]]:
+    yield [lines]
+    yield [[line] for line in lines]
+    for i in range(len(lines) + 1):
+        yield [lines[:i], lines[i:]]
+
+
+def merge_all_ways(lines: list[bytes], *, start: re.Pattern[bytes] | None = None, max_lines: int = 1000,
+                   max_bytes: int = BIG) -> Result:
+    """The result of feeding `lines` at once; asserts every other split gives the same."""
+    expected = run([lines], start=start, max_lines=max_lines, max_bytes=max_bytes)
+    for chunks in chunkings(lines):
+        got = run(chunks, start=start, max_lines=max_lines, max_bytes=max_bytes)
+        assert got == expected, f"differs when fed as {chunks!r}"
+    return expected
+
+
+def entries_of(lines: list[bytes], start: re.Pattern[bytes] | None = None) -> list[bytes]:
+    return merge_all_ways(lines, start=start).entries
+
+
+A1 = b"[2022-06-12T13:00:00.123+0000] {taskinstance.py:123} INFO - msg one"
+A2 = b"[2022-06-12T13:00:01.456+0000] {taskinstance.py:441} ERROR - Task failed with exception"
+A3 = b"[2022-06-12T13:00:02.000+0000] {local_task_job.py:212} INFO - Task exited with return code 1"
+TRACEBACK = [
+    b"Traceback (most recent call last):",
+    b'  File "/opt/airflow/dags/x.py", line 12, in fail',
+    b'    raise ValueError("boom")',
+    b"ValueError: boom",
+]
+CHAINED = [
+    b"Traceback (most recent call last):",
+    b'  File "/a.py", line 3, in f',
+    b"KeyError: 'k'",
+    b"",
+    b"During handling of the above exception, another exception occurred:",
+    b"",
+    b"Traceback (most recent call last):",
+    b'  File "/a.py", line 5, in f',
+    b"ValueError: boom",
+]
+JSON1 = b'{"timestamp":"2025-04-01T12:00:00.123456Z","level":"info","event":"one","logger":"airflow.task"}'
+JSON2 = b'{"timestamp":"2025-04-01T12:00:01.000000Z","level":"error","event":"two","logger":"airflow.task"}'
+
+
+@pytest.mark.parametrize("lines, expected", [
+    ([], []),
+    ([A1], [A1]),
+    ([A1, A2, A3], [A1, A2, A3]),
+    # A traceback after a start line belongs to it.
+    ([A1, A2, *TRACEBACK, A3], [A1, b"\n".join([A2, *TRACEBACK]), A3]),
+    ([A2, *CHAINED], [b"\n".join([A2, *CHAINED])]),
+    # Lines before any start line begin an entry of their own.
+    (TRACEBACK, [b"\n".join(TRACEBACK)]),
+    ([b"hello", b"world", A1], [b"hello\nworld", A1]),
+    ([b"", b"", A1, b""], [b"\n", A1 + b"\n"]),
+    # Airflow 3 JSON records are starts; so is a bare-timestamp or basicConfig line.
+    ([JSON1, JSON2], [JSON1, JSON2]),
+    ([JSON1, *TRACEBACK, JSON2], [b"\n".join([JSON1, *TRACEBACK]), JSON2]),
+    ([b"2024-01-01 12:00:00,123 - root - ERROR - bad", *TRACEBACK, b"2024-01-01 12:00:01,000 - root - INFO - ok"],
+     [b"\n".join([b"2024-01-01 12:00:00,123 - root - ERROR - bad", *TRACEBACK]),
+      b"2024-01-01 12:00:01,000 - root - INFO - ok"]),
+    ([b"ERROR:root:bad", *TRACEBACK, b"INFO:root:ok"], [b"\n".join([b"ERROR:root:bad", *TRACEBACK]), b"INFO:root:ok"]),
+    # Airflow with a space separator, and colored_console_log's ANSI codes.
+    ([b"[2022-06-12 13:00:00,123] {x.py:1} INFO - a", b"[\x1b[34m2022-06-12T13:00:00.123+0000\x1b[0m] {x.py:1} I - b"],
+     [b"[2022-06-12 13:00:00,123] {x.py:1} INFO - a", b"[\x1b[34m2022-06-12T13:00:00.123+0000\x1b[0m] {x.py:1} I - b"]),
+    # Not starts: a bracket without a timestamp, an indented timestamp.
+    ([A1, b"[not a timestamp]", b" [2022-06-12T13:00:00] indented"],
+     [b"\n".join([A1, b"[not a timestamp]", b" [2022-06-12T13:00:00] indented"])]),
+])
+def test_default_rule(lines: list[bytes], expected: list[bytes]) -> None:
+    assert entries_of(lines) == expected
+
+
+def test_airflow_traceback_is_one_error_entry() -> None:
+    """The issue's "done when": a task's traceback is one entry, and its level is error."""
+    entries = entries_of([A1, A2, *TRACEBACK, A3])
+    assert [levels.detect(e) for e in entries] == ["info", "error", "info"]
+    assert entries[1].count(b"\n") == len(TRACEBACK)
+    # An uncaught exception the interpreter printed (no logging prefix).
+    entries = entries_of([A1, *TRACEBACK])
+    assert entries == [b"\n".join([A1, *TRACEBACK])]
+    entries = entries_of(TRACEBACK)
+    assert [levels.detect(e) for e in entries] == ["error"]
+
+
+def test_default_start_pattern() -> None:
+    starts = [A1, JSON1, b'{"a": 1}', b"2024-01-01T00:00:00Z msg", b"2024-01-01 00:00 msg", b"WARNING:py.warnings:x",
+              b"[2024-01-01T00:00:00]"]
+    not_starts = [b"Traceback (most recent call last):", b'  File "x.py", line 1, in f', b"ValueError: boom",
+                  b"", b"  [2024-01-01T00:00:00]", b"[2024-01-01]", b"{ }", b"info:root:x", b"During handling"]
+    assert [bool(DEFAULT_START.match(x)) for x in starts] == [True] * len(starts)
+    assert [bool(DEFAULT_START.match(x)) for x in not_starts] == [False] * len(not_starts)
+
+
+def test_stamps_are_those_of_first_lines() -> None:
+    # run() stamps line i with i.
+    result = merge_all_ways([b"x", A1, *TRACEBACK, A2, A3])
+    assert result.stamps == [0, 1, 6, 7]
+    assert len(result.stamps) == len(result.entries)
+
+
+def test_stamps_default_to_zero() -> None:
+    m = Merger(None, 100, 1.0, BIG)
+    out: list[int] = []
+    assert m.feed([A1, A2], 0.0, out_stamps=out) == [A1]
+    assert m.flush(out) == [A2]
+    assert out == [0, 0]
+
+
+def test_counters() -> None:
+    result = merge_all_ways([A1, A2, *TRACEBACK, A3, *CHAINED])
+    entries, merged_entries, merged_lines, split_lines, split_bytes, split_wait = result.counters
+    # A1 | A2 + traceback | A3 + the chained traceback
+    assert (entries, merged_entries, merged_lines) == (3, 2, len(TRACEBACK) + len(CHAINED))
+    assert (split_lines, split_bytes, split_wait) == (0, 0, 0)
+    assert result.pending == 1 + len(CHAINED)
+
+
+@pytest.mark.parametrize("max_lines, expected, split", [
+    (1, [A2, *TRACEBACK], 4),
+    (2, [b"\n".join([A2, TRACEBACK[0]]), b"\n".join(TRACEBACK[1:3]), TRACEBACK[3]], 2),
+    (3, [b"\n".join([A2, *TRACEBACK[:2]]), b"\n".join(TRACEBACK[2:])], 1),
+    (5, [b"\n".join([A2, *TRACEBACK])], 0),
+    (6, [b"\n".join([A2, *TRACEBACK])], 0),
+])
+def test_max_lines(max_lines: int, expected: list[bytes], split: int) -> None:
+    result = merge_all_ways([A2, *TRACEBACK], max_lines=max_lines)
+    assert result.entries == expected
+    assert result.counters[3] == split  # split_max_lines
+
+
+def test_max_lines_full_entry_is_returned_at_once() -> None:
+    m = Merger(None, 3, 1.0, BIG)
+    assert m.feed([A2, TRACEBACK[0]], 0.0) == []
+    assert m.feed([TRACEBACK[1]], 0.0) == [b"\n".join([A2, *TRACEBACK[:2]])]
+    assert m.next_due() is None
+    # A start line next is no split.
+    assert m.feed([A3], 0.0) == []
+    assert m.split_max_lines == 0
+
+
+@pytest.mark.parametrize("max_bytes, lines, expected, split", [
+    # "abc\nde" is 6 bytes.
+    (6, [b"abc", b"de", b"f"], [b"abc\nde", b"f"], 1),
+    (5, [b"abc", b"de", b"f"], [b"abc", b"de\nf"], 1),
+    (7, [b"abc", b"de", b"f"], [b"abc\nde", b"f"], 1),
+    (8, [b"abc", b"de", b"f"], [b"abc\nde\nf"], 0),
+    # A line alone longer than max_bytes is shipped alone, whole (never cut here).
+    (4, [b"abcdefgh", b"i", b"j"], [b"abcdefgh", b"i\nj"], 1),
+    (4, [b"a", b"bcdefgh", b"i"], [b"a", b"bcdefgh", b"i"], 2),
+    # Empty lines cost their separator.
+    (3, [b"a", b"", b"", b""], [b"a\n\n", b""], 1),
+])
+def test_max_bytes(max_bytes: int, lines: list[bytes], expected: list[bytes], split: int) -> None:
+    result = merge_all_ways(lines, max_bytes=max_bytes)
+    assert result.entries == expected
+    assert result.counters[4] == split  # split_max_bytes
+    assert all(len(e) <= max_bytes or b"\n" not in e for e in result.entries)
+
+
+def test_custom_start_pattern() -> None:
+    # Java/Go style: a line that does not begin with whitespace starts an entry.
+    start = re.compile(rb"\S")
+    lines = [b"Exception in thread main", b"\tat a.b(C.java:1)", b"\tat d.e(F.java:2)", b"next", b"  more"]
+    assert entries_of(lines, start=start) == [b"\n".join(lines[:3]), b"next\n  more"]
+    # match() is anchored at the line start.
+    assert entries_of([b"x INFO", b"y INFO", b"INFO z"], start=re.compile(rb"INFO")) == [b"x INFO\ny INFO", b"INFO z"]
+
+
+def test_max_wait() -> None:
+    m = Merger(None, 100, 2.0, BIG)
+    assert m.next_due() is None
+    assert m.feed([A2, TRACEBACK[0]], 10.0) == []
+    assert m.next_due() == 12.0
+    assert m.due(11.9) == []
+    assert m.feed([TRACEBACK[1]], 11.9) == []  # still in time: joins
+    assert m.next_due() == 12.0  # counted from the entry's first line
+    assert m.due(12.0) == [b"\n".join([A2, *TRACEBACK[:2]])]
+    assert m.next_due() is None and m.due(100.0) == []  # idle: nothing due, no timer
+    # The rest of the traceback came too late: an entry of its own, counted.
+    assert m.feed(TRACEBACK[2:], 12.5) == []
+    assert m.split_max_wait == 1
+    assert m.flush() == [b"\n".join(TRACEBACK[2:])]
+    assert m.flush() == []
+    assert m.entries == 2
+
+
+def test_due_at_next_due_despite_rounding() -> None:
+    m = Merger(None, 100, 2.0, BIG)
+    opened = 2.4264871248072192
+    m.feed([A1], opened)
+    now = m.next_due()
+    assert now is not None and now - opened < 2.0  # rounding: the difference falls short
+    assert m.due(now) == [A1]
+
+
+def test_feed_releases_an_overdue_entry_first() -> None:
+    """Whether or not due() ran before, a late feed() gives the same entries."""
+    def go(call_due: bool) -> tuple[list[bytes], int]:
+        m = Merger(None, 100, 1.0, BIG)
+        out = m.feed([A2, TRACEBACK[0]], 0.0)
+        if call_due:
+            out += m.due(1.5)
+        out += m.feed(TRACEBACK[1:], 1.5)
+        out += m.flush()
+        return out, m.split_max_wait
+
+    assert go(True) == go(False) == ([b"\n".join([A2, TRACEBACK[0]]), b"\n".join(TRACEBACK[1:])], 1)
+
+
+def test_start_line_after_wait_is_no_split() -> None:
+    m = Merger(None, 100, 1.0, BIG)
+    m.feed([A1], 0.0)
+    assert m.due(1.0) == [A1]
+    assert m.feed([A2], 5.0) == []
+    assert m.split_max_wait == 0
+    # flush() forgets why the last entry closed.
+    assert m.flush() == [A2]
+    m.feed([b"orphan"], 6.0)
+    assert m.split_max_wait == 0
+
+
+@pytest.mark.parametrize("kw", [
+    {"max_lines": 0}, {"max_bytes": 0}, {"max_wait": 0.0}, {"max_wait": -1.0},
+])
+def test_rejects_bad_bounds(kw: dict[str, float]) -> None:
+    args: dict[str, float] = {"max_lines": 10, "max_wait": 1.0, "max_bytes": 100} | kw
+    with pytest.raises(ValueError):
+        Merger(None, int(args["max_lines"]), args["max_wait"], int(args["max_bytes"]))
+
+
+def test_pending() -> None:
+    m = Merger(None, 100, 1.0, BIG)
+    m.feed([b"ab", b"cde"], 0.0)
+    assert (m.pending_lines, m.pending_bytes) == (2, 6)
+
+
+# --- properties --------------------------------------------------------------------
+
+LINE = st.one_of(
+    st.sampled_from([A1, A2, A3, JSON1, b"", b"x", *TRACEBACK, *CHAINED]),
+    st.binary(max_size=40).map(lambda b: b.replace(b"\n", b" ")),
+)
+
+
+@st.composite
+def fed(draw: st.DrawFn) -> tuple[list[bytes], list[list[bytes]]]:
+    lines = draw(st.lists(LINE, max_size=40))
+    cuts = sorted(draw(st.lists(st.integers(0, len(lines)), max_size=6)))
+    bounds = [0, *cuts, len(lines)]
+    return lines, [lines[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+@settings(max_examples=300)
+@given(fed(), st.integers(1, 8), st.integers(1, 300))
+def test_no_byte_lost_added_or_reordered(data: tuple[list[bytes], list[list[bytes]]], max_lines: int,
+                                         max_bytes: int) -> None:
+    lines, chunks = data
+    whole = run([lines], max_lines=max_lines, max_bytes=max_bytes)
+    assert run(chunks, max_lines=max_lines, max_bytes=max_bytes) == whole
+    # Lines hold no b"\n", so splitting each entry gives back its lines exactly.
+    assert [line for entry in whole.entries for line in entry.split(b"\n")] == lines
+    assert len(whole.stamps) == len(whole.entries)
+    position = 0
+    for entry, stamp in zip(whole.entries, whole.stamps):
+        parts = entry.split(b"\n")
+        assert stamp == position  # the stamp of the entry's first line
+        assert len(parts) <= max_lines
+        assert len(entry) <= max_bytes or len(parts) == 1
+        # Only an entry's first line may be a start line.
+        assert not any(DEFAULT_START.match(p) for p in parts[1:])
+        position += len(parts)
+    entries, merged_entries, merged_lines = whole.counters[:3]
+    assert entries == len(whole.entries)
+    assert merged_entries == sum(1 for e in whole.entries if b"\n" in e)
+    assert merged_lines == len(lines) - len(whole.entries)
+
+
+@settings(max_examples=200)
+@given(st.lists(st.tuples(st.lists(LINE, max_size=5), st.floats(0, 3)), max_size=12), st.floats(0.1, 2.0))
+def test_with_time_nothing_is_lost_and_nothing_stays_overdue(steps: list[tuple[list[bytes], float]],
+                                                             max_wait: float) -> None:
+    m = Merger(None, 6, max_wait, 200)
+    now = 0.0
+    out: list[bytes] = []
+    fed_lines: list[bytes] = []
+    for lines, gap in steps:
+        now += gap
+        if (due := m.next_due()) is not None and due <= now and gap > 1.0:
+            out += m.due(now)
+            assert m.next_due() is None
+        out += m.feed(lines, now)
+        fed_lines += lines
+        nd = m.next_due()
+        assert (nd is None) == (m.pending_lines == 0)
+        assert nd is None or nd > now  # feed() never leaves an overdue entry open
+    out += m.flush()
+    assert [line for entry in out for line in entry.split(b"\n")] == fed_lines
+    assert m.entries == len(out)
