@@ -14,6 +14,7 @@ Shipping it alone, a little over the limit, beats crashing or dropping it.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from shipper import encoder
@@ -61,6 +62,17 @@ class Stream:
         self.last_ts = first + n - 1
         return first
 
+    def stamp_each(self, times: Sequence[int]) -> list[int]:
+        """Timestamps for entries with times of their own (CRI, JSON, merged
+        entries): each kept unless it would not be after the previous one."""
+        out = []
+        last = self.last_ts
+        for t in times:
+            last = t if t > last else last + 1
+            out.append(last)
+        self.last_ts = last
+        return out
+
 
 @dataclass
 class Batch:
@@ -101,26 +113,31 @@ class Accumulator:
         return self._open.opened + self.batch_wait if self._open else None
 
     def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
-            mark: tuple[str, Position] | None = None) -> list[Batch]:
+            mark: tuple[str, Position] | None = None, *, metadata: bytes = b"",
+            times: Sequence[int] | None = None) -> list[Batch]:
         """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
 
         Returns the batches this filled up (sealed, oldest first); usually none.
         With a `mark` (a file source's key and the position these lines end
         at) the lines are kept in one batch when they fit in an empty one (the
         open batch is sealed first if needed), so the mark is exact for the
-        batch that gets it.
+        batch that gets it. `metadata` (encoded pairs, e.g. the level) is added
+        to the stream's own for these lines; `times` gives each line a time of
+        its own (kept strictly increasing per stream).
         """
         if not lines:
             return []
         sealed: list[Batch] = []
-        per_line = self._entry_overhead + len(stream.metadata)
+        metadata = stream.metadata + metadata if metadata else stream.metadata
+        per_line = self._entry_overhead + len(metadata)
+        stamps = stream.stamp_each(times) if times is not None else None
         if mark is not None and self._open is not None and self._open.lines:
             room = self.batch_max_bytes - self._open.size
             if stream not in self._open.parts:
                 room -= len(stream.labels.encode()) + _STREAM_OVERHEAD
             if sum(map(len, lines)) + per_line * len(lines) > room:
                 sealed.append(self._seal())
-        first_ts = stream.stamp(len(lines), wall_ns)
+        first_ts = stream.stamp(len(lines), wall_ns) if stamps is None else 0
         start = 0
         while start < len(lines):
             batch = self._open
@@ -145,12 +162,16 @@ class Accumulator:
                     # took the room. Alone, over the limit (module docstring).
                     end = start + 1
                     line_bytes = len(lines[start])
-                    cost = line_bytes + _entry_overhead(line_bytes + per_line) + len(stream.metadata)
+                    cost = line_bytes + _entry_overhead(line_bytes + per_line) + len(metadata)
                 chunk = lines[start:end]
             if stream not in batch.parts:
                 batch.parts[stream] = []
                 batch.size += len(stream.labels.encode()) + _STREAM_OVERHEAD
-            batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, stream.metadata))
+            if stamps is None:
+                batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, metadata))
+            else:
+                batch.parts[stream] += [encoder.encode_entries((line, ), ts, metadata)
+                                        for line, ts in zip(chunk, stamps[start:end])]
             batch.lines += len(chunk)
             batch.line_bytes += line_bytes
             batch.size += cost

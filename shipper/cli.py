@@ -17,16 +17,21 @@ from shipper.config import Config, ConfigError, dump, load
 
 USAGE = """usage: shipper [--config PATH] [run | check-config]
        shipper [--config PATH] exec -- CMD [ARGS...]
+       shipper [--config PATH] migrate-vector [--capture-dir DIR]
        shipper --version
 
 Reads the configured sources, labels every line with the Airflow context and
 pushes batches to Loki. Config: TOML from --config PATH, else from the
-SHIPPER_CONFIG environment variable, else the defaults (see README).
+SHIPPER_CONFIG environment variable, else VECTOR_CONFIG (a Vector config,
+translated), else the defaults (see README).
 
   run            ship logs (the default)
   check-config   print the effective configuration and exit
   exec           run CMD as a child, pass its output through unchanged, ship
                  it, forward signals, exit with its exit code
+  migrate-vector print the shipper config equivalent to a Vector config (from
+                 --config PATH, else VECTOR_CONFIG); --capture-dir DIR reads
+                 the capture wrapper's files instead of /proc/1/fd/1 and 2
 """
 
 
@@ -62,10 +67,15 @@ def main(argv: list[str] | None = None) -> int:
             if not rest:
                 return _usage_error("exec needs a command: shipper exec -- CMD [ARGS...]")
             argv_child, rest = rest, []
+        elif arg == "migrate-vector":
+            return _migrate_vector(config_path, rest)
         else:
             return _usage_error(f"unknown argument {arg!r}")
     try:
-        config, origin = load(path=config_path, env=os.environ)
+        if config_path is None and not os.environ.get("SHIPPER_CONFIG") and os.environ.get("VECTOR_CONFIG"):
+            config, origin = _from_vector_config(log=command != "check-config")
+        else:
+            config, origin = load(path=config_path, env=os.environ)
     except ConfigError as e:
         return _config_error(str(e))
     if command == "check-config":
@@ -100,7 +110,12 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         try:
             for source_cfg, stream in zip(config.sources, streams):
                 check_path(source_cfg.path)
-                sources.append(Source(source_cfg.path, stream, config.max_line_bytes))
+                source = Source(source_cfg.path, stream, config.max_line_bytes)
+                if source_cfg.processed:
+                    from shipper.process import Processor  # only its users pay the import
+
+                    source.processor = Processor(source_cfg, config.max_line_bytes)
+                sources.append(source)
         except SourceError as e:
             return _config_error(str(e))
     sink: Sink
@@ -157,6 +172,72 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         return await lifecycle.run(config, sources, sink, ctx, child, durable)
 
     return asyncio.run(go())
+
+
+def _vector_text(config_path: str | None) -> tuple[str, str] | None:
+    """Vector config text and its origin: the --config file, else VECTOR_CONFIG (text or a file)."""
+    from shipper.vector import config_file_path
+
+    if config_path is None:
+        value = os.environ.get("VECTOR_CONFIG", "")
+        if not value:
+            return None
+        config_path = config_file_path(value)
+        if config_path is None:
+            return value, "VECTOR_CONFIG"
+    try:
+        with open(config_path, "rb") as f:
+            return f.read().decode("utf-8"), config_path
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"cannot read Vector config {config_path}: {e}") from None
+
+
+def _from_vector_config(log: bool) -> tuple[Config, str]:
+    """`run` with only VECTOR_CONFIG set: translate it (shipper/vector.py) and say so."""
+    from shipper.config import parse
+    from shipper.vector import translate
+
+    found = _vector_text(None)
+    assert found is not None
+    text, origin = found
+    translation = translate(text, origin=origin)
+    config = parse(translation.to_toml(), origin=f"{origin} (translated)")
+    if log:
+        from shipper import events
+
+        events.log("info", "no SHIPPER_CONFIG: translated the Vector config in VECTOR_CONFIG",
+                   vector_config=origin, notes=translation.notes,
+                   hint="`shipper migrate-vector` prints the translation")
+    return config, f"{origin}, translated from a Vector config"
+
+
+def _migrate_vector(config_path: str | None, rest: list[str]) -> int:
+    """`migrate-vector`: print the shipper's TOML equivalent to a Vector config."""
+    from shipper.vector import translate
+
+    capture_dir: str | None = None
+    while rest:
+        arg = rest.pop(0)
+        name, eq, value = arg.partition("=")
+        if name not in ("--config", "--capture-dir"):
+            return _usage_error(f"migrate-vector: unknown argument {arg!r}")
+        if not eq:
+            if not rest:
+                return _usage_error(f"{name} needs a value")
+            value = rest.pop(0)
+        if name == "--config":
+            config_path = value
+        else:
+            capture_dir = value
+    try:
+        found = _vector_text(config_path)
+        if found is None:
+            return _usage_error("migrate-vector needs --config PATH or the VECTOR_CONFIG environment variable")
+        text, origin = found
+        sys.stdout.write(translate(text, origin=origin, capture_dir=capture_dir).to_toml())
+    except ConfigError as e:
+        return _config_error(str(e))
+    return 0
 
 
 def _usage_error(msg: str) -> int:

@@ -45,6 +45,14 @@ DEFAULT_BUFFER_MAX_BYTES = 4 * 1024 * 1024
 # write until Loki recovers.
 DEFAULT_WHEN_FULL = "drop_oldest"
 WHEN_FULL_CHOICES = ("drop_oldest", "block")
+# A traceback is tens of lines; 500 bounds a runaway entry well under Loki's
+# line limit (max_line_bytes cuts it anyway).
+DEFAULT_MULTILINE_MAX_LINES = 500
+# An open entry waits at most this for a continuation line: the batch tick, so
+# the last entry of a task ships as promptly as any other line.
+DEFAULT_MULTILINE_MAX_WAIT = 0.5
+FORMATS = ("raw", "cri", "json")
+LEVEL_NAMES = ("trace", "debug", "info", "warning", "error", "critical")
 # Disk spool (off unless spool_dir is set, e.g. an emptyDir): every sealed
 # batch is written ahead of its first push and replayed after a restart. 64 MiB
 # holds about 5 minutes of a task writing 1,000 lines/s (compressed ~5x).
@@ -108,6 +116,24 @@ class SourceConfig:
 
     path: str
     stream: str
+    # "raw" lines; "cri" Kubernetes node log lines (<time> <stream> <P|F> msg);
+    # "json" Airflow 3 records (timestamp -> entry time, event -> line).
+    format: str = "raw"
+    # Merge continuation lines (tracebacks) into the entry they belong to. Off
+    # by default: merging arbitrary output (print()s without a timestamp) into
+    # the previous entry would surprise; the Airflow pod template turns it on.
+    multiline: bool = False
+    multiline_start: str = ""  # regex a new entry starts with; "" = Airflow 2/3 lines
+    multiline_max_lines: int = DEFAULT_MULTILINE_MAX_LINES
+    multiline_max_wait: float = DEFAULT_MULTILINE_MAX_WAIT
+    detect_level: bool = False  # send the level as structured metadata `level`
+    json_metadata: tuple[str, ...] = ()  # json: record keys sent as structured metadata
+    json_keep_record: bool = False  # json: ship the whole record, not just `event`
+
+    @property
+    def processed(self) -> bool:
+        """True when lines need more than splitting (shipper.process, imported only then)."""
+        return self.format != "raw" or self.multiline or self.detect_level
 
 
 @dataclass(frozen=True)
@@ -164,6 +190,10 @@ class Config:
     # exit): how the sidecar learns the task ended on clusters without native
     # sidecars (< 1.29). Checked every file_poll_interval; "" = off.
     stop_file: str = ""
+    # Levels whose entries also get a `level` label (their own Loki stream, the
+    # seed's "conditional routing"), e.g. ["error", "critical"]. Needs
+    # detect_level on the source. Few values: every one is a stream per task.
+    level_labels: tuple[str, ...] = ()
 
 
 def load(*, path: str | None, env: dict[str, str] | os._Environ[str]) -> tuple[Config, str]:
@@ -304,6 +334,11 @@ def _validate(c: Config) -> None:
     if c.spool_dir and c.spool_max_bytes < c.loki.batch_max_bytes:
         raise ConfigError(f"spool_max_bytes: must be at least loki.batch_max_bytes "
                           f"({c.loki.batch_max_bytes}), got {c.spool_max_bytes}")
+    for level in c.level_labels:
+        if level not in LEVEL_NAMES:
+            raise ConfigError(f"level_labels: unknown level {level!r} (known: {', '.join(LEVEL_NAMES)})")
+    if c.level_labels and not any(s.detect_level or s.format == "json" for s in c.sources):
+        raise ConfigError("level_labels: no source detects levels (set detect_level = true on one)")
     if c.when_full not in WHEN_FULL_CHOICES:
         raise ConfigError(f'when_full: must be "drop_oldest" or "block", got "{c.when_full}"')
     if c.sink.type not in ("loki", "console"):
@@ -319,6 +354,23 @@ def _validate(c: Config) -> None:
         seen.add(s.path)
         if not s.stream:
             raise ConfigError(f"sources[{i}].stream: must not be empty")
+        if s.format not in FORMATS:
+            raise ConfigError(f'sources[{i}].format: must be "raw", "cri" or "json", got "{s.format}"')
+        if s.multiline and s.format == "json":
+            raise ConfigError(f"sources[{i}].multiline: json records are whole entries already; "
+                              "multiline is for raw and cri sources")
+        if s.multiline_start:
+            try:
+                re.compile(s.multiline_start.encode())
+            except re.error as e:
+                raise ConfigError(f"sources[{i}].multiline_start: not a valid regular expression: {e}") from None
+        if s.multiline_max_lines < 1:
+            raise ConfigError(f"sources[{i}].multiline_max_lines: must be at least 1, got {s.multiline_max_lines}")
+        if not 0 < s.multiline_max_wait < float("inf"):
+            raise ConfigError(f"sources[{i}].multiline_max_wait: must be a positive finite number of seconds, "
+                              f"got {s.multiline_max_wait}")
+        if (s.json_metadata or s.json_keep_record) and s.format != "json":
+            raise ConfigError(f'sources[{i}].json_metadata: only for format = "json"')
     for name in c.labels:
         if not _LABEL_NAME.match(name) or name.startswith("__"):
             raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")
@@ -432,7 +484,7 @@ def dump(c: Config) -> str:
     lines = []
     for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "when_full",
                  "spool_dir", "spool_max_bytes", "checkpoint_file", "file_poll_interval",
-                 "stop_file"):
+                 "stop_file", "level_labels"):
         lines.append(f"{name} = {_toml(getattr(c, name))}")
     for table in ("loki", "sink", "airflow", "metrics"):
         lines.append(f"\n[{table}]")
@@ -443,7 +495,9 @@ def dump(c: Config) -> str:
     for k, v in c.labels.items():
         lines.append(f"{k} = {_toml(v)}")
     for s in c.sources:
-        lines.append(f"\n[[sources]]\npath = {_toml(s.path)}\nstream = {_toml(s.stream)}")
+        lines.append("\n[[sources]]")
+        for f in dataclasses.fields(s):
+            lines.append(f"{f.name} = {_toml(getattr(s, f.name))}")
     return "\n".join(lines) + "\n"
 
 

@@ -60,6 +60,7 @@ class Counters:
         self.bytes_read: dict[str, int] = {}
         self.lines_split = 0        # cuts of lines longer than max_line_bytes
         self.lines_invalid_utf8 = 0  # lines whose invalid UTF-8 was replaced
+        self.lines_merged = 0       # continuation lines merged into an earlier entry (multiline)
         self.lines_sent = 0
         self.bytes_sent = 0         # line bytes acknowledged by Loki
         self.batches_sent = 0
@@ -117,6 +118,11 @@ def lines_cleaned(source: str, split: int, invalid_utf8: int) -> None:
         log("info", "line longer than max_line_bytes was split", source=source, cuts=split)
     if invalid_utf8:
         log("info", "invalid UTF-8 replaced with U+FFFD", source=source, lines=invalid_utf8)
+
+
+def lines_merged(source: str, n: int) -> None:
+    """Continuation lines (a traceback's) that became part of an earlier entry."""
+    COUNTERS.lines_merged += n
 
 
 def source_opened(path: str, kind: str) -> None:

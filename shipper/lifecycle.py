@@ -159,8 +159,16 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     ctx = ctx or {}
     loop = asyncio.get_running_loop()
     durable = durable or Durable()
+    def make_stream(base: Stream, name: str | None, level: str | None) -> Stream:
+        labels = task_labels(config, ctx or {})
+        labels["stream"] = clean_value(name or base.name)
+        if level:
+            labels["level"] = level
+        return Stream(label_string(labels), base.metadata, base.name)
+
     pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
-                        checkpoint_file=durable.checkpoint_file, positions=durable.positions)
+                        checkpoint_file=durable.checkpoint_file, positions=durable.positions,
+                        make_stream=make_stream)
     changed = asyncio.Event()
     state = _State()
 
@@ -322,6 +330,7 @@ def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
         "lines_sent": c.lines_sent, "bytes_sent": c.bytes_sent, "batches_sent": c.batches_sent,
         "retries": c.retries, "dropped": dict(c.dropped), "lines_spooled": c.lines_spooled_at_exit,
         "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
+        "lines_merged": c.lines_merged,
         "version": __version__,
     }
 

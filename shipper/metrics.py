@@ -93,6 +93,8 @@ def render(c: Counters, gauges: Mapping[str, float], process: ProcessSample | No
         "Cuts made in lines longer than max_line_bytes (each cut adds one entry).", c.lines_split)
     one("shipper_lines_invalid_utf8_total", "counter",
         "Lines whose invalid UTF-8 was replaced with U+FFFD.", c.lines_invalid_utf8)
+    one("shipper_lines_merged_total", "counter",
+        "Continuation lines merged into an earlier entry (multiline).", c.lines_merged)
     one("shipper_lines_sent_total", "counter", "Lines acknowledged by Loki.", c.lines_sent)
     one("shipper_bytes_sent_total", "counter", "Bytes of line content acknowledged by Loki.", c.bytes_sent)
     one("shipper_batches_sent_total", "counter", "Pushes acknowledged by Loki.", c.batches_sent)

@@ -17,16 +17,20 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from typing import Protocol
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Protocol
 
 from shipper import checkpoint, encoder, events
-from shipper.batch import Accumulator, Batch
+from shipper.batch import Accumulator, Batch, Stream
 from shipper.checkpoint import Position
 from shipper.config import Config
 from shipper.loki import Answer
 from shipper.retry import backoff, is_retriable, parse_retry_after
 from shipper.sources import Source
 from shipper.spool import Spool, SpoolEntry
+
+if TYPE_CHECKING:  # imported at run time only by sources that use it
+    from shipper.process import Entry
 
 # Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
 MIN_READ_INTERVAL = 0.02
@@ -59,7 +63,8 @@ class Pipeline:
 
     def __init__(self, config: Config, sources: list[Source], sink: Sink, *,
                  spool: Spool | None = None, replay: list[SpoolEntry] | None = None,
-                 checkpoint_file: str = "", positions: dict[str, Position] | None = None) -> None:
+                 checkpoint_file: str = "", positions: dict[str, Position] | None = None,
+                 make_stream: Callable[[Stream, str | None, str | None], Stream] | None = None) -> None:
         self.config = config
         self.sources = sources
         self.sink = sink
@@ -67,6 +72,11 @@ class Pipeline:
         # Acknowledged positions, saved to checkpoint_file after each ack that moves one.
         self.checkpoint_file = checkpoint_file
         self.positions: dict[str, Position] = dict(positions or {})
+        # Streams other than a source's own: a CRI line's stream, a routed level
+        # (level_labels). Built once per (source stream, stream name, level).
+        self._make_stream = make_stream
+        self._variants: dict[tuple[Stream, str | None, str | None], Stream] = {}
+        self._level_labels = frozenset(config.level_labels)
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
@@ -127,10 +137,10 @@ class Pipeline:
             timeout: float | None
             if full:
                 timeout = None  # the sender wakes us when it frees room
-            elif got or self.acc.next_due() is not None:
+            elif got or self._next_due() is not None:
                 self._disarm()
                 next_read = now + self._read_interval(got, now)
-                due = self.acc.next_due()
+                due = self._next_due()
                 timeout = max(0.0, min(next_read, due if due is not None else next_read) - time.monotonic())
             else:
                 self._arm()
@@ -141,6 +151,9 @@ class Pipeline:
         self._disarm()
         for source in self.sources:
             self._add(source, source.flush(), time.monotonic(), source.last_mark)
+            if source.processor is not None:
+                self._add_entries(source, source.processor.flush(time.monotonic(), time.time_ns()),
+                                  time.monotonic())
         batch = self.acc.flush()
         if batch is not None:
             self._queue(batch)
@@ -214,9 +227,60 @@ class Pipeline:
             events.lines_cleaned(source.path, split, invalid)
             source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
         events.lines_read(source.path, len(lines), sum(map(len, lines)))
+        if source.processor is not None:
+            source.held_mark = mark
+            self._add_entries(source, source.processor.feed(lines, now, time.time_ns()), now)
+            return
         marked = (source.path, mark) if mark is not None else None
         for batch in self.acc.add(source.stream, lines, now, time.time_ns(), marked):
             self._queue(batch)
+
+    def _add_entries(self, source: Source, entries: list[Entry], now: float) -> None:
+        """Processed entries to the accumulator, in runs that share stream, metadata and timing."""
+        proc = source.processor
+        assert proc is not None
+        merged = proc.take_merged()
+        if merged:
+            events.lines_merged(source.path, merged)
+        # The file position is only exact once the processor holds nothing back.
+        mark = source.held_mark if proc.pending == 0 else None
+        if mark is not None:
+            source.held_mark = None
+        wall_ns = time.time_ns()
+        i = 0
+        while i < len(entries):
+            first = entries[i]
+            key = (first.stream, first.level, first.metadata, first.ts_ns is None)
+            j = i + 1
+            while j < len(entries) and (entries[j].stream, entries[j].level, entries[j].metadata,
+                                        entries[j].ts_ns is None) == key:
+                j += 1
+            run = entries[i:j]
+            stream = self._stream_for(source.stream, first.stream, first.level)
+            last = j == len(entries)
+            marked = (source.path, mark) if mark is not None and last else None
+            times = None if first.ts_ns is None else [e.ts_ns or 0 for e in run]
+            for batch in self.acc.add(stream, [e.line for e in run], now, wall_ns, marked,
+                                      metadata=encoder.encode_metadata(first.metadata), times=times):
+                self._queue(batch)
+            i = j
+
+    def _stream_for(self, base: Stream, name: str | None, level: str | None) -> Stream:
+        """The source's stream, or its variant for a CRI stream name or a routed level."""
+        routed = level if level in self._level_labels else None
+        if (name is None or name == base.name) and routed is None or self._make_stream is None:
+            return base
+        key = (base, name, routed)
+        stream = self._variants.get(key)
+        if stream is None:
+            stream = self._variants[key] = self._make_stream(base, name, routed)
+        return stream
+
+    def _next_due(self) -> float | None:
+        """When the open batch or a held multiline entry must be released."""
+        times = [t for t in (self.acc.next_due(), *(s.processor.next_due() for s in self.sources
+                                                   if s.processor is not None)) if t is not None]
+        return min(times) if times else None
 
     def _drops_for_pipes(self) -> bool:
         """True when a full buffer makes room (drop_oldest) instead of pausing a pipe."""
@@ -261,6 +325,11 @@ class Pipeline:
         return self._budget() <= 0
 
     def _seal_due(self, now: float) -> None:
+        for source in self.sources:
+            if source.processor is not None:
+                entries = source.processor.due(now)
+                if entries:
+                    self._add_entries(source, entries, now)
         batch = self.acc.due(now)
         if batch is not None:
             self._queue(batch)

@@ -17,13 +17,16 @@ import fcntl
 import os
 import re
 import stat
-
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 from shipper import events
 from shipper.batch import Stream
 from shipper.checkpoint import Position
 from shipper.framing import LineSplitter
+
+if TYPE_CHECKING:  # imported at run time only by sources that use it
+    from shipper.process import Processor
 
 # One os.read(): large enough to take a full 64 KiB pipe in one call, small
 # enough that a 1 GB file is never held whole (FACTS §6: a copy per chunk).
@@ -122,6 +125,9 @@ class Source:
         # The position the lines of the latest read() end at (files only):
         # what a checkpoint may record once those lines are acknowledged.
         self.last_mark: Position | None = None
+        # format/multiline/level processing (shipper.process); None = lines as read.
+        self.processor: Processor | None = None
+        self.held_mark: Position | None = None  # a mark waiting for the processor to empty
 
     @classmethod
     def from_pipe(cls, fd: int, name: str, stream: Stream, max_line_bytes: int,

@@ -145,7 +145,7 @@ def test_wrong_type_is_refused_naming_the_key(text: str, message: str) -> None:
 
 # --- unknown and missing keys --------------------------------------------------------
 
-TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file"
+TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file, level_labels"
 LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff, max_backoff, ca_file, "
              "insecure_skip_verify, cert_file, key_file, bearer_token_file, basic_auth_user, basic_auth_password_file")
 
@@ -157,9 +157,9 @@ LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff,
     ("[sink]\nkind = 'loki'", "unknown key sink.kind (known keys in sink: type)"),
     ("[airflow]\nlabel = []", "unknown key airflow.label (known keys in airflow: annotations_file, missing, labels)"),
     ('[[sources]]\npath = "/a"\nstream = "s"\nname = "x"',
-     "unknown key sources[0].name (known keys in sources[0]: path, stream)"),
+     "unknown key sources[0].name (known keys in sources[0]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record)"),
     (SOURCE + '[[sources]]\npath = "/b"\nstream = "s"\nfollow = true',
-     "unknown key sources[1].follow (known keys in sources[1]: path, stream)"),
+     "unknown key sources[1].follow (known keys in sources[1]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record)"),
 ])
 def test_unknown_keys_are_named(text: str, message: str) -> None:
     assert refused(text) == message

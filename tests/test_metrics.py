@@ -51,6 +51,7 @@ def hand_built() -> Counters:
     c.bytes_read = {PLAIN_SOURCE: 4800, NASTY_SOURCE: 30}
     c.lines_split = 2
     c.lines_invalid_utf8 = 1
+    c.lines_merged = 7
     c.lines_sent = 110
     c.bytes_sent = 4500
     c.batches_sent = 3
@@ -84,6 +85,7 @@ def test_every_family_renders_exactly() -> None:
         ("shipper_source_bytes_read_total", L(source=NASTY_SOURCE)): 30,
         ("shipper_lines_split_total", ()): 2,
         ("shipper_lines_invalid_utf8_total", ()): 1,
+        ("shipper_lines_merged_total", ()): 7,
         ("shipper_lines_sent_total", ()): 110,
         ("shipper_bytes_sent_total", ()): 4500,
         ("shipper_batches_sent_total", ()): 3,
@@ -127,7 +129,7 @@ def test_every_family_renders_exactly() -> None:
         "shipper_source_lines_read": "counter",
         "shipper_source_bytes_read": "counter",
         "shipper_lines_split": "counter",
-        "shipper_lines_invalid_utf8": "counter",
+        "shipper_lines_invalid_utf8": "counter", "shipper_lines_merged": "counter",
         "shipper_lines_sent": "counter",
         "shipper_bytes_sent": "counter",
         "shipper_batches_sent": "counter",

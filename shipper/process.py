@@ -1,0 +1,125 @@
+"""Per-source processing: format parser -> multiline merger -> level. No IO; the clock is passed in.
+
+Only sources that ask for it get a `Processor` (`SourceConfig.processed`: a
+non-raw `format`, `multiline`, or `detect_level`); plain sources keep the
+pipeline's fast path,
+where a chunk of lines goes to the accumulator as it is.
+
+Output is a list of `Entry`: the line, its own timestamp when the format
+carries one (CRI, JSON; else None = stamped when read), the `stream` label the
+format says (CRI), the level, and extra structured metadata (JSON keys, the
+level).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from typing import NamedTuple
+
+from shipper import levels
+from shipper.config import SourceConfig
+from shipper.formats import Record, make_parser
+from shipper.multiline import DEFAULT_START, Merger
+
+
+class Entry(NamedTuple):
+    """One log entry ready for the accumulator."""
+
+    line: bytes
+    ts_ns: int | None
+    stream: str | None
+    level: str | None
+    metadata: tuple[tuple[str, str], ...]
+
+
+class Processor:
+    """The chain for one source; `feed`/`due`/`flush` return finished entries in order."""
+
+    def __init__(self, cfg: SourceConfig, max_line_bytes: int) -> None:
+        self.parser = make_parser(cfg.format, max_bytes=max_line_bytes, metadata=cfg.json_metadata,
+                                  keep_record=cfg.json_keep_record)
+        self.detect_level = cfg.detect_level
+        self._merge = cfg.multiline
+        start = re.compile(cfg.multiline_start.encode()) if cfg.multiline_start else DEFAULT_START
+        self._merger_args = (start, cfg.multiline_max_lines, cfg.multiline_max_wait, max_line_bytes)
+        # One merger per stream: a CRI file interleaves stdout and stderr.
+        self._mergers: dict[str | None, Merger] = {}
+        self._merged_seen = 0
+
+    def take_merged(self) -> int:
+        """Continuation lines merged into an earlier entry since the last call (telemetry)."""
+        total = sum(m.merged_lines for m in self._mergers.values())
+        new, self._merged_seen = total - self._merged_seen, total
+        return new
+
+    @property
+    def pending(self) -> int:
+        """Lines held back (an entry still open, a CRI partial line)."""
+        held = sum(m.pending_lines for m in self._mergers.values())
+        return held + getattr(self.parser, "pending_bytes", 0)
+
+    def next_due(self) -> float | None:
+        """When an open multiline entry must be released; None when nothing is held."""
+        times = [t for t in (m.next_due() for m in self._mergers.values()) if t is not None]
+        return min(times) if times else None
+
+    def feed(self, lines: Sequence[bytes], now: float, wall_ns: int) -> list[Entry]:
+        """Entries completed by these lines, read at `wall_ns`."""
+        return self._entries(self.parser.feed(lines), now, wall_ns)
+
+    def due(self, now: float) -> list[Entry]:
+        """Entries whose max wait has passed."""
+        out: list[Entry] = []
+        for stream, merger in self._mergers.items():
+            stamps: list[int] = []
+            out += self._finish(merger.due(now, stamps), stamps, stream)
+        return out
+
+    def flush(self, now: float, wall_ns: int) -> list[Entry]:
+        """Everything held (end of input, shutdown)."""
+        out = self._entries(self.parser.flush(), now, wall_ns)
+        for stream, merger in self._mergers.items():
+            stamps: list[int] = []
+            out += self._finish(merger.flush(stamps), stamps, stream)
+        return out
+
+    def _entries(self, records: list[Record], now: float, wall_ns: int) -> list[Entry]:
+        if not records:
+            return []
+        if not self._merge:
+            out = []
+            for r in records:
+                level = r.level or (levels.detect(r.line) if self.detect_level else None)
+                out.append(Entry(r.line, r.ts_ns, r.stream, level, _with_level(r.metadata, level)))
+            return out
+        # Merging: consecutive records of one stream go to its merger together.
+        out = []
+        i = 0
+        while i < len(records):
+            stream = records[i].stream
+            j = i
+            while j < len(records) and records[j].stream == stream:
+                j += 1
+            run = records[i:j]
+            merger = self._mergers.get(stream)
+            if merger is None:
+                merger = self._mergers[stream] = Merger(*self._merger_args)
+            stamps: list[int] = []
+            merged = merger.feed([r.line for r in run], now,
+                                 [r.ts_ns if r.ts_ns is not None else wall_ns for r in run], stamps)
+            out += self._finish(merged, stamps, stream)
+            i = j
+        return out
+
+    def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None) -> list[Entry]:
+        # An entry's time is its first line's (read time, or the CRI time).
+        out = []
+        for line, ts in zip(merged, stamps):
+            level = levels.detect(line) if self.detect_level else None
+            out.append(Entry(line, ts, stream, level, _with_level((), level)))
+        return out
+
+
+def _with_level(metadata: tuple[tuple[str, str], ...], level: str | None) -> tuple[tuple[str, str], ...]:
+    return (*metadata, ("level", level)) if level else metadata

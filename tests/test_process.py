@@ -1,0 +1,118 @@
+"""Airflow-aware input end to end: the real shipper with multiline, levels, CRI and JSON sources.
+
+(The parsers themselves are tested table-style in test_multiline.py,
+test_levels.py and test_formats.py; this checks what reaches Loki.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from tests.conftest import make_config, open_fifo_writer
+from tests.loki_receiver import LokiReceiver
+from tests.shipper_process import ShipperProcess
+from tests.test_sources import write_all
+
+TASK_OUTPUT = [
+    "[2026-11-24T10:00:00.000+0000] {taskinstance.py:1} INFO - starting",
+    "[2026-11-24T10:00:01.000+0000] {taskinstance.py:2} ERROR - Task failed with exception",
+    "Traceback (most recent call last):",
+    '  File "/opt/airflow/dags/etl.py", line 12, in load',
+    "    raise ValueError('boom')",
+    "ValueError: boom",
+    "[2026-11-24T10:00:02.000+0000] {taskinstance.py:3} WARNING - marking as FAILED",
+    "plain print() output",
+]
+MERGED = [
+    TASK_OUTPUT[0],
+    "\n".join(TASK_OUTPUT[1:6]),
+    TASK_OUTPUT[6] + "\n" + TASK_OUTPUT[7],
+]
+
+
+def sources_toml(path: Path, **extra: object) -> str:
+    keys = "".join(f"{k} = {json.dumps(v)}\n" for k, v in extra.items())
+    return f'[[sources]]\npath = "{path}"\nstream = "stdout"\n{keys}'
+
+
+async def run_fifo(tmp_path: Path, receiver: LokiReceiver, data: bytes, **extra: object) -> ShipperProcess:
+    fifo = tmp_path / "out"
+    os.mkfifo(fifo)
+    top = {k: extra.pop(k) for k in list(extra) if k == "level_labels"}
+    config = make_config(receiver.url, [], **top) + sources_toml(fifo, **extra)
+    proc = await ShipperProcess.start(config)
+    await proc.wait_for_log("source opened", path=str(fifo))
+    fd = open_fifo_writer(fifo)
+    write_all(fd, data)
+    os.close(fd)
+    assert await proc.wait() == 0
+    return proc
+
+
+async def test_a_traceback_arrives_as_one_entry_with_level_error(tmp_path: Path, receiver: LokiReceiver) -> None:
+    proc = await run_fifo(tmp_path, receiver, ("\n".join(TASK_OUTPUT) + "\n").encode(),
+                          multiline=True, detect_level=True)
+    entries = receiver.entries(stream="stdout")
+    assert [e.line for e in entries] == MERGED
+    assert [dict(e.metadata).get("level") for e in entries] == ["info", "error", "warning"]
+    summary = proc.summary()
+    assert (summary["lines_read"], summary["lines_sent"], summary["lines_merged"]) == (8, 3, 5)
+
+
+async def test_level_labels_route_errors_to_their_own_stream(tmp_path: Path, receiver: LokiReceiver) -> None:
+    await run_fifo(tmp_path, receiver, ("\n".join(TASK_OUTPUT) + "\n").encode(),
+                   multiline=True, detect_level=True, level_labels=["error", "critical"])
+    assert receiver.lines(stream="stdout", level="error") == [MERGED[1]]
+    assert [k for k in receiver.streams()if ("level", "error") in k] == [
+        (("dag_id", "unknown"), ("level", "error"), ("stream", "stdout"), ("task_id", "unknown"))]
+    # The other entries stay in the source's stream, without a level label.
+    plain = (("dag_id", "unknown"), ("stream", "stdout"), ("task_id", "unknown"))
+    assert [e.line for e in receiver.streams()[plain]] == [MERGED[0], MERGED[2]]
+
+
+async def test_cri_lines_keep_their_time_and_stream_and_p_chunks_are_joined(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    log = tmp_path / "0.log"
+    log.write_bytes(
+        b"2026-11-24T10:00:00.000000001Z stdout F first\n"
+        b"2026-11-24T10:00:01.5Z stderr P half \n"
+        b"2026-11-24T10:00:01.6Z stdout F second\n"
+        b"2026-11-24T10:00:01.7Z stderr F and half\n"
+        b"not a cri line\n")
+    config = make_config(receiver.url, []) + sources_toml(log, format="cri")
+    proc = await ShipperProcess.start(config)
+    await receiver.wait_for_entries(4)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    base = 1795514400 * 10**9  # 2026-11-24T10:00:00Z
+    out = receiver.entries(stream="stdout")
+    err = receiver.entries(stream="stderr")
+    assert [(e.ts_ns - base, e.line) for e in out[:2]] == [(1, "first"), (1_600_000_000, "second")]
+    assert [(e.ts_ns - base, e.line) for e in err] == [(1_500_000_000, "half and half")]
+    # A malformed line is shipped raw in the source's stream, never dropped.
+    assert out[2].line == "not a cri line"
+
+
+async def test_json_records_give_time_line_and_metadata(tmp_path: Path, receiver: LokiReceiver) -> None:
+    log = tmp_path / "attempt=1.log"
+    records = [
+        {"timestamp": "2026-11-24T10:00:00.250000Z", "level": "info", "event": "hello",
+         "logger": "airflow.task", "filename": "etl.py", "lineno": 3},
+        {"timestamp": "2026-11-24T10:00:01Z", "level": "error", "event": "failed", "logger": "airflow.task"},
+    ]
+    log.write_text("".join(json.dumps(r) + "\n" for r in records) + "{broken\n")
+    config = make_config(receiver.url, []) + sources_toml(log, format="json", json_metadata=["logger"])
+    proc = await ShipperProcess.start(config)
+    await receiver.wait_for_entries(3)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    base = 1795514400 * 10**9
+    got = receiver.entries(stream="stdout")
+    assert [(e.ts_ns - base, e.line, dict(e.metadata)) for e in got[:2]] == [
+        (250_000_000, "hello", {"logger": "airflow.task", "level": "info"}),
+        (1_000_000_000, "failed", {"logger": "airflow.task", "level": "error"}),
+    ]
+    assert got[2].line == "{broken"
