@@ -73,8 +73,9 @@ class LineSplitter:
 
     def _clean(self, lines: list[bytes], buf: bytes, end: int) -> list[bytes]:
         """Normalise complete `lines`, which are exactly `buf[:end]` split at newlines."""
-        limit = self.max_line_bytes
-        counted, self._counted = self._counted, False  # the first line ends here
+        counted = self._counted
+        if counted:
+            self._counted = False  # the line it was about ends here
         # Fast paths first: per-line Python work only when the chunk needs it.
         if buf.find(b"\r", 0, end) != -1:
             lines = [ln[:-1] if ln.endswith(b"\r") else ln for ln in lines]
@@ -84,22 +85,27 @@ class LineSplitter:
             # of a multi-byte character.
             str(memoryview(buf)[:end], "utf-8")
         except UnicodeDecodeError:
+            # Replacement may lengthen a line (U+FFFD is 3 bytes): check all.
             lines = self._replace_invalid(lines, counted)
-            too_long = max(map(len, lines)) > limit  # replacement may lengthen a line
         else:
-            too_long = end > limit and max(map(len, lines)) > limit
-        if too_long:
-            out: list[bytes] = []
-            for ln in lines:
-                if len(ln) > limit:
-                    pieces = self._cut(ln)
-                    # The last piece of a cut line is a line end, not a cut.
-                    self.split_lines += len(pieces) - 1
-                    out += pieces
-                else:
-                    out.append(ln)
-            lines = out
+            if end <= self.max_line_bytes:
+                return lines
+        if max(map(len, lines)) > self.max_line_bytes:
+            lines = self._cut_lines(lines)
         return lines
+
+    def _cut_lines(self, lines: list[bytes]) -> list[bytes]:
+        """`lines` with each one longer than the limit cut into pieces (cuts counted)."""
+        out: list[bytes] = []
+        for ln in lines:
+            if len(ln) > self.max_line_bytes:
+                pieces = self._cut(ln)
+                # The last piece of a cut line is a line end, not a cut.
+                self.split_lines += len(pieces) - 1
+                out += pieces
+            else:
+                out.append(ln)
+        return out
 
     def _replace_invalid(self, lines: list[bytes], first_counted: bool) -> list[bytes]:
         """`lines` with invalid UTF-8 replaced by U+FFFD; counts each line that had some."""
