@@ -76,6 +76,13 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
             state.checkpoint_file = os.path.join(config.spool_dir, "checkpoint.json")
     if state.checkpoint_file:
         state.positions = checkpoint.load(state.checkpoint_file)
+        try:
+            # Written now, so a checkpoint that cannot be kept is refused at start.
+            os.makedirs(os.path.dirname(state.checkpoint_file) or ".", exist_ok=True)
+            checkpoint.save(state.checkpoint_file, state.positions)
+        except OSError as e:
+            raise checkpoint.CheckpointError(
+                f"checkpoint_file: cannot write {state.checkpoint_file}: {e.strerror or e}") from None
     resume = dict(state.positions)
     for entry in state.replay:
         resume.update(entry.marks)  # spooled lines were read: start after them

@@ -221,7 +221,12 @@ class Source:
                     if newline >= 0:
                         self._line_end = self._pos + newline + 1
                     self._pos += len(data)
-                    self.last_mark = self._mark(self._line_end)
+                    # Pieces of a line longer than max_line_bytes are shipped
+                    # before its newline: the mark covers them too. What the
+                    # splitter still holds is raw bytes, or cleaned ones at
+                    # least as long (U+FFFD is 3 bytes): never past the truth.
+                    consumed = self._pos - self.splitter.pending_bytes
+                    self.last_mark = self._mark(max(self._line_end, consumed))
                     # One chunk per call: the pipeline keeps a chunk's lines in
                     # one batch, so the mark is exact for that batch.
                     return lines, total, True
