@@ -38,11 +38,13 @@ DEFAULT_MAX_BACKOFF = 5.0
 # 4 MiB keeps the whole process inside its 20 MiB budget (README "Footprint").
 DEFAULT_BUFFER_MAX_BYTES = 4 * 1024 * 1024
 # What happens when the buffer is full and a PIPE source has more to give
-# (files simply pause: the file keeps the lines). "drop_oldest": keep reading,
-# give up the oldest queued batch (counted, reason buffer_full), so the task's
-# write() never blocks on a dead Loki and its last lines (the traceback) win.
-# "block": stop reading the pipe; nothing is dropped but the task blocks on
-# write until Loki recovers.
+# while Loki is failing (files simply pause: the file keeps the lines; and a
+# Loki that answers, only slower than the task writes, always gets
+# backpressure, never drops). "drop_oldest": keep reading, give up the oldest
+# queued batch (counted, reason buffer_full), so the task's write() never
+# blocks on a dead Loki and its last lines (the traceback) win. "block": stop
+# reading the pipe; nothing is dropped but the task blocks on write until
+# Loki recovers.
 DEFAULT_WHEN_FULL = "drop_oldest"
 WHEN_FULL_CHOICES = ("drop_oldest", "block")
 # A traceback is tens of lines; 500 bounds a runaway entry well under Loki's

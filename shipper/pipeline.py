@@ -83,6 +83,7 @@ class Pipeline:
         self.stopping = False  # set by stop(): read to the current end, then finish
         self.intake_done = False
         self._inflight: Sealed | None = None  # the batch the sender is pushing now
+        self._failing = False  # the latest push failed (retrying): a full buffer may drop
         self._wake = asyncio.Event()  # intake: something to do
         self._queued = asyncio.Event()  # sender: a batch was queued (or intake ended)
         self._ready: set[Source] = set()  # pipes the loop reported readable
@@ -207,7 +208,7 @@ class Pipeline:
                 continue
             while True:
                 budget = self._budget()
-                if budget <= 0 and source.kind == "pipe" and self.config.when_full == "drop_oldest":
+                if budget <= 0 and source.kind == "pipe" and self._drops_for_pipes():
                     budget = self._drop_oldest()
                 if budget <= 0:
                     return total, True
@@ -283,8 +284,13 @@ class Pipeline:
         return min(times) if times else None
 
     def _drops_for_pipes(self) -> bool:
-        """True when a full buffer makes room (drop_oldest) instead of pausing a pipe."""
-        return self.config.when_full == "drop_oldest" and any(
+        """True when a full buffer makes room (drop_oldest) instead of pausing a pipe.
+
+        Only while Loki is failing: a Loki that answers, just slower than the
+        task writes, gets backpressure (the task's write() waits a moment),
+        never lost lines. A Loki that is down would block the task forever.
+        """
+        return self.config.when_full == "drop_oldest" and self._failing and any(
             s.kind == "pipe" and not s.finished for s in self.sources)
 
     def _budget(self) -> int:
@@ -400,6 +406,7 @@ class Pipeline:
                 answer = Answer(0, f"{type(e).__name__}: {e}")
                 outcome = e
             if isinstance(outcome, int) and 200 <= outcome < 300:
+                self._failing = False
                 self._done(item)
                 events.batch_sent(item.lines, item.line_bytes, len(body),
                                   time.monotonic() - started, outcome)
@@ -408,6 +415,8 @@ class Pipeline:
                 events.push_failed("413", answer.message, 0.0, time.monotonic() - started)
                 continue  # the halves are at the front of the queue, in order
             elif is_retriable(outcome):
+                self._failing = True
+                self._wake.set()  # intake may be paused on a full buffer: it may drop now
                 self._inflight = None  # while we back off, it may be dropped for room
                 delay = parse_retry_after(answer.retry_after, time.time())
                 if delay is None:

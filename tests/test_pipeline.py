@@ -85,3 +85,18 @@ async def test_block_loses_nothing_and_holds_the_writer_until_loki_recovers(
     assert receiver.lines(stream="stdout") == lines
     assert proc.summary()["dropped"]["buffer_full"] == 0
     assert receiver.dedup_dropped == 0
+
+
+async def test_a_slow_but_healthy_loki_gets_backpressure_not_drops(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    # Every push is answered, slowly: a burst far larger than the pipe and the
+    # buffer must wait for Loki, never be dropped, even with drop_oldest.
+    receiver.add_actions(*[Action.delay(0.05)] * 1000)
+    proc, fifo = await start(tmp_path, receiver, "drop_oldest")
+    lines = numbered(30_000)
+    fd = open_fifo_writer(fifo)
+    await asyncio.to_thread(write_all, fd, ("\n".join(lines) + "\n").encode())
+    os.close(fd)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == lines
+    assert proc.summary()["dropped"]["buffer_full"] == 0
