@@ -302,8 +302,6 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         await asyncio.gather(*tasks, return_exceptions=True)
         for source in sources:
             source.close()
-        for sig in handled:
-            loop.remove_signal_handler(sig)
     if code == EXIT_OK and any(n for reason, n in events.COUNTERS.dropped.items() if reason != "rejected"):
         code = EXIT_UNDELIVERED  # e.g. buffer_full drops while Loki was down
     if code == EXIT_OK and events.COUNTERS.lines_spooled_at_exit:
@@ -323,6 +321,10 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         await sink.close()
         if server is not None:
             await server.close()
+        # Only now: a SIGTERM during the exit records (a native sidecar gets
+        # one when its task ends) must not kill the process mid-push.
+        for sig in handled:
+            loop.remove_signal_handler(sig)
     if child is not None and child.status is not None:
         return child.status  # the task's outcome; the summary records the shipper's
     return code

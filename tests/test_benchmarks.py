@@ -1,0 +1,74 @@
+"""Smoke runs of the benchmark harness (benchmarks/run.py), so it never rots.
+
+A few seconds each, through the documented command. They assert that every
+line arrived and that the results have the documented shape, never a timing
+or a footprint: those are what the full run measures, on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+RUN_FIELDS = {"workload", "target", "command", "startup", "window", "exit_code", "lines_written",
+              "lines_delivered", "other_entries", "dedup_dropped", "refused_entries", "requests",
+              "total_cpu_s", "peak_rss_mib", "max_rss_anon_mib", "latency_s", "lines_per_cpu_s",
+              "exit_record", "checks"}
+WINDOW_FIELDS = {"seconds", "cpu_s", "cpu_ticks_s", "user_s", "sys_s", "millicores", "writing_seconds",
+                 "all_delivered_in_window"}
+
+
+def run_harness(tmp_path: Path, *args: str) -> dict[str, Any]:
+    out, markdown = tmp_path / "results.json", tmp_path / "results.md"
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.run", "--quick", "--duration", "1", "--bulk-lines", "3000",
+         "--out", str(out), "--markdown", str(markdown), *args],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, f"harness failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    results: dict[str, Any] = json.loads(out.read_text())
+    assert markdown.read_text() == done.stdout
+    return results
+
+
+def check_run(run: dict[str, Any]) -> None:
+    assert "error" not in run, run["error"]
+    assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
+    assert WINDOW_FIELDS <= set(run["window"])
+    assert run["lines_written"] > 0
+    assert run["lines_delivered"] == run["lines_written"]
+    assert run["dedup_dropped"] == 0 and run["refused_entries"] == 0
+    assert run["exit_code"] == 0
+    assert run["peak_rss_mib"] > 0 and run["window"]["cpu_s"] >= 0
+    assert [c for c in run["checks"] if c["what"] == "delivery" and not c["ok"]] == []
+
+
+def test_paced_fifo_and_bulk_file(tmp_path: Path) -> None:
+    results = run_harness(tmp_path, "--workloads", "paced-fifo-100,bulk-file")
+    assert {"cores", "cpu_model", "harness_python", "shipper_python"} <= set(results["machine"])
+    assert [w["name"] for w in results["workloads"]] == ["paced-fifo-100", "bulk-file"]
+    paced, bulk = (w["runs"]["shipper"] for w in results["workloads"])
+    for run in (paced, bulk):
+        check_run(run)
+    assert paced["lines_written"] == 100
+    assert paced["latency_s"]["count"] == 100 and set(paced["latency_s"]) == {"count", "p50", "p99", "max"}
+    assert bulk["lines_written"] == 3000 and bulk["lines_per_cpu_s"] > 0
+    assert {c["what"] for c in paced["checks"]} == {"delivery", "memory", "latency"}
+    assert {c["what"] for c in bulk["checks"]} == {"delivery", "memory", "throughput"}
+
+
+def test_peer_template_with_the_shipper_as_peer(tmp_path: Path) -> None:
+    """The --peer code path: placeholders rendered, same workload, ratios printed."""
+    results = run_harness(
+        tmp_path, "--workloads", "paced-file-1000", "--peer", "{python} -m shipper --config {config}",
+        "--peer-config", str(REPO / "benchmarks" / "shipper.toml"), "--peer-name", "again")
+    (workload,) = results["workloads"]
+    assert set(workload["runs"]) == {"shipper", "again"}
+    for run in workload["runs"].values():
+        check_run(run)
+    assert "--config" in workload["runs"]["again"]["command"]
+    assert "{" not in workload["runs"]["again"]["command"]  # every placeholder was filled
+    assert "### Ratios shipper / again" in (tmp_path / "results.md").read_text()
