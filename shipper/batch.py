@@ -89,7 +89,7 @@ class Batch:
 
     def body(self) -> bytes:
         """The uncompressed PushRequest."""
-        return encoder.encode_push((s.labels, b"".join(chunks)) for s, chunks in self.parts.items())
+        return encoder.encode_push((s.labels, chunks) for s, chunks in self.parts.items())
 
 
 class Accumulator:

@@ -96,7 +96,7 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
     from shipper import events, lifecycle
     from shipper.loki import ConsoleSink, LokiClient
     from shipper.pipeline import Sink
-    from shipper.sources import Source, SourceError, check_path
+    from shipper.sources import Source, SourceError, check_path, is_glob
 
     if argv_child:
         events.quiet()  # stderr is the command's: only warnings, errors, the summary
@@ -109,6 +109,8 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         streams = lifecycle.build_streams(config, ctx)
         try:
             for source_cfg, stream in zip(config.sources, streams):
+                if is_glob(source_cfg.path):
+                    continue  # a pattern: lifecycle.make_watchers turns its files into sources
                 check_path(source_cfg.path)
                 source = Source(source_cfg.path, stream, config.max_line_bytes)
                 if source_cfg.processed:
@@ -169,7 +171,8 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                                             passthrough=lambda data: copy_all(1, data)))
             sources.append(Source.from_pipe(child.stderr, "exec:stderr", streams[1], config.max_line_bytes,
                                             passthrough=lambda data: copy_all(2, data)))
-        return await lifecycle.run(config, sources, sink, ctx, child, durable)
+        watchers = lifecycle.make_watchers(config, ctx, durable, os.environ) if not argv_child else []
+        return await lifecycle.run(config, sources, sink, ctx, child, durable, watchers)
 
     return asyncio.run(go())
 

@@ -94,12 +94,19 @@ def encode_entries(lines: Sequence[bytes], first_ts: int, metadata: bytes = b"")
     return b"".join(parts)
 
 
-def encode_push(streams: Iterable[tuple[str, bytes]]) -> bytes:
-    """Uncompressed PushRequest from (label string, encoded entries) pairs."""
-    return b"".join(
-        _field(b"\x0a", _field(b"\x0a", labels.encode()) + entries)
-        for labels, entries in streams
-    )
+def encode_push(streams: Iterable[tuple[str, bytes | Sequence[bytes]]]) -> bytes:
+    """Uncompressed PushRequest from (label string, encoded entries) pairs.
+
+    Entries may be given as a list of encoded chunks: the body is then built
+    with a single copy of them (a 1 MiB batch is not copied three times).
+    """
+    parts: list[bytes] = []
+    for labels, entries in streams:
+        chunks = (entries,) if isinstance(entries, bytes) else entries
+        label_field = _field(b"\x0a", labels.encode())
+        parts += (b"\x0a", varint(len(label_field) + sum(map(len, chunks))), label_field)
+        parts += chunks
+    return b"".join(parts)
 
 
 def compress(body: bytes) -> bytes:

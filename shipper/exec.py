@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import signal
 from dataclasses import dataclass
 
@@ -78,6 +77,8 @@ def exit_code(wait_status: int) -> int:
 
 def spawn(argv: list[str]) -> Child:
     """Start `argv` with its stdout/stderr on fresh pipes; stdin is inherited."""
+    import shutil  # only here: it pulls in compression modules the shipper never needs
+
     path = argv[0] if "/" in argv[0] else shutil.which(argv[0])
     if path is None:
         raise SpawnError(f"exec: {argv[0]}: command not found", EXIT_NOT_FOUND)

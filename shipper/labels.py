@@ -90,6 +90,20 @@ def context_from_env(env: Mapping[str, str]) -> dict[str, str]:
     return ctx
 
 
+# {AIRFLOW_HOME}/logs/dag_id=<d>/run_id=<r>/task_id=<t>/[map_index=<m>/]attempt=<n>.log (FACTS §2)
+_TASK_LOG = re.compile(r"(?:^|/)dag_id=(?P<dag_id>[^/]+)/run_id=(?P<run_id>[^/]+)/task_id=(?P<task_id>[^/]+)/"
+                       r"(?:map_index=(?P<map_index>-?\d+)/)?attempt=(?P<try_number>\d+)\.log\Z")
+
+
+def context_from_log_path(path: str) -> dict[str, str]:
+    """Airflow context from a task-log file's path; empty when it is not in Airflow's layout.
+
+    The attempt number is the task's `try_number`.
+    """
+    m = _TASK_LOG.search(path)
+    return {k: v for k, v in m.groupdict().items() if v is not None} if m else {}
+
+
 def parse_annotations(text: str) -> dict[str, str]:
     """Parse a downward-API annotations file: one `key="go-quoted value"` per line.
 

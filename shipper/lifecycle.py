@@ -26,18 +26,21 @@ import sys
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from shipper import __version__, checkpoint, encoder, events
 from shipper.batch import Stream
-from shipper.config import CONTEXT_KEYS, Config, parse_listen
-from shipper.exec import FORWARDED, Child
-from shipper.labels import clean_value, context_from_env, label_string, read_annotations
+from shipper.config import CONTEXT_KEYS, Config, SourceConfig, parse_listen
+from shipper.labels import (clean_value, context_from_env, context_from_log_path, label_string,
+                            read_annotations)
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
 from shipper.checkpoint import Position
-from shipper.sources import Source
+from shipper.sources import GlobWatcher, Source, expand_pattern, is_glob
 from shipper.spool import Spool, SpoolEntry
+
+if TYPE_CHECKING:  # exec mode only; shipper.exec is imported by its users
+    from shipper.exec import Child
 
 # The exit summary and the Pushgateway push get at least this long even when
 # the shutdown deadline is spent: one small request, and the run's only record.
@@ -58,6 +61,7 @@ class Durable:
     replay: list[SpoolEntry] = field(default_factory=list)
     checkpoint_file: str = ""
     positions: dict[str, Position] = field(default_factory=dict)
+    resume: dict[str, Position] = field(default_factory=dict)  # where each file path starts
 
 
 def open_durable(config: Config, sources: list[Source]) -> Durable:
@@ -88,6 +92,7 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
         resume.update(entry.marks)  # spooled lines were read: start after them
     for source in sources:
         source.resume = resume.get(source.path)
+    state.resume = resume
     if state.replay:
         events.log("info", "replaying batches spooled by an earlier run", batches=len(state.replay),
                    lines=sum(e.lines for e in state.replay))
@@ -130,6 +135,34 @@ def build_streams(config: Config, ctx: Mapping[str, str],
     return streams
 
 
+def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
+                  env: Mapping[str, str]) -> list[GlobWatcher]:
+    """One watcher per [[sources]] pattern; each file found is a file source whose
+    dag_id/task_id (labels) and run_id/map_index/try_number (metadata) come from
+    its path when it is in Airflow's task-log layout, else from the context."""
+    watchers = []
+    for cfg in config.sources:
+        if not is_glob(cfg.path):
+            continue
+
+        def make_source(path: str, cfg: SourceConfig = cfg) -> Source:
+            file_ctx = {**ctx, **context_from_log_path(path)}
+            labels = task_labels(config, file_ctx)
+            labels["stream"] = clean_value(cfg.stream)
+            stream = Stream(label_string(labels), run_metadata(config, file_ctx), cfg.stream)
+            source = Source(path, stream, config.max_line_bytes)
+            source.resume = durable.resume.get(path)
+            if cfg.processed:
+                from shipper.process import Processor
+
+                source.processor = Processor(cfg, config.max_line_bytes)
+            events.log("info", "source file found", pattern=cfg.path, path=path, labels=stream.labels)
+            return source
+
+        watchers.append(GlobWatcher(expand_pattern(cfg.path, dict(env)), make_source))
+    return watchers
+
+
 def summary_push(config: Config, ctx: Mapping[str, str], summary: Mapping[str, Any],
                  wall_ns: int) -> bytes:
     """The exit summary as one compressed push: stream {job="shipper", <task labels>}."""
@@ -156,7 +189,7 @@ def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
 
 async def run(config: Config, sources: list[Source], sink: Sink,
               ctx: Mapping[str, str] | None = None, child: Child | None = None,
-              durable: Durable | None = None) -> int:
+              durable: Durable | None = None, watchers: list[GlobWatcher] | None = None) -> int:
     """Run the pipeline until shutdown; returns the exit code.
 
     With a `child` (exec mode) signals are forwarded to it instead of starting
@@ -175,7 +208,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
 
     pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
                         checkpoint_file=durable.checkpoint_file, positions=durable.positions,
-                        make_stream=make_stream)
+                        make_stream=make_stream, watchers=watchers)
     changed = asyncio.Event()
     state = _State()
 
@@ -250,7 +283,11 @@ async def run(config: Config, sources: list[Source], sink: Sink,
             begin_shutdown(f"command exited with {child.status}")
         changed.set()
 
-    handled = FORWARDED if child is not None else (signal.SIGTERM, signal.SIGINT)
+    handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+    if child is not None:
+        from shipper.exec import FORWARDED
+
+        handled = FORWARDED
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
     if child is not None:

@@ -26,7 +26,7 @@ from shipper.checkpoint import Position
 from shipper.config import Config
 from shipper.loki import Answer
 from shipper.retry import backoff, is_retriable, parse_retry_after
-from shipper.sources import Source
+from shipper.sources import GlobWatcher, Source
 from shipper.spool import Spool, SpoolEntry
 
 if TYPE_CHECKING:  # imported at run time only by sources that use it
@@ -64,9 +64,11 @@ class Pipeline:
     def __init__(self, config: Config, sources: list[Source], sink: Sink, *,
                  spool: Spool | None = None, replay: list[SpoolEntry] | None = None,
                  checkpoint_file: str = "", positions: dict[str, Position] | None = None,
-                 make_stream: Callable[[Stream, str | None, str | None], Stream] | None = None) -> None:
+                 make_stream: Callable[[Stream, str | None, str | None], Stream] | None = None,
+                 watchers: list[GlobWatcher] | None = None) -> None:
         self.config = config
-        self.sources = sources
+        self.sources = sources  # grows when a watcher finds a new file
+        self.watchers = watchers or []
         self.sink = sink
         self.spool = spool
         # Acknowledged positions, saved to checkpoint_file after each ack that moves one.
@@ -140,7 +142,7 @@ class Pipeline:
             else:
                 full = self._buffer_full() and not self._drops_for_pipes()
             self._seal_due(time.monotonic())
-            if all(s.finished for s in self.sources):
+            if not self.watchers and all(s.finished for s in self.sources):
                 break
             timeout: float | None
             if full:
@@ -154,7 +156,7 @@ class Pipeline:
             else:
                 self._arm()
                 next_read = 0.0  # wake from a pipe or the poll: read at once
-                idle_poll = any(s.kind != "pipe" for s in self.sources if not s.finished)
+                idle_poll = bool(self.watchers) or any(s.kind != "pipe" for s in self.sources if not s.finished)
                 timeout = self.config.file_poll_interval if idle_poll else None
             await self._sleep(timeout)
         self._disarm()
@@ -212,6 +214,10 @@ class Pipeline:
     def _read_all(self, now: float, final: bool = False) -> tuple[int, bool]:
         """Read every open source within the buffer budget; returns (bytes, buffer full)."""
         total = 0
+        for watcher in self.watchers:
+            for new in watcher.scan(now):
+                new.try_open()
+                self.sources.append(new)
         ready, self._ready = self._ready, set()
         for source in self.sources:
             if source.finished:

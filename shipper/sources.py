@@ -35,6 +35,10 @@ CHUNK = 64 * 1024
 # the shipper sleeps between ticks before its write() blocks. 1 MiB is Linux's
 # default /proc/sys/fs/pipe-max-size, so an unprivileged process may ask it.
 PIPE_BUFFER = 1024 * 1024
+# At most this much is turned into line objects per read() call: the caller
+# encodes them before asking for more, so a burst never holds a few MiB of
+# small per-line objects at once (memory budget), whatever the buffer allows.
+MAX_READ_PER_CALL = 256 * 1024
 
 _PROC_FD = re.compile(r"/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)\Z")
 
@@ -97,6 +101,46 @@ def _comm(pid: str) -> str:
             return f.read().strip()
     except OSError:
         return ""
+
+
+# A task-log directory is rescanned at most this often: one directory walk per
+# interval however many files it holds, never one per file or per line.
+GLOB_RESCAN_INTERVAL = 2.0
+
+
+def is_glob(path: str) -> bool:
+    """True for a [[sources]] path that names many files (`*`, `?`, `[...]`)."""
+    return any(c in path for c in "*?[")
+
+
+def expand_pattern(pattern: str, env: dict[str, str] | os._Environ[str]) -> str:
+    """`{AIRFLOW_HOME}` in a pattern: the env var, else Airflow's default ~/airflow."""
+    home = env.get("AIRFLOW_HOME") or os.path.expanduser("~/airflow")
+    return pattern.replace("{AIRFLOW_HOME}", home.rstrip("/"))
+
+
+class GlobWatcher:
+    """A source pattern (e.g. Airflow's task-log files): each matching file becomes a file source."""
+
+    def __init__(self, pattern: str, make_source: Callable[[str], Source]) -> None:
+        self.pattern = pattern
+        self._make_source = make_source
+        self._known: set[str] = set()
+        self._next_scan = 0.0
+
+    def scan(self, now: float) -> list[Source]:
+        """Sources for files that appeared since the last scan (at most one scan per interval)."""
+        if now < self._next_scan:
+            return []
+        self._next_scan = now + GLOB_RESCAN_INTERVAL
+        import glob  # only configs with a pattern pay for it
+
+        new = []
+        for path in sorted(glob.glob(self.pattern, recursive=True)):
+            if path not in self._known and os.path.isfile(path):
+                self._known.add(path)
+                new.append(self._make_source(path))
+        return new
 
 
 class Source:
@@ -205,6 +249,7 @@ class Source:
             return [], 0, False
         lines: list[bytes] = []
         total = 0
+        budget = min(budget, MAX_READ_PER_CALL)
         while total < budget:
             try:
                 data = os.read(self.fd, CHUNK)

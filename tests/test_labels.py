@@ -17,6 +17,7 @@ from shipper.labels import (
     MAX_LABEL_VALUE_BYTES,
     clean_value,
     context_from_env,
+    context_from_log_path,
     go_unquote,
     label_string,
     parse_annotations,
@@ -297,3 +298,17 @@ def test_read_annotations_reads_the_file(tmp_path: Path) -> None:
     path = tmp_path / "annotations"
     path.write_bytes(DOWNWARD_API.encode() + b'\nbroken="\xff"')
     assert read_annotations(str(path)) == parse_annotations(DOWNWARD_API)
+
+
+@pytest.mark.parametrize(("path", "ctx"), [
+    ("/opt/airflow/logs/dag_id=etl/run_id=scheduled__2026-11-24T00:00:00+00:00/task_id=load/attempt=2.log",
+     {"dag_id": "etl", "run_id": "scheduled__2026-11-24T00:00:00+00:00", "task_id": "load", "try_number": "2"}),
+    ("logs/dag_id=d/run_id=r/task_id=t/map_index=-1/attempt=1.log",
+     {"dag_id": "d", "run_id": "r", "task_id": "t", "map_index": "-1", "try_number": "1"}),
+    ("dag_id=d/run_id=r/task_id=t/attempt=1.log", {"dag_id": "d", "run_id": "r", "task_id": "t", "try_number": "1"}),
+    ("/logs/dag_id=d/run_id=r/task_id=t/attempt=1.log.1", {}),  # a rotated copy is not the task's log
+    ("/logs/dag_id=d/task_id=t/attempt=1.log", {}),  # no run_id: not Airflow's layout
+    ("/var/log/task/stdout.log", {}),
+])
+def test_context_from_log_path(path: str, ctx: dict[str, str]) -> None:
+    assert context_from_log_path(path) == ctx

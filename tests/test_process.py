@@ -116,3 +116,32 @@ async def test_json_records_give_time_line_and_metadata(tmp_path: Path, receiver
         (1_000_000_000, "failed", {"logger": "airflow.task", "level": "error"}),
     ]
     assert got[2].line == "{broken"
+
+
+async def test_task_log_files_are_found_and_labelled_from_their_path(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    logs = tmp_path / "logs"
+    first = logs / "dag_id=etl" / "run_id=manual__2026-11-24T10:00:00+00:00" / "task_id=load" / "attempt=1.log"
+    later = (logs / "dag_id=etl" / "run_id=manual__2026-11-24T10:00:00+00:00" / "task_id=fan_out"
+             / "map_index=3" / "attempt=2.log")
+    first.parent.mkdir(parents=True)
+    first.write_text("one\ntwo\n")
+    (logs / "not-a-task.txt").write_text("ignored\n")
+    config = make_config(receiver.url, []) + sources_toml(Path("{AIRFLOW_HOME}/logs/**/attempt=*.log"))
+    proc = await ShipperProcess.start(config, env={"AIRFLOW_HOME": str(tmp_path)})
+    await receiver.wait_for_entries(2)
+    # A file that appears later is picked up by the next scan.
+    later.parent.mkdir(parents=True)
+    later.write_text("three\n")
+    await receiver.wait_for_entries(3)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    run = ("run_id", "manual__2026-11-24T10:00:00+00:00")
+    got = {k: [(e.line, e.metadata) for e in v] for k, v in receiver.streams().items() if ("stream", "stdout") in k}
+    assert got == {
+        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [
+            ("one", (run, ("try_number", "1"))), ("two", (run, ("try_number", "1")))],
+        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "fan_out")): [
+            ("three", (("map_index", "3"), run, ("try_number", "2")))],
+    }
+    assert [r["path"] for r in proc.logs("source file found")] == [str(first), str(later)]
