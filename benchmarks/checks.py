@@ -1,4 +1,4 @@
-"""The targets of issue 3, and which of them a run met."""
+"""The targets of issue 3 (and issue 7's formats and exec mode), and which of them a run met."""
 
 from __future__ import annotations
 
@@ -23,16 +23,28 @@ PACED_TARGET_MILLICORES = {1000: 5.0, 10_000: 50.0}  # by lines per second
 BULK_TARGET_LINES_PER_CPU_S = 300_000
 RSS_TARGET_MIB = 20.0
 P99_TARGET_S = 0.75
+OTHER_ENTRIES_MAX = 1  # unstamped entries a run may store: the shipper's exit summary
 
 
 def checks(wl: Workload, r: dict[str, Any]) -> list[Check]:
     """The issue-3 targets that apply to this workload's result."""
     if "error" in r:
         return [Check("delivery", "run completes", r["error"], False)]
-    out = [Check("delivery", "lines delivered == written, none refused",
-                 f"{r['lines_delivered']} / {r['lines_written']}, refused {r['refused_entries']}",
-                 r["lines_delivered"] == r["lines_written"] and r["refused_entries"] == 0),
+    # Entries: the lines written, less CRI P chunks and traceback lines joined to the line before.
+    expected = r.get("entries_expected", r["lines_written"])
+    out = [Check("delivery", "entries delivered == expected, none refused",
+                 f"{r['lines_delivered']} / {expected}, refused {r['refused_entries']}",
+                 r["lines_delivered"] == expected and r["refused_entries"] == 0),
            Check("delivery", "exit code 0", str(r["exit_code"]), r["exit_code"] == 0)]
+    if wl.content != "airflow2" or wl.source == "exec":
+        # Every workload entry is stamped: an unstamped one is a line that was not parsed,
+        # joined or merged as it should have been (the shipper's exit summary is the one allowed).
+        out.append(Check("delivery", f"other entries <= {OTHER_ENTRIES_MAX} (the exit summary)",
+                         f"{r['other_entries']} other entries", r["other_entries"] <= OTHER_ENTRIES_MAX))
+    if wl.source == "exec":
+        out.append(Check("delivery", "passthrough bytes == bytes written",
+                         f"{r['passthrough_bytes']:,} / {r['bytes_written']:,}",
+                         r["passthrough_bytes"] == r["bytes_written"]))
     cpu_target = (IDLE_TARGET_MILLICORES if wl.kind == "idle"
                   else PACED_TARGET_MILLICORES.get(wl.rate) if wl.kind == "paced" else None)
     millicores = r["window"]["millicores"]

@@ -6,9 +6,10 @@
 For each workload and each target (the shipper, then the peer if any), in a
 fresh directory: start ``tests/loki_receiver.py`` in its own process, start
 the target, wait until its CPU settles (startup), then write the workload
-with ``benchmarks/writer.py`` in another process and follow the target's
-/proc entry until the receiver has every line. Then SIGTERM, and check that
-exactly the lines written arrived. See benchmarks/README.md for what each
+with ``benchmarks/writer.py`` in another process (for ``exec`` workloads, the
+shipper's own child) and follow the target's /proc entry until the receiver
+has every entry. Then SIGTERM, and check that exactly the entries written
+arrived. See benchmarks/README.md for what each
 number means.
 """
 
@@ -23,6 +24,7 @@ import platform
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -33,10 +35,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lines import LINE_BYTES, make_lines
+from benchmarks.lines import CONTENTS, LINE_BYTES, make_lines
 from benchmarks.procstat import MIB, ProcessMonitor, Sample
 from benchmarks.checks import checks
-from benchmarks.workloads import Workload, build_workloads
+from benchmarks.workloads import SOURCE_KEYS, Workload, build_workloads
 from benchmarks.report import render_markdown
 
 HERE = Path(__file__).resolve().parent
@@ -58,6 +60,7 @@ class Target:
     argv: list[str]  # each argument may hold {placeholders}
     config_template: str | None = None  # rendered to {config}
     sources: frozenset[str] = frozenset({"fifo", "file"})  # workload sources it can read
+    contents: frozenset[str] = frozenset({"airflow2"})  # workload contents it can parse (benchmarks.lines)
     env: dict[str, str] = field(default_factory=dict)
 
 
@@ -67,6 +70,7 @@ def shipper_target(config: Path, uvloop: bool = False) -> Target:
     return Target(name="shipper+uvloop" if uvloop else "shipper",
                   argv=["{python}", *code, "--config", "{config}"],
                   config_template=config.read_text(),
+                  sources=frozenset({"fifo", "file", "exec"}), contents=frozenset(CONTENTS),
                   env={"PYTHONPATH": str(REPO)})
 
 
@@ -140,7 +144,7 @@ class Receiver:
 
 
 class DeliveryWatch:
-    """done() once every line arrived, or once nothing new arrived for `stall` seconds."""
+    """done() once every entry arrived, or once nothing new arrived for `stall` seconds."""
 
     def __init__(self, receiver: Receiver, expected: int, stall: float) -> None:
         self.receiver, self.expected, self.stall = receiver, expected, stall
@@ -166,6 +170,7 @@ class Settings:
     settle_max: float = 15.0  # ... or this long at most
     eof_grace: float = 5.0  # FIFO workloads: wait this long for an exit at end of input before SIGTERM
     shutdown_grace: float = 30.0  # after SIGTERM, before SIGKILL
+    scrape_interval: float = 1.0  # scrape the shipper's /metrics this often (0: never)
 
 
 def run_one(target: Target, wl: Workload, settings: Settings, base: Path) -> dict[str, Any]:
@@ -188,6 +193,7 @@ class Run:
     def __init__(self, target: Target, wl: Workload, settings: Settings, workdir: Path) -> None:
         self.target, self.wl, self.settings, self.workdir = target, wl, settings, workdir
         self.result: dict[str, Any] = {"workload": wl.name, "target": target.name, "workdir": str(workdir)}
+        # exec: the shipper reads its child, not this path (its config names it, unused)
         self.source = workdir / ("source.fifo" if wl.source == "fifo" else "source.log")
         self.keeper: int | None = None  # our read-write fd on the FIFO
         if wl.source == "fifo":
@@ -195,14 +201,18 @@ class Run:
             # Read-write, so it never blocks: the FIFO has a writer from the start (like a
             # task's stdout), and a peer that opens it with a shell `<` does not wait for us.
             self.keeper = os.open(self.source, os.O_RDWR | os.O_CLOEXEC)
-        elif wl.kind != "bulk":
+        elif wl.kind != "bulk" and wl.source == "file":
             self.source.touch()  # bulk: the file appears (by rename) when the window starts
         self.receiver: Receiver | None = None
         self.proc: subprocess.Popen[bytes] | None = None
         self.mon = ProcessMonitor(0)
         self.ready = Sample(0.0, 0.0, 0, 0, 0, 0)  # the target once started: the window starts here
         self.writer: subprocess.Popen[bytes] | None = None
-        self.written = 0
+        self.scraper: subprocess.Popen[bytes] | None = None
+        self.metrics_port: int | None = None  # exec: the port we chose (exec mode does not log it)
+        self.written = 0  # lines written
+        self.entries = 0  # entries they make (benchmarks.lines.entries): what must arrive
+        self.bytes_written = 0
 
     def start(self) -> None:
         """Start the receiver, render the config, start the target, wait for its startup to settle."""
@@ -211,23 +221,59 @@ class Run:
                   "push_host": rx.base_url.split("://", 1)[1].rsplit(":", 1)[0],
                   "push_port": rx.base_url.rsplit(":", 1)[1],
                   "source_path": str(self.source), "stream": "stdout", "workdir": str(self.workdir),
-                  "batch_wait": str(BATCH_WAIT), "repo": str(REPO), "python": self.settings.python}
-        if self.target.config_template is not None:
+                  "batch_wait": str(BATCH_WAIT), "repo": str(REPO), "python": self.settings.python,
+                  "source_keys": SOURCE_KEYS[self.wl.content], "metrics_listen": "127.0.0.1:0"}
+        template = self.target.config_template
+        if template is not None:
+            if SOURCE_KEYS[self.wl.content] and "{source_keys}" not in template:
+                raise RuntimeError(f"workload {self.wl.name} needs {{source_keys}} in the config template")
+            if self.wl.source == "exec" and "{metrics_listen}" in template:
+                self.metrics_port = free_port()
+                values["metrics_listen"] = f"127.0.0.1:{self.metrics_port}"
             config = self.workdir / "target.conf"
-            config.write_text(render(self.target.config_template, values))
+            config.write_text(render(template, values))
             values["config"] = str(config)
         argv = [render(arg, values) for arg in self.target.argv]
+        stdin = subprocess.DEVNULL
+        if self.wl.source == "exec":
+            # The writer is the shipper's child, on its stdout. Our pipe is the shipper's
+            # stdin, which the child inherits: one line starts the writing, EOF ends it.
+            argv += ["exec", "--", *self.writer_argv("-")]
+            stdin = subprocess.PIPE
         self.result["command"] = shlex.join(argv)
         if self.wl.kind == "bulk":
             prewrite(self.workdir / "bulk.prewrite", self.wl.lines)
         with open(self.workdir / "target.out", "wb") as out, open(self.workdir / "target.err", "wb") as err:
             # Its own session: whatever a wrapper leaves behind can be cleaned up as a group.
+            # exec: the child's passthrough goes to target.out and target.err too.
             self.proc = subprocess.Popen(argv, cwd=self.workdir, env={**clean_env(), **self.target.env},
-                                         stdin=subprocess.DEVNULL, stdout=out, stderr=err, start_new_session=True)
+                                         stdin=stdin, stdout=out, stderr=err, start_new_session=True)
         self.mon = ProcessMonitor(self.proc.pid)
         self.ready, seconds = settle(self.mon, self.proc, self.settings)
+        self.start_scraper()
         self.result["startup"] = {"seconds": round(seconds, 3), "cpu_s": round(self.ready.cpu_s, 4),
                                   "rss_mib": mib(self.ready.rss), "peak_rss_mib": mib(self.ready.hwm)}
+
+    def start_scraper(self) -> None:
+        """Scrape the target's /metrics every second (issue 4: the budget holds while scraped)."""
+        port = metrics_port(self.workdir / "target.err") or self.metrics_port
+        if port is None or self.settings.scrape_interval <= 0:
+            return
+        self.scraper = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scraper", f"http://127.0.0.1:{port}/metrics",
+             "--interval", str(self.settings.scrape_interval), "--out", str(self.workdir / "scrapes.txt")],
+            cwd=REPO, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, start_new_session=True)
+
+    def stop_scraper(self) -> None:
+        if self.scraper is not None:
+            self.scraper.kill()
+            self.scraper.wait()
+            self.scraper = None
+            scrapes = (self.workdir / "scrapes.txt").read_text().splitlines() \
+                if (self.workdir / "scrapes.txt").exists() else []
+            ok = [line.split() for line in scrapes if line.split()[1] == "200"]
+            self.result["scrapes"] = {"count": len(scrapes), "ok": len(ok),
+                                      "last_lines_sent": ok[-1][3] if ok else None}
 
     def wait(self, done: Callable[[], bool], timeout: float) -> bool:
         """Sample the target and read arrivals until done() (True), timeout or the target exits."""
@@ -248,12 +294,12 @@ class Run:
         writing_s = 0.0
         if wl.kind == "bulk":
             os.rename(self.workdir / "bulk.prewrite", self.source)
-            self.written = wl.lines
+            self.written = self.entries = wl.lines
         elif wl.kind == "idle":
             self.wait(lambda: False, wl.duration)
         else:
-            self.written, writing_s = self.write()
-        all_in = self.wait(DeliveryWatch(rx, self.written, stall=STALL).done, 30 + self.written / 10_000)
+            writing_s = self.write()
+        all_in = self.wait(DeliveryWatch(rx, self.entries, stall=STALL).done, 30 + self.written / 10_000)
         end, window_s = self.mon.sample() or self.mon.last or self.ready, time.monotonic() - t0
         cpu_s = end.cpu_s - self.ready.cpu_s
         per = writing_s if wl.kind == "paced" else window_s
@@ -267,24 +313,39 @@ class Run:
         if wl.kind == "bulk":
             self.result["lines_per_s"] = round(self.written / window_s)
 
-    def write(self) -> tuple[int, float]:
-        """Run benchmarks.writer for a paced or burst workload; returns (lines, seconds of writing)."""
+    def writer_argv(self, path: str) -> list[str]:
+        """The benchmarks.writer command line for this paced or burst workload, writing to `path`."""
         wl = self.wl
-        summary_path = self.workdir / "writer.json"
         opts = (["--burst", str(wl.lines), "--idle-before", str(wl.idle_before)] if wl.kind == "burst"
                 else ["--rate", str(wl.rate), "--duration", str(wl.duration)])
-        writer = self.writer = subprocess.Popen(
-            [sys.executable, "-m", "benchmarks.writer", str(self.source), "--summary", str(summary_path), *opts],
-            cwd=REPO, stdin=subprocess.PIPE)
+        go = ["--wait-go"] if wl.source == "exec" else []
+        return [sys.executable, "-m", "benchmarks.writer", path, "--summary", str(self.workdir / "writer.json"),
+                *opts, "--content", wl.content, *go]
+
+    def write(self) -> float:
+        """Run benchmarks.writer for a paced or burst workload (exec: tell the shipper's child to
+        start); sets the lines, entries and bytes written; returns the seconds of writing."""
+        wl, proc = self.wl, self.proc
+        assert proc is not None
+        summary_path = self.workdir / "writer.json"
+        if wl.source == "exec":
+            assert proc.stdin is not None
+            proc.stdin.write(b"go\n")
+            proc.stdin.flush()
+            writer = proc  # the writer is its child: when the shipper is gone, so is the writing
+        else:
+            writer = self.writer = subprocess.Popen(self.writer_argv(str(self.source)), cwd=REPO,
+                                                    stdin=subprocess.PIPE)
         self.wait(lambda: summary_path.exists() or writer.poll() is not None, wl.duration + wl.idle_before + 600)
         if not summary_path.exists():
-            assert self.proc is not None
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the target exited ({self.proc.returncode}) while the writer wrote")
+            if proc.poll() is not None:
+                raise RuntimeError(f"the target exited ({proc.returncode}) while the writer wrote")
             raise RuntimeError(f"the writer failed (exit {writer.poll()}) in {self.workdir}")
         summary = json.loads(summary_path.read_text())
         self.result["writer_max_lag_s"] = summary["max_lag_s"]
-        return summary["lines"], summary["seconds"]
+        self.written, self.entries, self.bytes_written = summary["lines"], summary["entries"], summary["bytes"]
+        seconds: float = summary["seconds"]
+        return seconds
 
     def finish(self) -> None:
         """End of input, SIGTERM, and the delivery check."""
@@ -292,15 +353,20 @@ class Run:
         assert proc is not None and rx is not None
         # End of input first (a FIFO's writers close, and a target may exit by itself,
         # as a sidecar does when its task ends), then SIGTERM: read to the end, flush, exit.
+        self.stop_scraper()
         self.close_input()
-        if self.wl.source == "fifo":
+        if self.wl.source in ("fifo", "exec"):  # exec: the child exits at EOF on its stdin, then the shipper
             self.wait(lambda: proc.poll() is not None, self.settings.eof_grace)
         self.result["exit_code"] = stop_target(proc, self.mon, self.settings.shutdown_grace)
         final = self.mon.last or self.ready
         rx.poll()
         stats = rx.stats()
+        if self.wl.source == "exec":  # what the shipper copied through to its stdout
+            self.result.update(bytes_written=self.bytes_written,
+                               passthrough_bytes=(self.workdir / "target.out").stat().st_size)
         self.result.update(
-            lines_written=self.written, lines_delivered=rx.delivered, other_entries=rx.stored - rx.delivered,
+            lines_written=self.written, entries_expected=self.entries, lines_delivered=rx.delivered,
+            other_entries=rx.stored - rx.delivered,
             dedup_dropped=stats["dedup_dropped"], refused_entries=stats["refused_entries"],
             requests=stats["requests"], total_cpu_s=round(final.cpu_s, 4), peak_rss_mib=mib(final.hwm),
             max_rss_anon_mib=mib(self.mon.max_anon),
@@ -308,6 +374,9 @@ class Run:
             exit_record=exit_record(self.workdir / "target.err"))
 
     def close_input(self) -> None:
+        if self.proc is not None and self.proc.stdin is not None and not self.proc.stdin.closed:
+            with contextlib.suppress(BrokenPipeError):
+                self.proc.stdin.close()  # exec: the shipper's child reads EOF and exits
         if self.writer is not None:
             close_writer(self.writer)
             self.writer = None
@@ -317,6 +386,7 @@ class Run:
 
     def close(self) -> None:
         """Whatever happened: no process of ours is left running."""
+        self.stop_scraper()
         self.close_input()
         if self.proc is not None:
             if self.proc.poll() is None:
@@ -332,6 +402,14 @@ def clean_env() -> dict[str, str]:
     """The harness's environment without anything that configures a shipper."""
     return {k: v for k, v in os.environ.items()
             if not k.startswith(("SHIPPER_", "AIRFLOW_CTX_", "PYTHONPATH", "VIRTUAL_ENV"))}
+
+
+def free_port() -> int:
+    """A free loopback port (for a listener whose port would otherwise go unreported)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
 
 
 def prewrite(path: Path, lines: int) -> None:
@@ -393,6 +471,15 @@ def latency_summary(latencies_ns: list[int]) -> dict[str, Any] | None:
     return {"count": len(ordered), "p50": rank(0.50), "p99": rank(0.99), "max": rank(1.0)}
 
 
+def metrics_port(stderr_path: Path) -> int | None:
+    """The port the shipper logged its metrics endpoint on (None for peers)."""
+    for line in stderr_path.read_text(errors="replace").splitlines():
+        if '"metrics endpoint listening"' in line:
+            with contextlib.suppress(ValueError, KeyError):
+                return int(json.loads(line)["port"])
+    return None
+
+
 def exit_record(stderr_path: Path) -> dict[str, Any] | None:
     """The shipper's final JSON "exit" diagnostic, if the target wrote one."""
     for line in reversed(stderr_path.read_text(errors="replace").splitlines()):
@@ -445,6 +532,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "this working tree's); default: this one")
     p.add_argument("--shipper-config", default=str(HERE / "shipper.toml"), metavar="FILE",
                    help="the shipper's config template (default: %(default)s)")
+    p.add_argument("--scrape-interval", type=float, default=1.0, metavar="S",
+                   help="scrape the shipper's /metrics every S seconds from a separate process, "
+                        "as Prometheus would (default 1; 0 disables)")
     p.add_argument("--uvloop", action="store_true",
                    help="also run the shipper on uvloop (needs uvloop installed for --python)")
     p.add_argument("--peer", metavar="TEMPLATE", help="command line of another shipper, with {placeholders}")
@@ -478,7 +568,7 @@ def main(argv: list[str] | None = None) -> int:
             name=args.peer_name or Path(argv_template[0]).name, argv=argv_template, sources=kinds,
             config_template=Path(args.peer_config).read_text() if args.peer_config else None))
 
-    settings = Settings(python=args.python)
+    settings = Settings(python=args.python, scrape_interval=args.scrape_interval)
     base = Path(tempfile.mkdtemp(prefix="shipper-bench-"))
     results: dict[str, Any] = {
         "machine": machine(args.python), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -492,7 +582,7 @@ def main(argv: list[str] | None = None) -> int:
         wl = workloads[name]
         entry: dict[str, Any] = {"name": name, "spec": asdict(wl), "runs": {}}
         for target in targets:
-            if wl.source not in target.sources:
+            if wl.source not in target.sources or wl.content not in target.contents:
                 continue
             print(f"{name}: {target.name} ...", file=sys.stderr, flush=True)
             run = run_one(target, wl, settings, base)
@@ -517,7 +607,8 @@ def one_line(r: dict[str, Any]) -> str:
     if "error" in r:
         return f"ERROR {r['error']}"
     lat = r["latency_s"] or {}
-    return (f"{r['lines_delivered']}/{r['lines_written']} lines, {r['window']['millicores']} millicores, "
+    return (f"{r['lines_delivered']}/{r['entries_expected']} entries ({r['lines_written']} lines), "
+            f"{r['window']['millicores']} millicores, "
             f"peak RSS {r['peak_rss_mib']} MiB, p99 {lat.get('p99')} s, exit {r['exit_code']}")
 
 

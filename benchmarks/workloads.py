@@ -4,6 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# The shipper's [[sources]] keys for each content (benchmarks/lines.py), rendered
+# into {source_keys} of its config template. Airflow 2 lines here start with their
+# `t=<ns> ` stamp, which the default multiline start rule (anchored at the line
+# start) would take for continuation lines: the rule is the default's Airflow 2
+# branch after the stamp.
+SOURCE_KEYS = {
+    "airflow2": "",
+    "cri": 'format = "cri"\n',
+    "json": 'format = "json"\njson_metadata = ["logger"]\n',
+    "multiline": ("multiline = true\ndetect_level = true\n"
+                  "multiline_start = 't=\\d+ \\[\\d{4}-\\d\\d-\\d\\d[T ]\\d\\d:\\d\\d'\n"),
+}
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -11,11 +24,12 @@ class Workload:
 
     name: str
     kind: str  # idle | paced | bulk | burst
-    source: str  # fifo | file
+    source: str  # fifo | file | exec (the writer is the child of `shipper exec`, on its stdout)
     duration: float = 0.0  # idle and paced: seconds
     rate: int = 0  # paced: lines per second
     lines: int = 0  # bulk and burst: lines written
     idle_before: float = 0.0  # burst: seconds of idle before the burst
+    content: str = "airflow2"  # benchmarks.lines.CONTENTS; the source keys are SOURCE_KEYS[content]
 
 
 def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None) -> dict[str, Workload]:
@@ -31,4 +45,9 @@ def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None)
             out.append(Workload(f"paced-{source}-{rate}", "paced", source, duration=paced_s, rate=rate))
     out.append(Workload("bulk-file", "bulk", "file", lines=n_bulk))
     out.append(Workload("burst-fifo", "burst", "fifo", lines=n_burst, idle_before=1.0 if quick else 5.0))
+    # Issue 7: each format and mode at 1,000 lines/s (lines as written: CRI P chunks and
+    # traceback lines count, though they make no entry of their own).
+    for content in ("cri", "json", "multiline"):
+        out.append(Workload(f"paced-{content}-1000", "paced", "file", duration=paced_s, rate=1000, content=content))
+    out.append(Workload("paced-exec-1000", "paced", "exec", duration=paced_s, rate=1000))
     return {w.name: w for w in out}

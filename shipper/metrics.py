@@ -36,13 +36,24 @@ class ProcessSample:
     start_time: float
 
 
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+_BOOT: list[float] = []  # /proc/stat btime, read once: it never changes
+
+
+def _boot_time() -> float:
+    if not _BOOT:
+        with open("/proc/stat", "rb") as f:
+            _BOOT.append(next(float(line.split()[1]) for line in f if line.startswith(b"btime")))
+    return _BOOT[0]
+
+
 def sample_process(pid: int | str = "self") -> ProcessSample | None:
     """Read /proc for the process_* metrics; None where /proc is not available."""
     try:
         with open(f"/proc/{pid}/stat", "rb") as f:
             stat = f.read().rsplit(b")", 1)[1].split()
-        with open("/proc/stat", "rb") as f:
-            boot = next(float(line.split()[1]) for line in f if line.startswith(b"btime"))
+        boot = _boot_time()
         open_fds = len(os.listdir(f"/proc/{pid}/fd"))
         max_fds = -1
         with open(f"/proc/{pid}/limits", "rb") as f:
@@ -51,8 +62,7 @@ def sample_process(pid: int | str = "self") -> ProcessSample | None:
                     max_fds = int(line.split()[3])
     except (OSError, StopIteration, ValueError, IndexError):
         return None
-    ticks = os.sysconf("SC_CLK_TCK")
-    page = os.sysconf("SC_PAGE_SIZE")
+    ticks, page = _TICKS, _PAGE
     # Fields after the ")" of comm, 0-based: utime 11, stime 12, starttime 19, vsize 20, rss 21.
     return ProcessSample(
         cpu_seconds=(int(stat[11]) + int(stat[12])) / ticks,

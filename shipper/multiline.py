@@ -120,10 +120,9 @@ class Merger:
         `stamps`, if given, has one int per line; see the module docstring.
         """
         out: list[bytes] = []
-        # Same expression as next_due(): a timer set to next_due() always finds
-        # the entry due (`now - opened >= max_wait` can differ by rounding).
-        if self._parts and now >= self._opened + self.max_wait:
-            self._close(out, out_stamps, _WAIT)
+        # No release by time here: lines fed now were written before `now`, so
+        # they continue the open entry however long it waited (the reader
+        # pulls on a tick; releasing first would cut a traceback in two).
         # The loop keeps all state in locals (this runs once per line) and
         # writes it back at the end; an entry is emitted where it closes.
         append = out.append
@@ -145,6 +144,7 @@ class Merger:
                         # The common continuation: join it to the open entry.
                         parts.append(line)
                         size = grown
+                        opened = now  # max_wait counts from the last line joined
                         merged_lines += 1
                         if len(parts) < max_lines and size < max_bytes:
                             continue
@@ -202,7 +202,11 @@ class Merger:
         return out
 
     def due(self, now: float, out_stamps: list[int] | None = None) -> list[bytes]:
-        """The open entry, if `max_wait` has passed since its first line; else []."""
+        """The open entry, if no line joined it for `max_wait`; else [].
+
+        Call it after reading what was written up to `now` (as Promtail's
+        max_wait_time: the wait counts from the last line received).
+        """
         if self._parts and now >= self._opened + self.max_wait:
             out: list[bytes] = []
             self._close(out, out_stamps, _WAIT)

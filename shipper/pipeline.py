@@ -141,7 +141,7 @@ class Pipeline:
                     self._flush_open()
             else:
                 full = self._buffer_full() and not self._drops_for_pipes()
-            self._seal_due(time.monotonic())
+            self._seal_due(time.monotonic(), after_read=read_now)
             if not self.watchers and all(s.finished for s in self.sources):
                 break
             timeout: float | None
@@ -353,8 +353,10 @@ class Pipeline:
         if batch is not None:
             self._queue(batch)
 
-    def _seal_due(self, now: float) -> None:
-        for source in self.sources:
+    def _seal_due(self, now: float, after_read: bool = True) -> None:
+        # A held multiline entry is released only right after a read: lines
+        # that continue it may be waiting in the source until then.
+        for source in self.sources if after_read else ():
             if source.processor is not None:
                 entries = source.processor.due(now)
                 if entries:

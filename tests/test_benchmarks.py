@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
-RUN_FIELDS = {"workload", "target", "command", "startup", "window", "exit_code", "lines_written",
+RUN_FIELDS = {"workload", "target", "command", "startup", "window", "exit_code", "lines_written", "entries_expected",
               "lines_delivered", "other_entries", "dedup_dropped", "refused_entries", "requests",
               "total_cpu_s", "peak_rss_mib", "max_rss_anon_mib", "latency_s", "lines_per_cpu_s",
               "exit_record", "checks"}
@@ -39,7 +39,8 @@ def check_run(run: dict[str, Any]) -> None:
     assert RUN_FIELDS <= set(run), RUN_FIELDS - set(run)
     assert WINDOW_FIELDS <= set(run["window"])
     assert run["lines_written"] > 0
-    assert run["lines_delivered"] == run["lines_written"]
+    assert run["entries_expected"] > 0
+    assert run["lines_delivered"] == run["entries_expected"]
     assert run["dedup_dropped"] == 0 and run["refused_entries"] == 0
     assert run["exit_code"] == 0
     assert run["peak_rss_mib"] > 0 and run["window"]["cpu_s"] >= 0
@@ -72,3 +73,19 @@ def test_peer_template_with_the_shipper_as_peer(tmp_path: Path) -> None:
     assert "--config" in workload["runs"]["again"]["command"]
     assert "{" not in workload["runs"]["again"]["command"]  # every placeholder was filled
     assert "### Ratios shipper / again" in (tmp_path / "results.md").read_text()
+
+
+def test_cri_and_exec_workloads(tmp_path: Path) -> None:
+    """Issue 7's workloads: entries counted after joining, and `shipper exec` with the writer as its child."""
+    results = run_harness(tmp_path, "--workloads", "paced-cri-1000,paced-exec-1000")
+    cri, exec_ = (w["runs"]["shipper"] for w in results["workloads"])
+    for run in (cri, exec_):
+        check_run(run)
+        assert run["other_entries"] <= 1  # nothing shipped unparsed or unjoined
+    # 1,000 lines: in each 50, a P chunk and the F line after it make one entry.
+    assert (cri["lines_written"], cri["entries_expected"]) == (1000, 980)
+    assert cri["latency_s"]["count"] == 980
+    assert " exec -- " in exec_["command"] and "benchmarks.writer -" in exec_["command"]
+    assert exec_["lines_written"] == exec_["entries_expected"] == 1000
+    assert exec_["passthrough_bytes"] == exec_["bytes_written"] == 120_000
+    assert exec_["scrapes"]["ok"] >= 1  # its metrics port, which exec mode does not log, was found

@@ -226,11 +226,12 @@ def test_max_wait() -> None:
     assert m.next_due() == 12.0
     assert m.due(11.9) == []
     assert m.feed([TRACEBACK[1]], 11.9) == []  # still in time: joins
-    assert m.next_due() == 12.0  # counted from the entry's first line
-    assert m.due(12.0) == [b"\n".join([A2, *TRACEBACK[:2]])]
+    assert m.next_due() == 13.9  # counted from the last line joined (Promtail's max_wait_time)
+    assert m.due(13.8) == []
+    assert m.due(13.9) == [b"\n".join([A2, *TRACEBACK[:2]])]
     assert m.next_due() is None and m.due(100.0) == []  # idle: nothing due, no timer
     # The rest of the traceback came too late: an entry of its own, counted.
-    assert m.feed(TRACEBACK[2:], 12.5) == []
+    assert m.feed(TRACEBACK[2:], 14.5) == []
     assert m.split_max_wait == 1
     assert m.flush() == [b"\n".join(TRACEBACK[2:])]
     assert m.flush() == []
@@ -246,8 +247,13 @@ def test_due_at_next_due_despite_rounding() -> None:
     assert m.due(now) == [A1]
 
 
-def test_feed_releases_an_overdue_entry_first() -> None:
-    """Whether or not due() ran before, a late feed() gives the same entries."""
+def test_feed_never_releases_by_time() -> None:
+    """Lines fed late were written before they were read: they still join the entry.
+
+    (The reader pulls on a tick; only due(), called after a read that brought
+    nothing for the entry, releases it.) With due() first, the late lines are
+    an entry of their own, counted.
+    """
     def go(call_due: bool) -> tuple[list[bytes], int]:
         m = Merger(None, 100, 1.0, BIG)
         out = m.feed([A2, TRACEBACK[0]], 0.0)
@@ -257,7 +263,8 @@ def test_feed_releases_an_overdue_entry_first() -> None:
         out += m.flush()
         return out, m.split_max_wait
 
-    assert go(True) == go(False) == ([b"\n".join([A2, TRACEBACK[0]]), b"\n".join(TRACEBACK[1:])], 1)
+    assert go(False) == ([b"\n".join([A2, *TRACEBACK])], 0)
+    assert go(True) == ([b"\n".join([A2, TRACEBACK[0]]), b"\n".join(TRACEBACK[1:])], 1)
 
 
 def test_start_line_after_wait_is_no_split() -> None:
@@ -338,14 +345,12 @@ def test_with_time_nothing_is_lost_and_nothing_stays_overdue(steps: list[tuple[l
     fed_lines: list[bytes] = []
     for lines, gap in steps:
         now += gap
-        if (due := m.next_due()) is not None and due <= now and gap > 1.0:
-            out += m.due(now)
-            assert m.next_due() is None
         out += m.feed(lines, now)
+        out += m.due(now)  # as the pipeline does: due() right after each read
         fed_lines += lines
         nd = m.next_due()
         assert (nd is None) == (m.pending_lines == 0)
-        assert nd is None or nd > now  # feed() never leaves an overdue entry open
+        assert nd is None or nd > now  # after due(), nothing overdue stays open
     out += m.flush()
     assert [line for entry in out for line in entry.split(b"\n")] == fed_lines
     assert m.entries == len(out)

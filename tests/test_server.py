@@ -40,7 +40,8 @@ class Reply:
 
 
 def request_bytes(method: str, path: str, *extra_headers: str) -> bytes:
-    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", *extra_headers]
+    # One request per connection here (read to EOF); keep-alive has its own test.
+    head = [f"{method} {path} HTTP/1.1", "Host: 127.0.0.1", "Connection: close", *extra_headers]
     return ("\r\n".join(head) + "\r\n\r\n").encode()
 
 
@@ -415,3 +416,31 @@ async def test_empty_listen_disables_the_endpoint(tmp_path: Path, receiver: Loki
     assert receiver.lines(stream="stdout") == ["a", "b"]
     assert proc.logs("metrics endpoint listening") == []
     assert proc.summary()["lines_sent"] == 2
+
+
+async def test_scrapes_reuse_one_kept_alive_connection(tmp_path: Path, receiver: LokiReceiver) -> None:
+    # As Prometheus scrapes: several requests on one connection, each answered whole.
+    proc, fifo, port = await start_on_fifo(tmp_path, receiver)
+    try:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        statuses = []
+        for path in ("/metrics", "/healthz", "/metrics"):
+            writer.write(f"GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n".encode())
+            await writer.drain()
+            async with asyncio.timeout(GIVE_UP):
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                                  if line.lower().startswith(b"content-length:")))
+                body = await reader.readexactly(length)
+            assert b"connection: close" not in head.lower()
+            statuses.append((head.split(b" ")[1], body[:14]))
+        assert statuses == [(b"200", b"# HELP shipper"), (b"200", b"ok\n"), (b"200", b"# HELP shipper")]
+        # The client's "Connection: close" ends it after the answer.
+        writer.write(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        await writer.drain()
+        async with asyncio.timeout(GIVE_UP):
+            rest = await reader.read()
+        assert rest.startswith(b"HTTP/1.1 200 ") and rest.endswith(b"\r\n\r\nok\n")
+        writer.close()
+    finally:
+        await proc.kill()
