@@ -108,16 +108,19 @@ class Processor:
             stamps: list[int] = []
             merged = merger.feed([r.line for r in run], now,
                                  [r.ts_ns if r.ts_ns is not None else wall_ns for r in run], stamps)
-            out += self._finish(merged, stamps, stream)
+            out += self._finish(merged, stamps, stream, wall_ns)
             i = j
         return out
 
-    def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None) -> list[Entry]:
+    def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None,
+                wall_ns: int | None = None) -> list[Entry]:
         # An entry's time is its first line's (read time, or the CRI time).
+        # One read in this very call needs no time of its own (None): the
+        # accumulator's fast path stamps a whole run at once.
         out = []
         for line, ts in zip(merged, stamps):
             level = levels.detect(line) if self.detect_level else None
-            out.append(Entry(line, ts, stream, level, _with_level((), level)))
+            out.append(Entry(line, None if ts == wall_ns else ts, stream, level, _with_level((), level)))
         return out
 
 
