@@ -114,7 +114,8 @@ class Accumulator:
 
     def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
             mark: tuple[str, Position] | None = None, *, metadata: bytes = b"",
-            times: Sequence[int] | None = None) -> list[Batch]:
+            times: Sequence[int] | None = None,
+            each_metadata: Sequence[bytes] | None = None) -> list[Batch]:
         """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
 
         Returns the batches this filled up (sealed, oldest first); usually none.
@@ -123,13 +124,15 @@ class Accumulator:
         open batch is sealed first if needed), so the mark is exact for the
         batch that gets it. `metadata` (encoded pairs, e.g. the level) is added
         to the stream's own for these lines; `times` gives each line a time of
-        its own (kept strictly increasing per stream).
+        its own (kept strictly increasing per stream); `each_metadata` gives
+        each line its own extra metadata (e.g. its level).
         """
         if not lines:
             return []
         sealed: list[Batch] = []
         metadata = stream.metadata + metadata if metadata else stream.metadata
-        per_line = self._entry_overhead + len(metadata)
+        extra = max(map(len, each_metadata)) if each_metadata else 0  # a bound, as the overhead
+        per_line = self._entry_overhead + len(metadata) + extra
         stamps = stream.stamp_each(times) if times is not None else None
         if mark is not None and self._open is not None and self._open.lines:
             room = self.batch_max_bytes - self._open.size
@@ -167,11 +170,13 @@ class Accumulator:
             if stream not in batch.parts:
                 batch.parts[stream] = []
                 batch.size += len(stream.labels.encode()) + _STREAM_OVERHEAD
-            if stamps is None:
+            if stamps is None and each_metadata is None:
                 batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, metadata))
             else:
-                batch.parts[stream] += [encoder.encode_entries((line, ), ts, metadata)
-                                        for line, ts in zip(chunk, stamps[start:end])]
+                mds = ([metadata + m for m in each_metadata[start:end]] if each_metadata is not None
+                       else [metadata] * len(chunk))
+                batch.parts[stream].append(encoder.encode_entries_each(
+                    chunk, stamps[start:end] if stamps is not None else None, first_ts + start, mds))
             batch.lines += len(chunk)
             batch.line_bytes += line_bytes
             batch.size += cost

@@ -79,6 +79,10 @@ class Pipeline:
         self._make_stream = make_stream
         self._variants: dict[tuple[Stream, str | None, str | None], Stream] = {}
         self._level_labels = frozenset(config.level_labels)
+        # Encoded structured metadata per distinct tuple (levels, JSON keys):
+        # a handful of values, encoded once. Bounded: JSON values could vary,
+        # so the cache is dropped when it grows past a few hundred.
+        self._metadata_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
@@ -266,21 +270,35 @@ class Pipeline:
         if mark is not None:
             source.held_mark = None
         wall_ns = time.time_ns()
+        encoded = self._metadata_cache
         i = 0
         while i < len(entries):
+            # A run: same stream (and routed level), and all with or all
+            # without a time of their own; metadata (the level) may differ per entry.
             first = entries[i]
-            key = (first.stream, first.level, first.metadata, first.ts_ns is None)
+            routed = first.level if first.level in self._level_labels else None
+            key = (first.stream, routed, first.ts_ns is None)
             j = i + 1
-            while j < len(entries) and (entries[j].stream, entries[j].level, entries[j].metadata,
-                                        entries[j].ts_ns is None) == key:
+            while j < len(entries):
+                e = entries[j]
+                if (e.stream, e.level if e.level in self._level_labels else None, e.ts_ns is None) != key:
+                    break
                 j += 1
             run = entries[i:j]
             stream = self._stream_for(source.stream, first.stream, first.level)
             last = j == len(entries)
             marked = (source.path, mark) if mark is not None and last else None
             times = None if first.ts_ns is None else [e.ts_ns or 0 for e in run]
+            if len(encoded) > 256:
+                encoded.clear()
+            each = []
+            for e in run:
+                md = encoded.get(e.metadata)
+                if md is None:
+                    md = encoded[e.metadata] = encoder.encode_metadata(e.metadata)
+                each.append(md)
             for batch in self.acc.add(stream, [e.line for e in run], now, wall_ns, marked,
-                                      metadata=encoder.encode_metadata(first.metadata), times=times):
+                                      times=times, each_metadata=each):
                 self._queue(batch)
             i = j
 

@@ -11,7 +11,8 @@ import snappy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shipper.encoder import (compress, decode_push, encode_entries, encode_metadata, encode_push, split_push,
+from shipper.encoder import (compress, decode_push, encode_entries, encode_entries_each, encode_metadata, encode_push,
+                             split_push,
                              uncompress, varint)
 from tests.loki_receiver import load_push_pb2
 
@@ -330,3 +331,14 @@ def test_split_push_of_one_stream_cuts_in_the_middle(pb: Any) -> None:
     assert [[e[3] for e in _flat(pb, h[0])] for h in halves] == [["l0", "l1"], ["l2", "l3", "l4"]]
     assert [h[1:] for h in halves] == [(2, 4), (3, 6)]
     assert uncompress(compress(body)) == body
+
+
+@settings(max_examples=200)
+@given(lines_st, st.integers(0, MAX_TS - 20) | st.integers(0, 3 * NS), meta_st, st.booleans())
+def test_property_encode_entries_each_equals_one_call_per_line(
+        lines: list[bytes], first_ts: int, meta: list[tuple[str, str]], own_times: bool) -> None:
+    metadata = [encode_metadata(meta[: i % (len(meta) + 1)]) for i in range(len(lines))]
+    times = [first_ts + 7 * i for i in range(len(lines))] if own_times else None
+    expected = b"".join(encode_entries([line], times[i] if times else first_ts + i, metadata[i])
+                        for i, line in enumerate(lines))
+    assert encode_entries_each(lines, times, first_ts, metadata) == expected
