@@ -110,10 +110,19 @@ def encode_entries_each(lines: Sequence[bytes], timestamps: Sequence[int] | None
         return encode_entries(lines, first_ts, metadata)
     parts: list[bytes] = []
     append = parts.append
+    last_sec = -1
+    sec_field = b""
     for i, line in enumerate(lines):
-        ts = timestamps[i]
-        sec, nanos = divmod(ts, _NS)
-        ts_body = (b"\x08" + varint(sec) if sec else b"") + (b"\x10" + varint(nanos) if nanos else b"")
+        sec, nanos = divmod(timestamps[i], _NS)
+        if sec != last_sec:  # seconds change rarely: encode them once
+            last_sec = sec
+            sec_field = b"\x08" + varint(sec) if sec else b""
+        if nanos >= 1 << 28:  # the usual case: a 5-byte varint, built in one call
+            nanos_field = bytes((0x10, (nanos & 0x7F) | 0x80, (nanos >> 7 & 0x7F) | 0x80,
+                                 (nanos >> 14 & 0x7F) | 0x80, (nanos >> 21 & 0x7F) | 0x80, nanos >> 28))
+        else:
+            nanos_field = b"\x10" + varint(nanos) if nanos else b""
+        ts_body = sec_field + nanos_field
         body = b"\x0a%b%b\x12%b%b%b" % (_len_prefix(len(ts_body)), ts_body, _len_prefix(len(line)), line,
                                         metadata[i])
         append(b"\x12" + _len_prefix(len(body)))
