@@ -14,11 +14,12 @@ Shipping it alone, a little over the limit, beats crashing or dropping it.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shipper import encoder
 from shipper.checkpoint import Position
+from shipper.labels import label_string
 
 
 def _entry_overhead(max_entry_bytes: int) -> int:
@@ -48,13 +49,22 @@ _STREAM_OVERHEAD = 12
 class Stream:
     """One Loki stream: a label set, per-stream metadata, and its last timestamp."""
 
-    __slots__ = ("labels", "metadata", "last_ts", "name")
+    __slots__ = ("labels", "metadata", "last_ts", "name", "label_map")
 
-    def __init__(self, labels: str, metadata: bytes = b"", name: str = "") -> None:
+    def __init__(self, labels: str, metadata: bytes = b"", name: str = "",
+                 label_map: Mapping[str, str] | None = None) -> None:
         self.labels = labels
         self.metadata = metadata  # encoded structuredMetadata fields, same for each entry
         self.last_ts = 0  # ns; timestamps are strictly increasing per stream
         self.name = name  # the source's stream name, for telemetry
+        # The label set `labels` was rendered from: a variant of this stream
+        # (a CRI line's stream, a routed level) starts from it.
+        self.label_map: dict[str, str] = dict(label_map or {})
+
+    def variant(self, **changes: str) -> Stream:
+        """The same stream with some labels changed (and its own timestamps)."""
+        labels = {**self.label_map, **changes}
+        return Stream(label_string(labels), self.metadata, self.name, labels)
 
     def stamp(self, n: int, wall_ns: int) -> int:
         """Reserve `n` consecutive timestamps starting no earlier than `wall_ns`."""

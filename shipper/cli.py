@@ -112,12 +112,7 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                 if is_glob(source_cfg.path):
                     continue  # a pattern: lifecycle.make_watchers turns its files into sources
                 check_path(source_cfg.path)
-                source = Source(source_cfg.path, stream, config.max_line_bytes)
-                if source_cfg.processed:
-                    from shipper.process import Processor  # only its users pay the import
-
-                    source.processor = Processor(source_cfg, config.max_line_bytes)
-                sources.append(source)
+                sources.append(lifecycle.new_source(config, source_cfg, source_cfg.path, stream))
         except SourceError as e:
             return _config_error(str(e))
     sink: Sink

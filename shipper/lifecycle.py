@@ -123,16 +123,28 @@ def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
         if key not in config.airflow.labels and ctx.get(key))
 
 
+def task_stream(config: Config, ctx: Mapping[str, str], name: str) -> Stream:
+    """A source's stream: task labels + `stream`; per-run values as metadata."""
+    labels = task_labels(config, ctx)
+    labels["stream"] = clean_value(name)
+    return Stream(label_string(labels), run_metadata(config, ctx), name, labels)
+
+
 def build_streams(config: Config, ctx: Mapping[str, str],
                   names: Sequence[str] | None = None) -> list[Stream]:
-    """One Stream per source (or per name given): task labels + `stream`; per-run values as metadata."""
-    metadata = run_metadata(config, ctx)
-    streams = []
-    for name in names if names is not None else [s.stream for s in config.sources]:
-        labels = task_labels(config, ctx)
-        labels["stream"] = clean_value(name)
-        streams.append(Stream(label_string(labels), metadata, name))
-    return streams
+    """One Stream per source (or per name given)."""
+    return [task_stream(config, ctx, name)
+            for name in (names if names is not None else [s.stream for s in config.sources])]
+
+
+def new_source(config: Config, cfg: SourceConfig, path: str, stream: Stream) -> Source:
+    """A Source for `path` read as `cfg` says (with its processing chain when it has one)."""
+    source = Source(path, stream, config.max_line_bytes)
+    if cfg.processed:
+        from shipper.process import Processor  # only its users pay the import
+
+        source.processor = Processor(cfg, config.max_line_bytes)
+    return source
 
 
 def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
@@ -146,16 +158,9 @@ def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
             continue
 
         def make_source(path: str, cfg: SourceConfig = cfg) -> Source:
-            file_ctx = {**ctx, **context_from_log_path(path)}
-            labels = task_labels(config, file_ctx)
-            labels["stream"] = clean_value(cfg.stream)
-            stream = Stream(label_string(labels), run_metadata(config, file_ctx), cfg.stream)
-            source = Source(path, stream, config.max_line_bytes)
+            stream = task_stream(config, {**ctx, **context_from_log_path(path)}, cfg.stream)
+            source = new_source(config, cfg, path, stream)
             source.resume = durable.resume.get(path)
-            if cfg.processed:
-                from shipper.process import Processor
-
-                source.processor = Processor(cfg, config.max_line_bytes)
             events.log("info", "source file found", pattern=cfg.path, path=path, labels=stream.labels)
             return source
 
@@ -199,16 +204,9 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     ctx = ctx or {}
     loop = asyncio.get_running_loop()
     durable = durable or Durable()
-    def make_stream(base: Stream, name: str | None, level: str | None) -> Stream:
-        labels = task_labels(config, ctx or {})
-        labels["stream"] = clean_value(name or base.name)
-        if level:
-            labels["level"] = level
-        return Stream(label_string(labels), base.metadata, base.name)
-
     pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
                         checkpoint_file=durable.checkpoint_file, positions=durable.positions,
-                        make_stream=make_stream, watchers=watchers)
+                        watchers=watchers)
     changed = asyncio.Event()
     state = _State()
 

@@ -17,13 +17,13 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass
-from collections.abc import Callable
 from typing import TYPE_CHECKING, Protocol
 
 from shipper import checkpoint, encoder, events
 from shipper.batch import Accumulator, Batch, Stream
 from shipper.checkpoint import Position
 from shipper.config import Config
+from shipper.labels import clean_value
 from shipper.loki import Answer
 from shipper.retry import backoff, is_retriable, parse_retry_after
 from shipper.sources import GlobWatcher, Source
@@ -64,7 +64,6 @@ class Pipeline:
     def __init__(self, config: Config, sources: list[Source], sink: Sink, *,
                  spool: Spool | None = None, replay: list[SpoolEntry] | None = None,
                  checkpoint_file: str = "", positions: dict[str, Position] | None = None,
-                 make_stream: Callable[[Stream, str | None, str | None], Stream] | None = None,
                  watchers: list[GlobWatcher] | None = None) -> None:
         self.config = config
         self.sources = sources  # grows when a watcher finds a new file
@@ -76,7 +75,6 @@ class Pipeline:
         self.positions: dict[str, Position] = dict(positions or {})
         # Streams other than a source's own: a CRI line's stream, a routed level
         # (level_labels). Built once per (source stream, stream name, level).
-        self._make_stream = make_stream
         self._variants: dict[tuple[Stream, str | None, str | None], Stream] = {}
         self._level_labels = frozenset(config.level_labels)
         # Encoded structured metadata per distinct tuple (levels, JSON keys):
@@ -305,12 +303,15 @@ class Pipeline:
     def _stream_for(self, base: Stream, name: str | None, level: str | None) -> Stream:
         """The source's stream, or its variant for a CRI stream name or a routed level."""
         routed = level if level in self._level_labels else None
-        if (name is None or name == base.name) and routed is None or self._make_stream is None:
+        if (name is None or name == base.name) and routed is None:
             return base
         key = (base, name, routed)
         stream = self._variants.get(key)
         if stream is None:
-            stream = self._variants[key] = self._make_stream(base, name, routed)
+            changes = {"stream": clean_value(name or base.name)}
+            if routed:
+                changes["level"] = routed
+            stream = self._variants[key] = base.variant(**changes)
         return stream
 
     def _next_due(self) -> float | None:

@@ -156,7 +156,6 @@ class Source:
         self.had_writer = False  # a FIFO's empty read is EOF only once a writer was seen
         self.pipe_size = 0
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
-        self._offset = 0
         self.read_rate = 0.0  # bytes/s over the last read interval (paces pipe reads)
         self._last_read_at = 0.0
         # exec mode: every chunk read is first copied here (our own stdout/stderr).
@@ -205,12 +204,12 @@ class Source:
             self.fd = self._open(os.O_RDONLY)
             fst = os.fstat(self.fd)
             self._ident = (fst.st_dev, fst.st_ino)
-            self._offset = self._pos = self._line_end = 0
+            self._pos = self._line_end = 0
             self.kind = "file"
             resume, self.resume = self.resume, None  # only for the file first opened
             if resume is not None and (resume.dev, resume.ino) == self._ident:
                 if resume.offset <= fst.st_size:
-                    self._offset = self._pos = self._line_end = os.lseek(self.fd, resume.offset, os.SEEK_SET)
+                    self._pos = self._line_end = os.lseek(self.fd, resume.offset, os.SEEK_SET)
                     events.log("info", "source resumed after what was already shipped",
                                path=self.path, offset=resume.offset)
                 else:
@@ -299,13 +298,12 @@ class Source:
         returns True when there is new content to read from the start.
         """
         assert self.fd is not None
-        self._offset = os.lseek(self.fd, 0, os.SEEK_CUR)
-        if os.fstat(self.fd).st_size < self._offset:
+        if os.fstat(self.fd).st_size < self._pos:  # _pos: where our reads have got to
             # Truncated (copytruncate): what was not newline-terminated is shipped,
             # and reading starts again at the new beginning.
             out += self.splitter.flush()
             os.lseek(self.fd, 0, os.SEEK_SET)
-            self._offset = self._pos = self._line_end = 0
+            self._pos = self._line_end = 0
             events.source_rotated(self.path, "truncated")
             return True
         try:

@@ -145,3 +145,21 @@ async def test_task_log_files_are_found_and_labelled_from_their_path(
             ("three", (("map_index", "3"), run, ("try_number", "2")))],
     }
     assert [r["path"] for r in proc.logs("source file found")] == [str(first), str(later)]
+
+
+async def test_a_routed_level_keeps_the_labels_a_task_log_file_got_from_its_path(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    log = tmp_path / "logs" / "dag_id=etl" / "run_id=r1" / "task_id=load" / "attempt=1.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("\n".join(TASK_OUTPUT) + "\n")
+    config = make_config(receiver.url, [], level_labels=["error"]) + sources_toml(
+        Path("{AIRFLOW_HOME}/logs/**/attempt=*.log"), multiline=True, detect_level=True)
+    proc = await ShipperProcess.start(config, env={"AIRFLOW_HOME": str(tmp_path)})
+    await receiver.wait_for_entries(3, stream="stdout")
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    # The error entry's own stream: dag_id/task_id from the file's path, not "unknown".
+    assert {k: [e.line for e in v] for k, v in receiver.streams().items() if ("stream", "stdout") in k} == {
+        (("dag_id", "etl"), ("level", "error"), ("stream", "stdout"), ("task_id", "load")): [MERGED[1]],
+        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [MERGED[0], MERGED[2]],
+    }
