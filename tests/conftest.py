@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -10,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.loki_receiver import LokiReceiver
+from tests.shipper_process import ShipperProcess
 
 
 @pytest.fixture
@@ -20,6 +22,24 @@ async def receiver() -> AsyncIterator[LokiReceiver]:
         yield rx
     finally:
         await rx.stop()
+
+
+@pytest.fixture
+async def procs() -> AsyncIterator[list[ShipperProcess]]:
+    """Shipper processes a test started; any still running at the end are killed."""
+    started: list[ShipperProcess] = []
+    yield started
+    for proc in started:
+        with contextlib.suppress(Exception):
+            await proc.kill()
+
+
+async def launch(procs: list[ShipperProcess], config: str, *args: str,
+                 env: dict[str, str] | None = None) -> ShipperProcess:
+    """Start the shipper and register it with the `procs` fixture (killed at the end)."""
+    proc = await ShipperProcess.start(config, *args, env=env)
+    procs.append(proc)
+    return proc
 
 
 def make_config(url: str, sources: Sequence[tuple[str | Path, str]], *,

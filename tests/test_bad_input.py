@@ -22,13 +22,11 @@ Already covered elsewhere, not repeated here:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import random
 import signal
 import tempfile
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,10 @@ from hypothesis import strategies as st
 
 from shipper.config import Config, ConfigError, load
 from shipper.framing import LineSplitter
-from tests.conftest import make_config, open_fifo_writer
+from tests.conftest import launch, make_config, open_fifo_writer
 from tests.loki_receiver import LokiReceiver
 from tests.shipper_process import ShipperProcess
+from tests.test_framing import reference as framing_reference
 from tests.test_sources import write_all
 
 MAX_LINE = 256 * 1024  # the default max_line_bytes (Loki's max_line_size)
@@ -50,57 +49,13 @@ NO_ANNOTATIONS = 'annotations_file = "/nonexistent/annotations"'
 
 # --- helpers ---------------------------------------------------------------------------
 
-@pytest.fixture
-async def procs() -> AsyncIterator[list[ShipperProcess]]:
-    """Shipper processes a test started; any still running at the end are killed."""
-    started: list[ShipperProcess] = []
-    yield started
-    for proc in started:
-        with contextlib.suppress(Exception):
-            await proc.kill()
-
-
-async def launch(procs: list[ShipperProcess], config: str, *args: str,
-                 env: dict[str, str] | None = None) -> ShipperProcess:
-    proc = await ShipperProcess.start(config, *args, env=env)
-    procs.append(proc)
-    return proc
-
-
 def reference(data: bytes, limit: int = MAX_LINE) -> tuple[list[str], int, int]:
     """What the shipper must make of `data`: (lines, cuts, lines with invalid UTF-8).
 
-    Split at \\n (an unterminated last line included), drop one \\r before the
-    end, replace invalid UTF-8 with U+FFFD, cut into the longest runs of whole
-    characters within `limit` bytes.
+    The line splitter's reference model (tests/test_framing.py), as text.
     """
-    parts = data.split(b"\n")
-    if parts[-1] == b"":
-        parts.pop()
-    lines: list[str] = []
-    cuts = invalid = 0
-    for part in parts:
-        if part.endswith(b"\r"):
-            part = part[:-1]
-        try:
-            line = part.decode("utf-8")
-        except UnicodeDecodeError:
-            invalid += 1
-            line = part.decode("utf-8", "replace")
-        pieces: list[str] = []
-        current: list[str] = []
-        size = 0
-        for ch in line:
-            n = len(ch.encode())
-            if size + n > limit:
-                pieces.append("".join(current))
-                current, size = [], 0
-            current.append(ch)
-            size += n
-        pieces.append("".join(current))
-        cuts += len(pieces) - 1
-        lines += pieces
-    return lines, cuts, invalid
+    result = framing_reference(data, limit)
+    return [line.decode() for line in result.lines], result.split_lines, result.invalid_utf8_lines
 
 
 async def ship(tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess], data: bytes,

@@ -16,20 +16,19 @@ a full buffer while Loki is down is tests/test_pipeline.py.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import os
 import secrets
 import signal
 import socket
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import make_config, open_fifo_writer
+from tests.conftest import launch, make_config, open_fifo_writer
 from tests.loki_receiver import PUSH_PATH, Action, LokiReceiver
 from tests.shipper_process import ShipperProcess
 from tests.test_sources import write_all
@@ -42,22 +41,6 @@ PRODUCTION_BACKOFF = {"min_backoff": 0.5, "max_backoff": 5.0}
 
 
 # --- helpers ---------------------------------------------------------------------------
-
-@pytest.fixture
-async def procs() -> AsyncIterator[list[ShipperProcess]]:
-    """Shipper processes a test started; any still running at the end are killed."""
-    started: list[ShipperProcess] = []
-    yield started
-    for proc in started:
-        with contextlib.suppress(Exception):
-            await proc.kill()
-
-
-async def launch(procs: list[ShipperProcess], config: str) -> ShipperProcess:
-    proc = await ShipperProcess.start(config)
-    procs.append(proc)
-    return proc
-
 
 def numbered(prefix: str, n: int) -> list[str]:
     return [f"{prefix} {i:05d}" for i in range(n)]
