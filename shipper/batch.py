@@ -118,6 +118,16 @@ class Accumulator:
         """Size bound of the open batch (0 when none is open)."""
         return self._open.size if self._open else 0
 
+    @property
+    def open_lines(self) -> int:
+        """Lines in the open batch (0 when none is open)."""
+        return self._open.lines if self._open else 0
+
+    @property
+    def open_line_bytes(self) -> int:
+        """Line bytes in the open batch (0 when none is open)."""
+        return self._open.line_bytes if self._open else 0
+
     def next_due(self) -> float | None:
         """Monotonic time at which the open batch becomes due, None if none is open."""
         return self._open.opened + self.batch_wait if self._open else None

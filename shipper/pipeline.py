@@ -112,14 +112,12 @@ class Pipeline:
     @property
     def undelivered_lines(self) -> int:
         """Lines read but not acknowledged (queued, or in the open batch)."""
-        open_lines = self.acc._open.lines if self.acc._open else 0
-        return sum(s.lines for s in self.pending) + open_lines
+        return sum(s.lines for s in self.pending) + self.acc.open_lines
 
     @property
     def undelivered_line_bytes(self) -> int:
         """Line bytes read but not acknowledged (queued, or in the open batch)."""
-        open_bytes = self.acc._open.line_bytes if self.acc._open else 0
-        return sum(s.line_bytes for s in self.pending) + open_bytes
+        return sum(s.line_bytes for s in self.pending) + self.acc.open_line_bytes
 
     # --- intake --------------------------------------------------------------
 
@@ -163,7 +161,7 @@ class Pipeline:
             await self._sleep(timeout)
         self._disarm()
         for source in self.sources:
-            self._add(source, source.flush(), time.monotonic(), source.last_mark)
+            self._add(source, source.flush(), time.monotonic())
             if source.processor is not None:
                 self._add_entries(source, source.processor.flush(time.monotonic(), time.time_ns()),
                                   time.monotonic())
@@ -179,7 +177,7 @@ class Pipeline:
         """Shutdown: read every source to its current end, waiting for room if needed."""
         self._disarm()
         while True:
-            _, full = self._read_all(time.monotonic(), final=True)
+            _, full = self._read_all(time.monotonic())
             self._seal_due(time.monotonic())
             if not full:
                 return
@@ -213,13 +211,11 @@ class Pipeline:
                     interval = min(interval, source.pipe_size / 2 / source.read_rate)
         return max(MIN_READ_INTERVAL, interval)
 
-    def _read_all(self, now: float, final: bool = False) -> tuple[int, bool]:
+    def _read_all(self, now: float) -> tuple[int, bool]:
         """Read every open source within the buffer budget; returns (bytes, buffer full)."""
         total = 0
         for watcher in self.watchers:
-            for new in watcher.scan(now):
-                new.try_open()
-                self.sources.append(new)
+            self.sources += watcher.scan(now)  # opened below, as any waiting source
         ready, self._ready = self._ready, set()
         for source in self.sources:
             if source.finished:
@@ -235,14 +231,16 @@ class Pipeline:
                 lines, n, more = source.read(budget, readiness=source in ready)
                 source.note_read(n, now)
                 total += n
-                self._add(source, lines, now, source.last_mark)
+                self._add(source, lines, now)
                 if not more:
                     break
         return total, False
 
-    def _add(self, source: Source, lines: list[bytes], now: float, mark: Position | None = None) -> None:
+    def _add(self, source: Source, lines: list[bytes], now: float) -> None:
+        """Lines just read (or flushed) from `source`; its last_mark is where they end."""
         if not lines:
             return
+        mark = source.last_mark
         split, invalid = source.splitter.split_lines, source.splitter.invalid_utf8_lines
         if split or invalid:
             events.lines_cleaned(source.path, split, invalid)
