@@ -308,7 +308,7 @@ def _kind(value: Any) -> str:
 
 def _validate(c: Config) -> None:
     """Checks that go beyond types; each message names the key."""
-    _check_url(c.loki.url)
+    parse_url(c.loki.url)
     for key, value in (
         ("loki.batch_wait", c.loki.batch_wait),
         ("loki.timeout", c.loki.timeout),
@@ -475,10 +475,6 @@ def parse_url(url: str, key: str = "loki.url") -> Url:
     if host.startswith("["):
         host = host[1:-1]
     return Url(scheme, host, port, m.group("path") or "/")
-
-
-def _check_url(url: str) -> None:
-    parse_url(url)
 
 
 def dump(c: Config) -> str:
