@@ -78,7 +78,7 @@ _TRACEBACK = b"Traceback (most recent call last):"
 
 def normalize(name: str) -> str | None:
     """A level name as found in structured data (`"WARN"`, `"error"`) -> normalised, or None."""
-    return _NAMES.get(name.lower())
+    return _NAMES.get(name) or _NAMES.get(name.lower())
 
 
 def detect(line: bytes) -> str | None:

@@ -30,6 +30,9 @@ from shipper.sources import GlobWatcher, Source
 from shipper.spool import Spool, SpoolEntry
 
 if TYPE_CHECKING:  # imported at run time only by sources that use it
+    from collections.abc import Sequence
+
+    from shipper.formats import Metadata
     from shipper.process import Entry
 
 # Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
@@ -80,7 +83,7 @@ class Pipeline:
         # Encoded structured metadata per distinct tuple (levels, JSON keys):
         # a handful of values, encoded once. Bounded: JSON values could vary,
         # so the cache is dropped when it grows past a few hundred.
-        self._metadata_cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+        self._metadata_cache: dict[tuple[Metadata, str | None], bytes] = {}
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
@@ -266,37 +269,45 @@ class Pipeline:
         if mark is not None:
             source.held_mark = None
         wall_ns = time.time_ns()
-        encoded = self._metadata_cache
+        level_labels = self._level_labels
+        n = len(entries)
         i = 0
-        while i < len(entries):
+        while i < n:
             # A run: same stream (and routed level), and all with or all
-            # without a time of their own; metadata (the level) may differ per entry.
+            # without a time of their own; metadata and level may differ per entry.
             first = entries[i]
-            routed = first.level if first.level in self._level_labels else None
-            key = (first.stream, routed, first.ts_ns is None)
+            name, untimed = first.stream, first.ts_ns is None
+            routed = first.level if first.level in level_labels else None
             j = i + 1
-            while j < len(entries):
-                e = entries[j]
-                if (e.stream, e.level if e.level in self._level_labels else None, e.ts_ns is None) != key:
-                    break
-                j += 1
-            run = entries[i:j]
-            stream = self._stream_for(source.stream, first.stream, first.level)
-            last = j == len(entries)
-            marked = (source.path, mark) if mark is not None and last else None
-            times = None if first.ts_ns is None else [e.ts_ns or 0 for e in run]
-            if len(encoded) > 256:
-                encoded.clear()
-            each = []
-            for e in run:
-                md = encoded.get(e.metadata)
-                if md is None:
-                    md = encoded[e.metadata] = encoder.encode_metadata(e.metadata)
-                each.append(md)
-            for batch in self.acc.add(stream, [e.line for e in run], now, wall_ns, marked,
-                                      times=times, each_metadata=each):
+            if level_labels:
+                while j < n and (e := entries[j]).stream == name and (e.ts_ns is None) == untimed and (
+                        e.level if e.level in level_labels else None) == routed:
+                    j += 1
+            else:
+                while j < n and (e := entries[j]).stream == name and (e.ts_ns is None) == untimed:
+                    j += 1
+            lines, times, _, metadata, entry_levels = zip(*entries[i:j])  # columns of the run
+            stream = self._stream_for(source.stream, name, first.level)
+            marked = (source.path, mark) if mark is not None and j == n else None
+            for batch in self.acc.add(stream, list(lines), now, wall_ns, marked,
+                                      times=None if untimed else times,
+                                      each_metadata=self._encoded_metadata(metadata, entry_levels)):
                 self._queue(batch)
             i = j
+
+    def _encoded_metadata(self, metadata: Sequence[Metadata], entry_levels: Sequence[str | None]) -> list[bytes]:
+        """Each entry's structured metadata, encoded, with its level last; cached (values repeat)."""
+        cache = self._metadata_cache
+        if len(cache) > 256:
+            cache.clear()
+        out = []
+        for key in zip(metadata, entry_levels):
+            md = cache.get(key)
+            if md is None:
+                pairs, level = key
+                md = cache[key] = encoder.encode_metadata((*pairs, ("level", level)) if level else pairs)
+            out.append(md)
+        return out
 
     def _stream_for(self, base: Stream, name: str | None, level: str | None) -> Stream:
         """The source's stream, or its variant for a CRI stream name or a routed level."""

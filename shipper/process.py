@@ -2,35 +2,29 @@
 
 Only sources that ask for it get a `Processor` (`SourceConfig.processed`: a
 non-raw `format`, `multiline`, or `detect_level`); plain sources keep the
-pipeline's fast path,
-where a chunk of lines goes to the accumulator as it is.
+pipeline's fast path, where a chunk of lines goes to the accumulator as it is.
 
-Output is a list of `Entry`: the line, its own timestamp when the format
-carries one (CRI, JSON; else None = stamped when read), the `stream` label the
-format says (CRI), the level, and extra structured metadata (JSON keys, the
-level).
+Output is a list of `Entry` (a `formats.Record`): the line, its own timestamp
+when the format carries one (CRI, JSON; else None = stamped when read), the
+`stream` label the format says (CRI), extra structured metadata (JSON keys),
+and the level. Without merging or level detection, a parser's records pass
+through untouched: no per-line work here.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import Record, make_parser
+from shipper.formats import Record, make_parser, new_record
 from shipper.multiline import DEFAULT_START, Merger
 
-
-class Entry(NamedTuple):
-    """One log entry ready for the accumulator."""
-
-    line: bytes
-    ts_ns: int | None
-    stream: str | None
-    level: str | None
-    metadata: tuple[tuple[str, str], ...]
+# One log entry ready for the accumulator: a format's Record, its level filled
+# in where detection found one. (Its metadata does not hold the level: the
+# pipeline adds `level` when it encodes an entry's metadata.)
+Entry = Record
 
 
 class Processor:
@@ -88,13 +82,14 @@ class Processor:
         if not records:
             return []
         if not self._merge:
-            out = []
-            for r in records:
-                level = r.level or (levels.detect(r.line) if self.detect_level else None)
-                out.append(Entry(r.line, r.ts_ns, r.stream, level, _with_level(r.metadata, level)))
-            return out
+            # Records are entries already; only those without a level of their own may get one.
+            if not self.detect_level:
+                return records
+            detect = levels.detect
+            return [r if r.level is not None else new_record(r.line, r.ts_ns, r.stream, r.metadata, detect(r.line))
+                    for r in records]
         # Merging: consecutive records of one stream go to its merger together.
-        out = []
+        out: list[Entry] = []
         i = 0
         while i < len(records):
             stream = records[i].stream
@@ -117,12 +112,6 @@ class Processor:
         # An entry's time is its first line's (read time, or the CRI time).
         # One read in this very call needs no time of its own (None): the
         # accumulator's fast path stamps a whole run at once.
-        out = []
-        for line, ts in zip(merged, stamps):
-            level = levels.detect(line) if self.detect_level else None
-            out.append(Entry(line, None if ts == wall_ns else ts, stream, level, _with_level((), level)))
-        return out
-
-
-def _with_level(metadata: tuple[tuple[str, str], ...], level: str | None) -> tuple[tuple[str, str], ...]:
-    return (*metadata, ("level", level)) if level else metadata
+        detect = levels.detect if self.detect_level else None
+        return [new_record(line, None if ts == wall_ns else ts, stream, (), detect(line) if detect else None)
+                for line, ts in zip(merged, stamps)]

@@ -375,11 +375,27 @@ def test_json_custom_keys() -> None:
     b'{"timestamp":"2025-04-01T12:00:00Z","event":"\xff"}',
     b'{"timestamp":"2025-04-01T12:00:00Z","event":"x"} trailing',
     b'{"timestamp":"2025-04-01T12:00:00Z","event":"x"}{"b":1}',
+    # Valid JSON nested deeper than the decoder's recursion limit: raw, not a crash.
+    b'{"timestamp":"2025-04-01T12:00:00Z","event":' + b"[" * 100_000 + b"]" * 100_000 + b"}",
 ])
 def test_json_malformed_is_shipped_as_is(line: bytes) -> None:
     p = JsonParser(metadata=["logger"])
     assert p.feed([line, line]) == [Record(line), Record(line)]
     assert p.malformed == 2
+
+
+def test_json_trailing_whitespace_is_allowed() -> None:
+    assert JsonParser().parse(AIRFLOW3 + b" \t") == JsonParser().parse(AIRFLOW3)
+
+
+def test_json_metadata_values_that_compare_equal_keep_their_own_text() -> None:
+    # 1 == True == 1.0 (and "1" is not): the metadata cache must not mix them up.
+    p = JsonParser(metadata=["v"])
+    values: list[object] = ["1", 1, True, 1.0, "1", True, 0, False, 0.0, None, "x"]
+    lines = [json.dumps({"timestamp": "2025-04-01T12:00:00Z", "event": "e", "v": v}).encode() for v in values]
+    assert [r.metadata for r in p.feed(lines)] == [
+        (("v", "1"),), (("v", "1"),), (("v", "true"),), (("v", "1.0"),), (("v", "1"),), (("v", "true"),),
+        (("v", "0"),), (("v", "false"),), (("v", "0.0"),), (), (("v", "x"),)]
 
 
 def test_json_last_duplicate_key_wins() -> None:
