@@ -103,7 +103,8 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
     ctx = lifecycle.airflow_context(config, os.environ)
     sources = []
     if argv_child:
-        # exec: the command's own stdout/stderr are the sources; [[sources]] are not read.
+        # exec: the command's own stdout/stderr are the sources; [[sources]] paths are not
+        # read, but the entry with stream "stdout" ("stderr") says how to process that stream.
         streams = lifecycle.build_streams(config, ctx, names=("stdout", "stderr"))
     else:
         streams = lifecycle.build_streams(config, ctx)
@@ -154,6 +155,8 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
             return _config_error(str(e))
         child = None
         if argv_child:
+            import functools
+
             from shipper.exec import SpawnError, copy_all, spawn
 
             try:
@@ -162,10 +165,11 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                 events.log("error", "cannot run the command", error=str(e))
                 return e.code
             events.log("info", "command started", pid=child.pid, argv=argv_child)
-            sources.append(Source.from_pipe(child.stdout, "exec:stdout", streams[0], config.max_line_bytes,
-                                            passthrough=lambda data: copy_all(1, data)))
-            sources.append(Source.from_pipe(child.stderr, "exec:stderr", streams[1], config.max_line_bytes,
-                                            passthrough=lambda data: copy_all(2, data)))
+            for fd, name, stream, out in ((child.stdout, "stdout", streams[0], 1),
+                                          (child.stderr, "stderr", streams[1], 2)):
+                source = Source.from_pipe(fd, f"exec:{name}", stream, config.max_line_bytes,
+                                          passthrough=functools.partial(copy_all, out))
+                sources.append(lifecycle.process_as(config, lifecycle.exec_source_config(config, name), source))
         watchers = lifecycle.make_watchers(config, ctx, durable, os.environ) if not argv_child else []
         return await lifecycle.run(config, sources, sink, ctx, child, durable, watchers)
 

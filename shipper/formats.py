@@ -204,8 +204,24 @@ class CriParser:
         out: list[Record] = []
         append = out.append
         max_bytes = self.max_bytes
+        partial = self._partial
+        streams_get = _STREAMS.get
+        seconds_get = _SECONDS.get
         for line in lines:
             fields = line.split(b" ", 3)
+            # Fast path, nearly every line: a whole (F) ASCII line, no P chunks
+            # waiting, and a time whose second was seen lately (parse_time's
+            # fast path, inlined: this loop runs once per line).
+            if len(fields) == 4 and fields[2] == b"F" and not partial:
+                ts_field, stream_field, _, message = fields
+                stream = streams_get(stream_field)
+                second = seconds_get(ts_field[:19])
+                if (stream is not None and second is not None and 21 < len(ts_field) <= 30
+                        and ts_field[-1] == 0x5A and ts_field[19] == 0x2E and (digits := ts_field[20:-1]).isdigit()
+                        and len(message) <= max_bytes and message.isascii()):
+                    append(_new(Record, (message, second * _NS + int(digits) * _SCALE[len(digits)], stream, (),
+                                         None)))
+                    continue
             if len(fields) == 4:
                 ts_field, stream_field, tag, message = fields
             elif len(fields) == 3:
@@ -222,7 +238,7 @@ class CriParser:
                 append(self._malformed(line))
                 continue
             assert stream is not None
-            pending = self._partial.get(stream)
+            pending = partial.get(stream)
             if tag == b"F" and pending is None:
                 if len(message) <= max_bytes and (message.isascii() or _is_utf8(message)):
                     append(_new(Record, (message, ts, stream, (), None)))
@@ -232,14 +248,14 @@ class CriParser:
                     self._count(self._oneshot)
                 continue
             if pending is None:
-                pending = self._partial[stream] = (LineSplitter(max_bytes), ts)
+                pending = partial[stream] = (LineSplitter(max_bytes), ts)
             splitter, first_ts = pending
             pieces = splitter.feed(message)
             if tag == b"F":
                 # flush() gives nothing only when the whole line is empty (after
                 # a cut, the rest held back is never empty): still one line.
                 pieces += splitter.flush() or [b""]
-                del self._partial[stream]
+                del partial[stream]
                 self.joined_lines += 1
             for piece in pieces:
                 append(_new(Record, (piece, first_ts, stream, (), None)))

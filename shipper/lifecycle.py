@@ -139,12 +139,26 @@ def build_streams(config: Config, ctx: Mapping[str, str],
 
 def new_source(config: Config, cfg: SourceConfig, path: str, stream: Stream) -> Source:
     """A Source for `path` read as `cfg` says (with its processing chain when it has one)."""
-    source = Source(path, stream, config.max_line_bytes)
-    if cfg.processed:
+    return process_as(config, cfg, Source(path, stream, config.max_line_bytes))
+
+
+def process_as(config: Config, cfg: SourceConfig | None, source: Source) -> Source:
+    """`source`, given the processing chain `cfg` asks for (format, multiline, levels), if any."""
+    if cfg is not None and cfg.processed:
         from shipper.process import Processor  # only its users pay the import
 
         source.processor = Processor(cfg, config.max_line_bytes)
     return source
+
+
+def exec_source_config(config: Config, name: str) -> SourceConfig | None:
+    """Exec mode: the [[sources]] entry whose `stream` is `name` ("stdout"/"stderr"), if any.
+
+    Its path is not read; its processing keys (format, multiline, detect_level,
+    json_*) apply to the command's stream of that name, so a config written for
+    the sidecar ships the same entries in exec mode.
+    """
+    return next((cfg for cfg in config.sources if cfg.stream == name), None)
 
 
 def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
 from pathlib import Path
 
 from tests.conftest import make_config, open_fifo_writer
@@ -38,12 +39,14 @@ def sources_toml(path: Path, **extra: object) -> str:
     return f'[[sources]]\npath = "{path}"\nstream = "stdout"\n{keys}'
 
 
-async def run_fifo(tmp_path: Path, receiver: LokiReceiver, data: bytes, **extra: object) -> ShipperProcess:
+async def run_fifo(tmp_path: Path, receiver: LokiReceiver, data: bytes, env: dict[str, str] | None = None,
+                   **extra: object) -> ShipperProcess:
+    tmp_path.mkdir(exist_ok=True)
     fifo = tmp_path / "out"
     os.mkfifo(fifo)
     top = {k: extra.pop(k) for k in list(extra) if k == "level_labels"}
     config = make_config(receiver.url, [], **top) + sources_toml(fifo, **extra)
-    proc = await ShipperProcess.start(config)
+    proc = await ShipperProcess.start(config, env=env)
     await proc.wait_for_log("source opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     write_all(fd, data)
@@ -163,3 +166,53 @@ async def test_a_routed_level_keeps_the_labels_a_task_log_file_got_from_its_path
         (("dag_id", "etl"), ("level", "error"), ("stream", "stdout"), ("task_id", "load")): [MERGED[1]],
         (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [MERGED[0], MERGED[2]],
     }
+
+
+async def test_the_same_task_output_arrives_identically_from_stdout_a_task_log_file_and_exec(
+        tmp_path: Path) -> None:
+    """Issue 7's bar: one task's output, captured three ways with the sidecar's
+    settings (multiline, levels), gives the same streams, entries and metadata."""
+    data = ("\n".join(TASK_OUTPUT) + "\n").encode()
+    context = {"AIRFLOW_CTX_DAG_ID": "etl", "AIRFLOW_CTX_TASK_ID": "load", "AIRFLOW_CTX_DAG_RUN_ID": "r1",
+               "AIRFLOW_CTX_TRY_NUMBER": "1"}
+    settings = {"multiline": True, "detect_level": True}
+
+    async def shipped(capture: str) -> dict[object, list[tuple[str, object]]]:
+        receiver = LokiReceiver()
+        await receiver.start()
+        try:
+            if capture == "stdout":
+                await run_fifo(tmp_path / capture, receiver, data, env=context, **settings)
+            elif capture == "task-log file":
+                log = tmp_path / capture / "logs" / "dag_id=etl" / "run_id=r1" / "task_id=load" / "attempt=1.log"
+                log.parent.mkdir(parents=True)
+                log.write_bytes(data)
+                config = make_config(receiver.url, []) + sources_toml(
+                    Path("{AIRFLOW_HOME}/logs/**/attempt=*.log"), **settings)
+                proc = await ShipperProcess.start(config, env={"AIRFLOW_HOME": str(tmp_path / capture)})
+                await receiver.wait_for_entries(len(MERGED), stream="stdout")
+                proc.signal(signal.SIGTERM)
+                assert await proc.wait() == 0
+            else:
+                # exec: [[sources]] paths are not read; the stdout entry's settings apply to the command's stdout.
+                config = make_config(receiver.url, []) + sources_toml(Path("/not/read"), **settings)
+                proc = await ShipperProcess.start(
+                    config, "exec", "--", sys.executable, "-c", f"import sys; sys.stdout.buffer.write({data!r})",
+                    env=context)
+                assert await proc.wait() == 0
+            assert receiver.refused_entries == receiver.dedup_dropped == 0
+            return {k: [(e.line, e.metadata) for e in v] for k, v in receiver.streams().items()
+                    if ("stream", "stdout") in k}
+        finally:
+            await receiver.stop()
+
+    results = {capture: await shipped(capture) for capture in ("stdout", "task-log file", "exec")}
+    run_metadata = (("run_id", "r1"), ("try_number", "1"))  # the receiver sorts metadata by name
+    assert results["stdout"] == {
+        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [
+            (MERGED[0], (("level", "info"), *run_metadata)),
+            (MERGED[1], (("level", "error"), *run_metadata)),
+            (MERGED[2], (("level", "warning"), *run_metadata))],
+    }
+    assert results["task-log file"] == results["stdout"]
+    assert results["exec"] == results["stdout"]
