@@ -193,8 +193,14 @@ class Accumulator:
             if stamps is None and each_metadata is None:
                 batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, metadata))
             else:
-                mds = ([metadata + m for m in each_metadata[start:end]] if each_metadata is not None
-                       else [metadata] * len(chunk))
+                if each_metadata is None:
+                    mds: Sequence[bytes] = [metadata] * len(chunk)
+                elif metadata:
+                    # The stream's metadata before each entry's own; few distinct values.
+                    combined = {m: metadata + m for m in set(each_metadata[start:end])}
+                    mds = list(map(combined.__getitem__, each_metadata[start:end]))
+                else:
+                    mds = each_metadata[start:end]
                 batch.parts[stream].append(encoder.encode_entries_each(
                     chunk, stamps[start:end] if stamps is not None else None, first_ts + start, mds))
             batch.lines += len(chunk)

@@ -296,18 +296,24 @@ class Pipeline:
             i = j
 
     def _encoded_metadata(self, metadata: Sequence[Metadata], entry_levels: Sequence[str | None]) -> list[bytes]:
-        """Each entry's structured metadata, encoded, with its level last; cached (values repeat)."""
+        """Each entry's structured metadata, encoded, with its level last.
+
+        Values repeat (a few levels, a few loggers): each distinct one is
+        encoded once (and cached across calls), and the per-entry list is
+        built by C-level lookups, not a Python loop.
+        """
         cache = self._metadata_cache
         if len(cache) > 256:
             cache.clear()
-        out = []
-        for key in zip(metadata, entry_levels):
+        keys = list(zip(metadata, entry_levels))
+        encoded = {}
+        for key in set(keys):
             md = cache.get(key)
             if md is None:
                 pairs, level = key
                 md = cache[key] = encoder.encode_metadata((*pairs, ("level", level)) if level else pairs)
-            out.append(md)
-        return out
+            encoded[key] = md
+        return list(map(encoded.__getitem__, keys))
 
     def _stream_for(self, base: Stream, name: str | None, level: str | None) -> Stream:
         """The source's stream, or its variant for a CRI stream name or a routed level."""
