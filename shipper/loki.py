@@ -132,10 +132,15 @@ class Authorization:
         self._secret = secret
         self._user = None if user is None else user.encode()
         self.kind = "bearer" if user is None else "basic"
+        self._used = b""
+
+    def rotated(self) -> bool:
+        """True if the file now holds another secret than the last `value()` sent."""
+        return self._secret.current() != self._used
 
     def value(self) -> bytes:
         """Re-reads the file if it changed (call once per push)."""
-        secret = self._secret.current()
+        secret = self._used = self._secret.current()
         if self._user is None:
             return b"Bearer " + secret
         return b"Basic " + binascii.b2a_base64(self._user + b":" + secret, newline=False)
@@ -232,7 +237,17 @@ class LokiClient:
         """Send one push; raises OSError/TimeoutError/h11 errors on transport failure."""
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                return await self._exchange(body)
+                answer = await self._exchange(body)
+                if answer.status in (401, 403) and self._authorization is not None and self._authorization.rotated():
+                    # The credential was rotated while this push was on its way (a
+                    # token refresh racing the push): once more with the new one,
+                    # instead of losing the batch to a refusal of the old one.
+                    from shipper import events
+
+                    events.log("info", "refused with a credential its file no longer holds; "
+                               "pushing again with the new one", status=answer.status)
+                    answer = await self._exchange(body)
+                return answer
         except BaseException:
             # After any failure the connection's state is unknown: never reuse it.
             await self.close()

@@ -386,6 +386,7 @@ class Action:
     body: str = ""
     headers: tuple[tuple[str, str], ...] = ()
     seconds: float = 0.0
+    gate: asyncio.Event | None = None  # "status": answer only once it is set
 
     @classmethod
     def ok(cls) -> Action:
@@ -393,9 +394,11 @@ class Action:
         return cls("ok")
 
     @classmethod
-    def status(cls, code: int, body: str = "", headers: Mapping[str, str] | None = None) -> Action:
-        """Answer `code` with `body` (sent as is) and `headers`, storing nothing."""
-        return cls("status", code=code, body=body, headers=tuple((headers or {}).items()))
+    def status(cls, code: int, body: str = "", headers: Mapping[str, str] | None = None,
+               gate: asyncio.Event | None = None) -> Action:
+        """Answer `code` with `body` (sent as is) and `headers`, storing nothing;
+        with a `gate`, only once the test sets it (something happens in between)."""
+        return cls("status", code=code, body=body, headers=tuple((headers or {}).items()), gate=gate)
 
     @classmethod
     def reset(cls) -> Action:
@@ -706,6 +709,8 @@ class LokiReceiver:
             return self._reset(request)
         if action.kind == "status":
             self._describe(record, body)
+            if action.gate is not None:
+                await action.gate.wait()
             return self._answer(record, action.code, action.body, dict(action.headers), newline=False)
         return self._handle_strictly(record, body)
 

@@ -28,7 +28,7 @@ import pytest
 
 from shipper.config import Config, LokiConfig, dump, parse
 from tests.conftest import make_config, open_fifo_writer
-from tests.loki_receiver import LokiReceiver
+from tests.loki_receiver import Action, LokiReceiver
 from tests.shipper_process import ShipperProcess
 
 INSECURE_WARNING = ("TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
@@ -268,6 +268,35 @@ async def test_bearer_token_follows_its_file_and_is_never_shown(
     for token in tokens:
         assert token not in shown
     assert str(token_file) in shown  # the path is fine to show
+
+
+async def test_a_token_rotated_while_its_push_was_refused_is_retried_with_the_new_one(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    old, new = (f"tok-{secrets.token_hex(16)}" for _ in range(2))
+    token_file = tmp_path / "token"
+    token_file.write_text(old)
+    proc, fd = await start_on_fifo(tmp_path, receiver.url, bearer_token_file=str(token_file))
+    try:
+        # Loki refuses the push that carried the old token, after the kubelet rotated the file.
+        gate = asyncio.Event()
+        receiver.add_actions(Action.status(401, "invalid token", gate=gate))
+        await asyncio.to_thread(os.write, fd, b"raced\n")
+        await receiver.wait_for_requests(1)
+        replace_atomically(token_file, new)
+        gate.set()
+        await receiver.wait_for_entries(1, stream="stdout")
+        # Control: a refusal of the token the file still holds is final, as any 401.
+        receiver.add_actions(Action.status(401, "invalid token"))
+        await asyncio.to_thread(os.write, fd, b"refused\n")
+        await proc.wait_for_log("push refused by Loki, batch dropped", outcome="401")
+    finally:
+        os.close(fd)
+    assert await proc.wait() == 0
+    assert [(r.action, r.headers.get("authorization")) for r in receiver.requests[:4]] == [
+        ("status", f"Bearer {old}"), ("ok", f"Bearer {new}"), ("status", f"Bearer {new}"), ("ok", f"Bearer {new}")]
+    assert receiver.lines(stream="stdout") == ["raced"]
+    assert proc.summary()["dropped"]["rejected"] == 1
+    assert len(proc.logs("refused with a credential its file no longer holds; pushing again with the new one")) == 1
 
 
 async def test_basic_auth_over_http_sends_the_header_and_warns(tmp_path: Path, receiver: LokiReceiver) -> None:
