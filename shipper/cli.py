@@ -133,11 +133,6 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                        url=loki.url)
         if (loki.bearer_token_file or loki.basic_auth_password_file) and not loki.url.startswith("https://"):
             events.log("warn", "credentials are sent over plain http (loki.url is not https://)", url=loki.url)
-    events.log("info", "starting", version=__version__, config=origin, sink=config.sink.type,
-               url=config.loki.url if config.sink.type == "loki" else None,
-               sources=[s.path for s in config.sources] if not argv_child else ["exec"],
-               labels=sorted({s.labels for s in streams}),
-               context_keys=sorted(ctx))
 
     async def go() -> int:
         from shipper.checkpoint import CheckpointError
@@ -146,6 +141,17 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         # Sources are opened inside the loop so open errors exit 2 before any push.
         try:
             durable = lifecycle.open_durable(config, sources)
+        except (SourceError, CheckpointError, SpoolError) as e:
+            for source in sources:
+                source.close()
+            return _config_error(str(e))
+        # Once nothing in the config or its state files refuses to start.
+        events.log("info", "starting", version=__version__, config=origin, sink=config.sink.type,
+                   url=config.loki.url if config.sink.type == "loki" else None,
+                   sources=[s.path for s in config.sources] if not argv_child else ["exec"],
+                   labels=sorted({s.labels for s in streams}),
+                   context_keys=sorted(ctx))
+        try:
             for source in sources:
                 if source.kind == "waiting":
                     source.try_open()

@@ -460,9 +460,8 @@ async def test_unusable_checkpoint_or_spool_exits_2_and_ships_nothing(
     assert await proc.wait() == 2
     (record,) = proc.logs("refusing to start")
     assert record["error"].startswith(message), record
-    # Refused before any source is opened, any endpoint bound or any push made.
-    # (The "starting" record comes before these checks: they need the sources.)
-    assert [r["msg"] for r in proc.records] == ["starting", "refusing to start"]
+    # Refused before "starting", before any source is opened, any endpoint bound or any push made.
+    assert [r["msg"] for r in proc.records] == ["refusing to start"]
     assert receiver.requests == []
 
 

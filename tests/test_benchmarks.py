@@ -89,3 +89,12 @@ def test_cri_and_exec_workloads(tmp_path: Path) -> None:
     assert exec_["lines_written"] == exec_["entries_expected"] == 1000
     assert exec_["passthrough_bytes"] == exec_["bytes_written"] == 120_000
     assert exec_["scrapes"]["ok"] >= 1  # its metrics port, which exec mode does not log, was found
+
+
+def test_inprocess_runs_every_content_through_the_real_path() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.inprocess", "--lines", "2000"],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["airflow2", "cri", "json", "multiline"]
+    assert all(line.endswith(" us/line") for line in done.stdout.splitlines())
