@@ -319,6 +319,10 @@ def _validate(c: Config) -> None:
     ):
         if not value > 0 or value != value or value == float("inf"):
             raise ConfigError(f"{key}: must be a positive finite number of seconds, got {value}")
+    tenant = c.loki.tenant_id
+    if tenant and (not tenant.isprintable() or not tenant.isascii() or tenant != tenant.strip()):
+        # It is sent as the X-Scope-OrgID header: a newline would end the header.
+        raise ConfigError(f"loki.tenant_id: must be printable ASCII without surrounding spaces, got {tenant!r}")
     if c.loki.max_backoff < c.loki.min_backoff:
         raise ConfigError("loki.max_backoff: must be >= loki.min_backoff")
     _validate_tls_auth(c.loki)

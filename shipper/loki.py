@@ -1,7 +1,7 @@
 """The Loki client: one keep-alive HTTP/1.1 connection, one request in flight.
 
-HTTP is parsed by h11 (a small, well-kept sans-IO state machine); this module
-only moves its bytes over an asyncio stream. TLS (and so `ssl`, about 4 MiB of
+HTTP/1.1 is framed by shipper.http1 (sans-IO; see there why not h11); this
+module only moves its bytes over an asyncio stream. TLS (and so `ssl`, about 4 MiB of
 memory) is imported only for `https://` URLs.
 
 Security ([loki] keys, see shipper.config): the server's certificate is
@@ -21,9 +21,7 @@ import os
 import stat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
-import h11
-
-from shipper import __version__
+from shipper import __version__, http1
 from shipper.config import ConfigError, LokiConfig, parse_url
 
 if TYPE_CHECKING:
@@ -217,9 +215,10 @@ class LokiClient:
         if tenant_id:
             self._headers.append((b"X-Scope-OrgID", tenant_id.encode()))
         self.timeout = timeout
+        for name, value in self._headers:
+            http1.check_header(name, value)  # ValueError naming the header (a tenant_id with a newline...)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
-        self._conn: h11.Connection | None = None
 
     @classmethod
     def from_config(cls, c: LokiConfig) -> LokiClient:
@@ -256,47 +255,24 @@ class LokiClient:
     async def _exchange(self, body: bytes) -> Answer:
         if self._writer is None:
             await self._connect()
-        conn, reader, writer = self._conn, self._reader, self._writer
-        assert conn is not None and reader is not None and writer is not None
-        headers = [*self._headers, (b"Content-Length", str(len(body)).encode())]
+        reader, writer = self._reader, self._writer
+        assert reader is not None and writer is not None
+        headers = self._headers
         if self._authorization is not None:
-            headers.append((b"Authorization", self._authorization.value()))
-        writer.write(conn.send(h11.Request(method=self._method, target=self._target, headers=headers)) or b"")
-        writer.write(conn.send(h11.Data(data=body)) or b"")
-        writer.write(conn.send(h11.EndOfMessage()) or b"")
+            headers = [*headers, (b"Authorization", self._authorization.value())]
+        writer.write(http1.request_head(self._method, self._target, headers, len(body)))
+        writer.write(body)
         await writer.drain()
-
-        response: h11.Response | None = None
-        chunks: list[bytes] = []
-        size = 0
+        answer = http1.ResponseReader(MAX_RESPONSE_BODY)
         while True:
-            event = conn.next_event()
-            if event is h11.NEED_DATA:
-                data = await reader.read(65536)
-                conn.receive_data(data)  # b"" tells h11 the server closed
-                continue
-            if isinstance(event, h11.Response):
-                response = event
-            elif isinstance(event, h11.Data):
-                if size < MAX_RESPONSE_BODY:
-                    chunks.append(bytes(event.data[: MAX_RESPONSE_BODY - size]))
-                    size += len(chunks[-1])
-            elif isinstance(event, h11.EndOfMessage):
+            response = answer.feed(await reader.read(65536))  # b"": the server closed
+            if response is not None:
                 break
-            elif isinstance(event, h11.ConnectionClosed):
-                raise ConnectionResetError("server closed the connection before answering")
-            # InformationalResponse (100 Continue) needs nothing.
-        assert response is not None
-        if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-            conn.start_next_cycle()  # keep-alive
-        else:
+        if not response.keep_alive:
             await self.close()
-        retry_after = None
-        for name, value in response.headers:
-            if name == b"retry-after":
-                retry_after = value.decode("latin-1")
-        message = b"".join(chunks).decode("utf-8", "replace").strip()
-        return Answer(response.status_code, message, retry_after)
+        retry_after = response.header(b"retry-after")
+        return Answer(response.status, response.body.decode("utf-8", "replace").strip(),
+                      None if retry_after is None else retry_after.decode("latin-1"))
 
     async def _connect(self) -> None:
         if self._tls and self._ssl_context is None:
@@ -316,11 +292,10 @@ class LokiClient:
                         f"(loki.ca_file must hold the CA that signed it, and the certificate "
                         f"must name the host of loki.url)") from e
             raise
-        self._conn = h11.Connection(h11.CLIENT)
 
     async def close(self) -> None:
         """Close the connection (it is reopened by the next push)."""
-        writer, self._writer, self._reader, self._conn = self._writer, None, None, None
+        writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
             try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Callable, Iterator
 
-import h11
 
 # A proxy's Retry-After is honoured but never beyond this: a sidecar that
 # sleeps for an hour on a proxy's word is a sidecar that loses the pod's logs.
@@ -27,9 +26,9 @@ def is_retriable(outcome: int | BaseException) -> bool:
     """True when a push that ended with `outcome` (HTTP status or error) should be retried."""
     if isinstance(outcome, BaseException):
         # Transport errors (refused, reset, timeout, TLS) are transient by nature.
-        # h11.RemoteProtocolError is one too: it is how shipper.loki reports a
-        # peer (Loki or a proxy) that died or spoke garbage in mid-answer.
-        return isinstance(outcome, (OSError, TimeoutError, EOFError, ConnectionError, h11.RemoteProtocolError))
+        # shipper.http1.ProtocolError is a ConnectionError: a peer (Loki or a
+        # proxy) that died or spoke garbage in mid-answer.
+        return isinstance(outcome, (OSError, TimeoutError, EOFError, ConnectionError))
     return outcome == 429 or outcome == 408 or 500 <= outcome <= 599
 
 
