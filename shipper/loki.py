@@ -233,7 +233,7 @@ class LokiClient:
         return cls(c.url, c.tenant_id, c.timeout, ssl_context=context, authorization=authorization)
 
     async def push(self, body: bytes, timeout: float | None = None) -> Answer:
-        """Send one push; raises OSError/TimeoutError/h11 errors on transport failure."""
+        """Send one push; raises OSError/TimeoutError/http1.ProtocolError on transport failure."""
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
                 answer = await self._exchange(body)

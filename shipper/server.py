@@ -1,6 +1,6 @@
 """The metrics and health endpoint: GET /metrics, /healthz, /ready.
 
-HTTP is parsed by h11 (already a runtime dependency), with keep-alive as
+HTTP is read and written by shipper.http1 (sans-IO), with keep-alive as
 Prometheus uses it: a new TCP connection per scrape would cost the shipper
 about 1 ms of CPU, several times the scrape itself. Requests are size- and
 time-limited and never touch the shipping path: a bad or slow client costs
@@ -15,9 +15,7 @@ import asyncio
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import h11
-
-from shipper import events, metrics
+from shipper import events, http1, metrics
 
 # A scrape request is a few hundred bytes; anything near this is not one.
 MAX_REQUEST_BYTES = 8 * 1024
@@ -28,6 +26,7 @@ REQUEST_TIMEOUT = 5.0
 KEEPALIVE_IDLE = 120.0
 # Scrapers and probes are a handful; more connections than this are refused.
 MAX_CONNECTIONS = 16
+TEXT = b"text/plain; charset=utf-8"
 
 
 @dataclass(frozen=True)
@@ -79,31 +78,34 @@ class MetricsServer:
             return
         self._active += 1
         self._clients[writer] = asyncio.current_task()
-        conn = h11.Connection(h11.SERVER, max_incomplete_event_size=MAX_REQUEST_BYTES)
+        requests = http1.RequestReader(MAX_REQUEST_BYTES)
         try:
             timeout = REQUEST_TIMEOUT
             while True:
                 async with asyncio.timeout(timeout):
-                    request = await _read_request(conn, reader)
-                if request is None:
-                    return
+                    while (request := requests.next_request()) is None:
+                        data = await reader.read(MAX_REQUEST_BYTES)
+                        if not data:
+                            return  # the client closed (between requests, or mid-head)
+                        requests.feed(data)
                 status, ctype, body = self._answer(request)
-                _respond(conn, writer, status, ctype, body, head=request.method == b"HEAD")
+                close = not request.keep_alive  # a request body is never read: answer, then close
+                writer.write(http1.response_head(status, ctype, len(body), close))
+                if request.method != b"HEAD":
+                    writer.write(body)
                 await writer.drain()
+                if close:
+                    return
                 # Keep-alive, as Prometheus scrapes: a new TCP connection per
                 # scrape costs the shipper about 1 ms of CPU, more than the scrape.
-                async with asyncio.timeout(REQUEST_TIMEOUT):
-                    if not await _finish_request(conn, reader):
-                        return
                 timeout = KEEPALIVE_IDLE
-        except h11.RemoteProtocolError as e:
-            # Malformed or oversized: 400 (h11's hint may be 431 for huge headers).
-            status = e.error_status_hint if 400 <= e.error_status_hint < 500 else 400
+        except http1.BadRequest as e:
+            # Malformed (400) or oversized (431): answered, then closed.
+            message = f"bad request: {e}\n".encode()
             try:
-                _respond(conn, writer, status, "text/plain; charset=utf-8",
-                         f"bad request: {e}\n".encode())
+                writer.write(http1.response_head(e.status, TEXT, len(message), close=True) + message)
                 await writer.drain()
-            except (h11.LocalProtocolError, OSError):
+            except OSError:
                 pass
         except (TimeoutError, OSError):
             pass  # slow or vanished client: just drop it
@@ -112,8 +114,8 @@ class MetricsServer:
             del self._clients[writer]
             writer.close()
 
-    def _answer(self, request: h11.Request) -> tuple[int, str, bytes]:
-        text = "text/plain; charset=utf-8"
+    def _answer(self, request: http1.Request) -> tuple[int, bytes, bytes]:
+        text = TEXT
         path = request.target.split(b"?", 1)[0]
         if path not in (b"/metrics", b"/healthz", b"/ready"):
             return 404, text, b"not found: try /metrics, /healthz or /ready\n"
@@ -123,46 +125,8 @@ class MetricsServer:
         if path == b"/metrics":
             gauges = {"pending_lines": st.pending_lines, "pending_bytes": st.pending_bytes,
                       "sources_open": st.sources_open}
-            return 200, metrics.CONTENT_TYPE, metrics.render(events.COUNTERS, gauges,
+            return 200, metrics.CONTENT_TYPE.encode(), metrics.render(events.COUNTERS, gauges,
                                                              metrics.sample_process())
         if path == b"/healthz":
             return (200, text, b"ok\n") if st.healthy else (503, text, f"{st.reason}\n".encode())
         return (200, text, b"ready\n") if st.ready else (503, text, f"not ready: {st.reason}\n".encode())
-
-
-async def _finish_request(conn: h11.Connection, reader: asyncio.StreamReader) -> bool:
-    """Read the rest of the request (a GET has no body) and start the next cycle; False: close."""
-    while conn.their_state is h11.SEND_BODY:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await reader.read(MAX_REQUEST_BYTES)
-            if not data:
-                return False
-            conn.receive_data(data)
-        elif isinstance(event, h11.Data) and conn.their_state is h11.SEND_BODY:
-            return False  # a request body we do not want: close rather than read it
-    if conn.our_state is h11.DONE and conn.their_state is h11.DONE:
-        conn.start_next_cycle()
-        return True
-    return False
-
-
-async def _read_request(conn: h11.Connection, reader: asyncio.StreamReader) -> h11.Request | None:
-    while True:
-        event = conn.next_event()
-        if event is h11.NEED_DATA:
-            data = await reader.read(MAX_REQUEST_BYTES)
-            conn.receive_data(data)
-            continue
-        if isinstance(event, h11.Request):
-            return event
-        return None  # ConnectionClosed before a request
-
-
-def _respond(conn: h11.Connection, writer: asyncio.StreamWriter, status: int, ctype: str,
-             body: bytes, head: bool = False) -> None:
-    headers = [("Content-Type", ctype), ("Content-Length", str(len(body)))]
-    writer.write(conn.send(h11.Response(status_code=status, headers=headers)) or b"")
-    if not head:
-        writer.write(conn.send(h11.Data(data=body)) or b"")
-    writer.write(conn.send(h11.EndOfMessage()) or b"")
