@@ -67,15 +67,20 @@ def encode_entries(lines: Sequence[bytes], first_ts: int, metadata: bytes | Sequ
     `metadata` is the encoded structured metadata of every entry, or a list
     with each entry's own (levels).
     """
-    # This loop is the shipper's hottest code (about 0.9 us per line). The
-    # timestamp's varint is built from a cached high part (nanos >> 7, which
-    # changes every 128 lines) plus a low byte from a table; the rest is one
-    # bytes %-format per entry.
+    # This loop is the shipper's hottest code. The timestamp's varint is built
+    # from a cached high part (nanos >> 7, which changes every 128 lines) plus
+    # a low byte from a table; each entry is then one bytes %-format, its two
+    # length prefixes given as table bytes (one or two each), so the line and
+    # its metadata are copied once here and once by the final join (building
+    # the entry body first, then prefixing it, copied them twice: 665 -> 421
+    # ns per line with an Airflow task's metadata, measured).
     parts: list[bytes] = []
     append = parts.append
+    small, cont = _SMALL, _CONT
     sec, nanos = divmod(first_ts, _NS)
     hi_n = -1
     head = hi = b""
+    ts_len = 0
     each = repeat(metadata) if isinstance(metadata, bytes) else metadata
     for line, md in zip(lines, each):
         if nanos >= _NS:
@@ -85,15 +90,29 @@ def encode_entries(lines: Sequence[bytes], first_ts: int, metadata: bytes | Sequ
             hi_n = nanos >> 7
             prefix = (b"\x08" + varint(sec) if sec else b"") + b"\x10"
             hi = varint(hi_n)
-            head = b"\x0a" + _SMALL[len(prefix) + 1 + len(hi)] + prefix
-        if hi_n:
-            ts = b"%b%b%b" % (head, _CONT[nanos & 0x7F], hi)
-        else:  # nanos < 128: one-byte or omitted field; rare, keep it simple
-            ts_body = (b"\x08" + varint(sec) if sec else b"") + (b"\x10" + _SMALL[nanos] if nanos else b"")
-            ts = b"\x0a" + _SMALL[len(ts_body)] + ts_body
-        body = b"%b\x12%b%b%b" % (ts, _len_prefix(len(line)), line, md)
-        append(b"\x12" + _len_prefix(len(body)))
-        append(body)
+            head = b"\x0a" + small[len(prefix) + 1 + len(hi)] + prefix
+            ts_len = len(head) + 1 + len(hi)
+        if not hi_n:  # nanos < 128: a one-byte or omitted field; rare, keep it simple
+            ts_body = (b"\x08" + varint(sec) if sec else b"") + (b"\x10" + small[nanos] if nanos else b"")
+            body = b"\x0a%b%b\x12%b%b%b" % (small[len(ts_body)], ts_body, _len_prefix(len(line)), line, md)
+            append(b"\x12" + _len_prefix(len(body)) + body)
+            nanos += 1
+            continue
+        n = len(line)
+        if n < 0x80:
+            l1, l2 = small[n], b""
+        elif n < 0x4000:
+            l1, l2 = cont[n & 0x7F], small[n >> 7]
+        else:
+            l1, l2 = varint(n), b""
+        size = ts_len + 1 + len(l1) + len(l2) + n + len(md)
+        if size < 0x80:
+            s1, s2 = small[size], b""
+        elif size < 0x4000:
+            s1, s2 = cont[size & 0x7F], small[size >> 7]
+        else:
+            s1, s2 = varint(size), b""
+        append(b"\x12%b%b%b%b%b\x12%b%b%b%b" % (s1, s2, head, cont[nanos & 0x7F], hi, l1, l2, line, md))
         nanos += 1
     return b"".join(parts)
 
@@ -110,10 +129,11 @@ def encode_entries_each(lines: Sequence[bytes], timestamps: Sequence[int] | None
         return encode_entries(lines, first_ts, metadata)
     parts: list[bytes] = []
     append = parts.append
+    small, cont = _SMALL, _CONT
     last_sec = -1
     sec_field = b""
-    for i, line in enumerate(lines):
-        sec, nanos = divmod(timestamps[i], _NS)
+    for line, t, md in zip(lines, timestamps, metadata):
+        sec, nanos = divmod(t, _NS)
         if sec != last_sec:  # seconds change rarely: encode them once
             last_sec = sec
             sec_field = b"\x08" + varint(sec) if sec else b""
@@ -122,11 +142,24 @@ def encode_entries_each(lines: Sequence[bytes], timestamps: Sequence[int] | None
                                  (nanos >> 14 & 0x7F) | 0x80, (nanos >> 21 & 0x7F) | 0x80, nanos >> 28))
         else:
             nanos_field = b"\x10" + varint(nanos) if nanos else b""
-        ts_body = sec_field + nanos_field
-        body = b"\x0a%b%b\x12%b%b%b" % (_len_prefix(len(ts_body)), ts_body, _len_prefix(len(line)), line,
-                                        metadata[i])
-        append(b"\x12" + _len_prefix(len(body)))
-        append(body)
+        ts_len = len(sec_field) + len(nanos_field)  # at most 17: a one-byte length
+        # As in encode_entries: the whole entry in one %-format (inlined, not a
+        # helper: a call per line would cost what this saves).
+        n = len(line)
+        if n < 0x80:
+            l1, l2 = small[n], b""
+        elif n < 0x4000:
+            l1, l2 = cont[n & 0x7F], small[n >> 7]
+        else:
+            l1, l2 = varint(n), b""
+        size = 2 + ts_len + 1 + len(l1) + len(l2) + n + len(md)
+        if size < 0x80:
+            s1, s2 = small[size], b""
+        elif size < 0x4000:
+            s1, s2 = cont[size & 0x7F], small[size >> 7]
+        else:
+            s1, s2 = varint(size), b""
+        append(b"\x12%b%b\x0a%b%b%b\x12%b%b%b%b" % (s1, s2, small[ts_len], sec_field, nanos_field, l1, l2, line, md))
     return b"".join(parts)
 
 
