@@ -81,6 +81,11 @@ def render(template: str, values: dict[str, str]) -> str:
     return template
 
 
+# What the downward API writes for a KubernetesExecutor task pod's annotations (FACTS §2).
+POD_ANNOTATIONS = ('dag_id="etl_daily_load"\ntask_id="load_partition"\n'
+                   'run_id="scheduled__2026-11-25T00:00:00+00:00"\ntry_number="1"\n')
+
+
 # --- the receiver ---------------------------------------------------------------------------
 
 class Receiver:
@@ -232,6 +237,9 @@ class Run:
                 values["metrics_listen"] = f"127.0.0.1:{self.metrics_port}"
             config = self.workdir / "target.conf"
             config.write_text(render(template, values))
+            # The downward-API file of a KubernetesExecutor task pod: as in production,
+            # every entry carries the task's labels and run_id/try_number metadata.
+            (self.workdir / "annotations").write_text(POD_ANNOTATIONS)
             values["config"] = str(config)
         argv = [render(arg, values) for arg in self.target.argv]
         stdin = subprocess.DEVNULL
