@@ -81,6 +81,8 @@ HTTPS_ONLY_KEYS = ("ca_file", "insecure_skip_verify", "cert_file", "key_file")
 CONTEXT_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index", "logical_date")
 
 _LABEL_NAME = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*\Z")
+# Tenant IDs as Loki validates them (dskit's tenant rules, Grafana's "About tenant IDs").
+_TENANT_ID = re.compile(r"[A-Za-z0-9!\-_.*'()]{1,150}\Z")
 # Loki's max_label_names_per_series.
 MAX_LABELS = 15
 # Largest integer accepted for any key: more than any size or count can be, and
@@ -320,9 +322,10 @@ def _validate(c: Config) -> None:
         if not value > 0 or value != value or value == float("inf"):
             raise ConfigError(f"{key}: must be a positive finite number of seconds, got {value}")
     tenant = c.loki.tenant_id
-    if tenant and (not tenant.isprintable() or not tenant.isascii() or tenant != tenant.strip()):
-        # It is sent as the X-Scope-OrgID header: a newline would end the header.
-        raise ConfigError(f"loki.tenant_id: must be printable ASCII without surrounding spaces, got {tenant!r}")
+    if tenant and (not _TENANT_ID.match(tenant) or tenant in (".", "..")):
+        # Loki refuses any other tenant ID at every push (and a CR/LF would end the header).
+        raise ConfigError("loki.tenant_id: Loki accepts at most 150 of A-Z a-z 0-9 ! - _ . * ' ( ), "
+                          f"and not '.' or '..'; got {tenant!r}")
     if c.loki.max_backoff < c.loki.min_backoff:
         raise ConfigError("loki.max_backoff: must be >= loki.min_backoff")
     _validate_tls_auth(c.loki)

@@ -43,7 +43,7 @@ _HEAD_END = re.compile(rb"\r?\n\r?\n")
 _CHUNK_SIZE = re.compile(rb"([0-9A-Fa-f]{1,16})[ \t]*(?:;[^\r\n]*)?\r?\n")
 _DIGITS = re.compile(rb"[0-9]{1,18}\Z")
 # Request header values we send come from config and files: no CR, LF or NUL.
-_SAFE_VALUE = re.compile(rb"[^\r\n\x00]*\Z")
+_SAFE_VALUE = re.compile(rb"[^\x00-\x08\x0a-\x1f\x7f]*\Z")  # no control characters but HTAB
 
 
 class ProtocolError(ConnectionError):
@@ -55,14 +55,15 @@ def check_header(name: bytes, value: bytes) -> None:
     if not _TOKEN.match(name):
         raise ValueError(f"invalid header name {name!r}")
     if not _SAFE_VALUE.match(value) or value != value.strip(b" \t"):
-        raise ValueError(f"invalid value for header {name.decode()} (CR, LF, NUL or surrounding spaces)")
+        raise ValueError(f"invalid value for header {name.decode()} (control characters or surrounding spaces)")
 
 
 def request_head(method: bytes, target: bytes, headers: Sequence[tuple[bytes, bytes]], content_length: int) -> bytes:
     """The request line and headers of a request whose body is `content_length` bytes.
 
     Headers must have been checked with `check_header` (the client does it
-    once, when it is built, and per push for the credential).
+    once, when it is built; the credential is safe by construction: a bearer
+    token is checked printable ASCII when its file is read, basic auth is base64).
     """
     lines = b"".join([b"%s: %s\r\n" % pair for pair in headers])
     return b"%s %s HTTP/1.1\r\n%sContent-Length: %d\r\n\r\n" % (method, target, lines, content_length)
@@ -100,7 +101,7 @@ class ResponseReader:
         self._remaining = 0  # body bytes still to come ("length"), or of the current chunk
         self._chunk = "size"  # chunked: expecting a "size" line, chunk "data", its "crlf", or "trailers"
         self._body = bytearray()
-        self._seen = 0  # body bytes received so far
+        self._seen = 0  # bytes read after the head (chunk framing and trailers included)
 
     def feed(self, data: bytes) -> Response | None:
         eof = not data
@@ -113,19 +114,17 @@ class ResponseReader:
     def _read_head(self, eof: bool) -> bool:
         while True:
             buf = self._buf
-            end = buf.find(b"\r\n\r\n")
-            if end >= 0:
-                head, rest_at = bytes(buf[:end]), end + 4
-            else:
-                m = _HEAD_END.search(buf)  # bare LF line ends, which RFC 9112 lets a recipient accept
-                if m is None:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise ProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
-                    if eof:
-                        raise ProtocolError("server closed the connection before answering" if not buf else
-                                            "server closed the connection in the middle of the response head")
-                    return False
-                head, rest_at = bytes(buf[:m.start()]), m.end()
+            # The first blank line, CRLF or bare LF (RFC 9112 lets a recipient accept
+            # bare LF); a CRLF one further on may be in the body or the next answer.
+            m = _HEAD_END.search(buf)
+            if m is None:
+                if len(buf) > MAX_HEAD_BYTES:
+                    raise ProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
+                if eof:
+                    raise ProtocolError("server closed the connection before answering" if not buf else
+                                        "server closed the connection in the middle of the response head")
+                return False
+            head, rest_at = bytes(buf[:m.start()]), m.end()
             if rest_at > MAX_HEAD_BYTES:
                 raise ProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
             del buf[:rest_at]
@@ -212,6 +211,8 @@ class ResponseReader:
         """Consume chunked body from the buffer; True once the last chunk and trailers are read."""
         buf = self._buf
         while True:
+            if self._seen >= MAX_DRAIN_BYTES:
+                return False  # a runaway body: the caller gives the connection up
             if self._chunk == "size":
                 m = _CHUNK_SIZE.match(buf)
                 if m is None:
@@ -220,6 +221,7 @@ class ResponseReader:
                     return False
                 size = int(m[1], 16)
                 del buf[:m.end()]
+                self._seen += m.end()
                 self._chunk, self._remaining = ("data", size) if size else ("trailers", 0)
             elif self._chunk == "data":
                 n = min(self._remaining, len(buf))
@@ -231,8 +233,10 @@ class ResponseReader:
             elif self._chunk == "crlf":  # after a chunk's data
                 if buf[:2] == b"\r\n":
                     del buf[:2]
+                    self._seen += 2
                 elif buf[:1] == b"\n":
                     del buf[:1]
+                    self._seen += 1
                 elif len(buf) == 0 or buf == b"\r":
                     return False
                 else:
@@ -246,8 +250,11 @@ class ResponseReader:
                     return False
                 line = bytes(buf[:end + 1])
                 del buf[:end + 1]
+                self._seen += len(line)
                 if line in (b"\r\n", b"\n"):
                     return True
+                if self._seen >= MAX_DRAIN_BYTES:
+                    return False  # endless trailers: the caller gives the connection up
 
     def _finish(self, keep_alive: bool) -> Response:
         response = self._response

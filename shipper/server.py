@@ -93,7 +93,8 @@ class MetricsServer:
                 writer.write(http1.response_head(status, ctype, len(body), close))
                 if request.method != b"HEAD":
                     writer.write(body)
-                await writer.drain()
+                async with asyncio.timeout(REQUEST_TIMEOUT):  # a client that never reads is dropped
+                    await writer.drain()
                 if close:
                     return
                 # Keep-alive, as Prometheus scrapes: a new TCP connection per
@@ -104,8 +105,9 @@ class MetricsServer:
             message = f"bad request: {e}\n".encode()
             try:
                 writer.write(http1.response_head(e.status, TEXT, len(message), close=True) + message)
-                await writer.drain()
-            except OSError:
+                async with asyncio.timeout(REQUEST_TIMEOUT):
+                    await writer.drain()
+            except (TimeoutError, OSError):
                 pass
         except (TimeoutError, OSError):
             pass  # slow or vanished client: just drop it

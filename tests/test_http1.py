@@ -95,6 +95,9 @@ NOT_H11 = [
 BARE_LF = [
     (b"HTTP/1.1 429 Too Many\nRetry-After: 2\nContent-Length: 2\n\nhi", False, 429, b"hi", True, b"2"),
     (b"HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n2\nab\n0\n\n", False, 200, b"ab", True, None),
+    # The head ends at the first blank line, even when a CRLF one comes later (found by review).
+    (b"HTTP/1.1 100 Continue\n\nHTTP/1.1 204 No Content\r\n\r\n", False, 204, b"", True, None),
+    (b"HTTP/1.1 500 Oops\nContent-Length: 10\n\nerr\r\n\r\nxyz", False, 500, b"err\r\n\r\nxyz", True, None),
 ]
 
 
@@ -167,6 +170,33 @@ def test_a_runaway_body_is_not_read_to_its_end() -> None:
         sent += 65536
     assert (response.status, response.body, response.keep_alive) == (500, b"e" * 10, False)
     assert sent == MAX_DRAIN_BYTES
+
+
+@pytest.mark.parametrize("piece", [
+    b"1;" + b"e" * 1000 + b"\r\nx\r\n",  # chunk-size lines full of extensions
+    b"1\r\nx\r\n",  # many tiny chunks
+])
+def test_a_runaway_chunked_body_is_not_read_to_its_end(piece: bytes) -> None:
+    # Everything read after the head counts toward MAX_DRAIN_BYTES, not only chunk data.
+    reader = ResponseReader(max_body=4)
+    assert reader.feed(b"HTTP/1.1 500 Oops\r\nTransfer-Encoding: chunked\r\n\r\n") is None
+    response, sent = None, 0
+    while response is None:
+        response = reader.feed(piece * 64)
+        sent += len(piece) * 64
+    assert (response.status, response.body, response.keep_alive) == (500, b"x" * 4, False)
+    assert sent < MAX_DRAIN_BYTES + 64 * len(piece)
+
+
+def test_endless_trailers_are_not_read_to_their_end() -> None:
+    reader = ResponseReader()
+    assert reader.feed(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n") is None
+    response, sent = None, 0
+    while response is None:
+        response = reader.feed(b"X-Trailer: " + b"t" * 1000 + b"\r\n")
+        sent += 1013
+    assert (response.status, response.body, response.keep_alive) == (200, b"x", False)
+    assert sent < MAX_DRAIN_BYTES + 1013
 
 
 def test_bytes_after_the_answer_make_the_connection_unusable() -> None:

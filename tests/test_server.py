@@ -444,3 +444,38 @@ async def test_scrapes_reuse_one_kept_alive_connection(tmp_path: Path, receiver:
         writer.close()
     finally:
         await proc.kill()
+
+
+async def test_clients_that_never_read_their_answers_are_dropped(tmp_path: Path, receiver: LokiReceiver) -> None:
+    # Every connection slot taken by a client that pipelines scrapes and never
+    # reads: the answers fill the socket buffers and the server's write waits.
+    # That wait is time-limited like the read, so the probes get through again.
+    proc, fifo, port = await start_on_fifo(tmp_path, receiver)
+    stuck = []
+    try:
+        requests = b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n" * 600
+        for _ in range(16):  # server.MAX_CONNECTIONS
+            client = socket.socket()
+            client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            client.connect(("127.0.0.1", port))
+            client.sendall(requests)
+            stuck.append(client)
+
+        async def probe() -> bytes:
+            """A liveness probe's answer, b"" while it is turned away."""
+            with contextlib.suppress(OSError, TimeoutError):
+                async with asyncio.timeout(1.0):
+                    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+                    writer.write(request_bytes("GET", "/healthz"))
+                    answer = await reader.read()
+                    writer.close()
+                    return answer
+            return b""
+
+        async with asyncio.timeout(GIVE_UP):
+            while not (await probe()).startswith(b"HTTP/1.1 200 OK\r\n"):
+                await asyncio.sleep(0.2)
+    finally:
+        for client in stuck:
+            client.close()
+        await proc.kill()
