@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import Record, make_parser, new_record
+from shipper.formats import RawParser, Record, make_parser, new_record
 from shipper.multiline import DEFAULT_START, Merger
 
 # One log entry ready for the accumulator: a format's Record, its level filled
@@ -60,6 +60,9 @@ class Processor:
 
     def feed(self, lines: Sequence[bytes], now: float, wall_ns: int) -> list[Entry]:
         """Entries completed by these lines, read at `wall_ns`."""
+        if self._merge and isinstance(self.parser, RawParser):
+            # Raw lines go to the merger as they are: no Record each on the way.
+            return self._merge_run(lines, [wall_ns] * len(lines), None, now, wall_ns)
         return self._entries(self.parser.feed(lines), now, wall_ns)
 
     def due(self, now: float) -> list[Entry]:
@@ -97,21 +100,28 @@ class Processor:
             while j < len(records) and records[j].stream == stream:
                 j += 1
             run = records[i:j]
-            merger = self._mergers.get(stream)
-            if merger is None:
-                merger = self._mergers[stream] = Merger(*self._merger_args)
-            stamps: list[int] = []
-            merged = merger.feed([r.line for r in run], now,
-                                 [r.ts_ns if r.ts_ns is not None else wall_ns for r in run], stamps)
-            out += self._finish(merged, stamps, stream, wall_ns)
+            out += self._merge_run([r.line for r in run], [r.ts_ns if r.ts_ns is not None else wall_ns for r in run],
+                                   stream, now, wall_ns)
             i = j
         return out
+
+    def _merge_run(self, lines: Sequence[bytes], times: list[int], stream: str | None, now: float,
+                   wall_ns: int) -> list[Entry]:
+        """Entries that lines of one stream (each with its time) complete in its merger."""
+        merger = self._mergers.get(stream)
+        if merger is None:
+            merger = self._mergers[stream] = Merger(*self._merger_args)
+        stamps: list[int] = []
+        return self._finish(merger.feed(lines, now, times, stamps), stamps, stream, wall_ns)
 
     def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None,
                 wall_ns: int | None = None) -> list[Entry]:
         # An entry's time is its first line's (read time, or the CRI time).
         # One read in this very call needs no time of its own (None): the
         # accumulator's fast path stamps a whole run at once.
-        detect = levels.detect if self.detect_level else None
-        return [new_record(line, None if ts == wall_ns else ts, stream, (), detect(line) if detect else None)
-                for line, ts in zip(merged, stamps)]
+        new = tuple.__new__  # Record(...) without NamedTuple's slower __new__, once per entry
+        if self.detect_level:
+            detect = levels.detect
+            return [new(Record, (line, None if ts == wall_ns else ts, stream, (), detect(line)))
+                    for line, ts in zip(merged, stamps)]
+        return [new(Record, (line, None if ts == wall_ns else ts, stream, (), None)) for line, ts in zip(merged, stamps)]
