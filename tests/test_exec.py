@@ -139,3 +139,23 @@ async def test_exec_without_a_command_is_a_usage_error() -> None:
     _, err = await proc.communicate()
     assert proc.returncode == 2
     assert b"exec needs a command" in err
+
+
+def test_which_finds_what_shutil_which_finds(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import shutil
+
+    from shipper.exec import which
+
+    not_executable, executable, directory = tmp_path / "a", tmp_path / "b", tmp_path / "c"
+    for d in (not_executable, executable, directory):
+        d.mkdir()
+    (not_executable / "tool").write_text("#!/bin/sh\n")
+    (executable / "tool").write_text("#!/bin/sh\n")
+    (executable / "tool").chmod(0o755)
+    (directory / "tool").mkdir()
+    monkeypatch.chdir(executable)
+    for path in (f"{directory}:{not_executable}:{executable}", f"{not_executable}:{directory}",
+                 f"{directory}::{not_executable}", "", f"{tmp_path}/missing:{executable}"):
+        for name in ("tool", "absent"):
+            assert which(name, path) == shutil.which(name, path=path), (name, path)
+    assert which("tool", f"{directory}:{executable}") == str(executable / "tool")
