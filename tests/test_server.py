@@ -463,14 +463,19 @@ async def test_clients_that_never_read_their_answers_are_dropped(tmp_path: Path,
 
         async def probe() -> bytes:
             """A liveness probe's answer, b"" while it is turned away."""
-            with contextlib.suppress(OSError, TimeoutError):
+            try:
                 async with asyncio.timeout(1.0):
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            except (OSError, TimeoutError):
+                return b""
+            try:
+                async with asyncio.timeout(1.0):
                     writer.write(request_bytes("GET", "/healthz"))
-                    answer = await reader.read()
-                    writer.close()
-                    return answer
-            return b""
+                    return await reader.read()
+            except (OSError, TimeoutError):
+                return b""
+            finally:
+                writer.close()
 
         async with asyncio.timeout(GIVE_UP):
             while not (await probe()).startswith(b"HTTP/1.1 200 OK\r\n"):
