@@ -123,6 +123,22 @@ def _signature(st: os.stat_result) -> tuple[int, ...]:
     return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
 
 
+def _tls_files(c: LokiConfig) -> list[tuple[str, str]]:
+    """(key, path) of the TLS files [loki] names."""
+    return [(key, path) for key, path in (("loki.ca_file", c.ca_file), ("loki.cert_file", c.cert_file),
+                                          ("loki.key_file", c.key_file)) if path]
+
+
+def _files_signature(files: list[tuple[str, str]]) -> tuple[tuple[int, ...] | None, ...]:
+    out: list[tuple[int, ...] | None] = []
+    for _, path in files:
+        try:
+            out.append(_signature(os.stat(path)))
+        except OSError:
+            out.append(None)  # gone for now: a change, tried at the next connection
+    return tuple(out)
+
+
 class Authorization:
     """The Authorization header value for each push: Bearer or Basic, from a SecretFile."""
 
@@ -219,6 +235,8 @@ class LokiClient:
             http1.check_header(name, value)  # ValueError naming the header (a tenant_id with a newline...)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        # [loki] and the TLS files' signatures when they were loaded (from_config, https with files).
+        self._tls_reload: tuple[LokiConfig, tuple[tuple[int, ...] | None, ...]] | None = None
 
     @classmethod
     def from_config(cls, c: LokiConfig) -> LokiClient:
@@ -229,8 +247,13 @@ class LokiClient:
         elif c.basic_auth_password_file:
             authorization = Authorization(SecretFile("loki.basic_auth_password_file", c.basic_auth_password_file),
                                           user=c.basic_auth_user)
-        context = tls_context(c) if c.url.startswith("https://") else None
-        return cls(c.url, c.tenant_id, c.timeout, ssl_context=context, authorization=authorization)
+        if not c.url.startswith("https://"):
+            return cls(c.url, c.tenant_id, c.timeout, authorization=authorization)
+        files = _tls_files(c)
+        client = cls(c.url, c.tenant_id, c.timeout, ssl_context=tls_context(c), authorization=authorization)
+        if files:
+            client._tls_reload = (c, _files_signature(files))
+        return client
 
     async def push(self, body: bytes, timeout: float | None = None) -> Answer:
         """Send one push; raises OSError/TimeoutError/http1.ProtocolError on transport failure."""
@@ -275,6 +298,8 @@ class LokiClient:
                       None if retry_after is None else retry_after.decode("latin-1"))
 
     async def _connect(self) -> None:
+        if self._tls_reload is not None:
+            self._reload_tls_if_changed()
         if self._tls and self._ssl_context is None:
             import ssl  # only https pays for OpenSSL
 
@@ -292,6 +317,30 @@ class LokiClient:
                         f"(loki.ca_file must hold the CA that signed it, and the certificate "
                         f"must name the host of loki.url)") from e
             raise
+
+    def _reload_tls_if_changed(self) -> None:
+        """Before a new connection: rebuild the TLS context if ca_file/cert_file/key_file changed.
+
+        cert-manager and the kubelet rotate these files; a kept-alive connection
+        keeps its handshake, the next connection uses the new files. A file
+        caught half-written (or bad) keeps the previous context, logged once
+        per change, and is tried again at the next connection.
+        """
+        assert self._tls_reload is not None
+        c, seen = self._tls_reload
+        now = _files_signature(_tls_files(c))
+        if now == seen:
+            return
+        from shipper import events
+
+        self._tls_reload = (c, now)
+        try:
+            self._ssl_context = tls_context(c)
+        except ConfigError as e:
+            events.log("warn", "TLS files changed but cannot be loaded; keeping the previous ones", error=str(e))
+            return
+        events.log("info", "TLS files changed, reloaded for the next connection",
+                   files=[path for _, path in _tls_files(c)])
 
     async def close(self) -> None:
         """Close the connection (it is reopened by the next push)."""

@@ -199,6 +199,25 @@ async def test_insecure_skip_verify_delivers_and_warns(tmp_path: Path, tls_recei
     assert tls_receiver.lines(stream="stdout") == ["unverified"]
 
 
+async def test_a_ca_file_rotated_while_pushes_fail_is_used_by_the_next_connection(
+        tmp_path: Path, pki: Pki, tls_receiver: LokiReceiver) -> None:
+    ca_file = tmp_path / "ca.pem"
+    ca_file.write_bytes(pki.client_cert.read_bytes())  # a certificate, but not the one that signed the server's
+    proc, fd = await start_on_fifo(tmp_path, tls_receiver.url, ca_file=str(ca_file))
+    try:
+        await asyncio.to_thread(os.write, fd, b"kept until the CA is right\n")
+        failed = await proc.wait_for_log("push failed, will retry")
+        assert "not trusted" in failed["error"]
+        replace_atomically(ca_file, pki.ca.read_text())  # as cert-manager or the kubelet does
+        await tls_receiver.wait_for_entries(1, stream="stdout")
+    finally:
+        os.close(fd)
+    assert await proc.wait() == 0
+    assert tls_receiver.lines(stream="stdout") == ["kept until the CA is right"]
+    (reloaded,) = proc.logs("TLS files changed, reloaded for the next connection")
+    assert reloaded["files"] == [str(ca_file)]
+
+
 async def test_client_certificate_required_by_the_server(tmp_path: Path, pki: Pki) -> None:
     async with LokiReceiver(ssl_context=pki.server_context(require_client_cert=True)) as rx:
         # Control: without a client certificate the server refuses every push.
