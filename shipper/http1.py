@@ -50,6 +50,10 @@ class ProtocolError(ConnectionError):
     """The peer's bytes are not an HTTP/1.1 response (retried like a transport error)."""
 
 
+class ClosedBeforeAnswer(ProtocolError):
+    """The server closed the connection without sending a byte of an answer."""
+
+
 def check_header(name: bytes, value: bytes) -> None:
     """ValueError unless `name: value` can be sent as one header line."""
     if not _TOKEN.match(name):
@@ -121,8 +125,9 @@ class ResponseReader:
                 if len(buf) > MAX_HEAD_BYTES:
                     raise ProtocolError(f"response head longer than {MAX_HEAD_BYTES} bytes")
                 if eof:
-                    raise ProtocolError("server closed the connection before answering" if not buf else
-                                        "server closed the connection in the middle of the response head")
+                    if not buf:
+                        raise ClosedBeforeAnswer("server closed the connection before answering")
+                    raise ProtocolError("server closed the connection in the middle of the response head")
                 return False
             head, rest_at = bytes(buf[:m.start()]), m.end()
             if rest_at > MAX_HEAD_BYTES:

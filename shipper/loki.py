@@ -235,6 +235,7 @@ class LokiClient:
             http1.check_header(name, value)  # ValueError naming the header (a tenant_id with a newline...)
         self._reader: asyncio.StreamReader | None = None
         self._writer: asyncio.StreamWriter | None = None
+        self._answered = False  # the current request got at least a byte of an answer
         # [loki] and the TLS files' signatures when they were loaded (from_config, https with files).
         self._tls_reload: tuple[LokiConfig, tuple[tuple[int, ...] | None, ...]] | None = None
 
@@ -259,7 +260,18 @@ class LokiClient:
         """Send one push; raises OSError/TimeoutError/http1.ProtocolError on transport failure."""
         try:
             async with asyncio.timeout(self.timeout if timeout is None else timeout):
-                answer = await self._exchange(body)
+                reused = self._writer is not None
+                try:
+                    answer = await self._exchange(body)
+                except (http1.ClosedBeforeAnswer, ConnectionResetError, BrokenPipeError):
+                    if not reused or self._answered:
+                        raise
+                    # A kept-alive connection the server closed while it was idle (a
+                    # gateway's keep-alive timeout, often 60-75 s): not a failure of
+                    # Loki. Once more at once on a new connection; a server that did
+                    # take the push deduplicates it (same bytes, same timestamps).
+                    await self.close()
+                    answer = await self._exchange(body)
                 if answer.status in (401, 403) and self._authorization is not None and self._authorization.rotated():
                     # The credential was rotated while this push was on its way (a
                     # token refresh racing the push): once more with the new one,
@@ -283,12 +295,15 @@ class LokiClient:
         headers = self._headers
         if self._authorization is not None:
             headers = [*headers, (b"Authorization", self._authorization.value())]
+        self._answered = False  # no byte of an answer to this request yet
         writer.write(http1.request_head(self._method, self._target, headers, len(body)))
         writer.write(body)
         await writer.drain()
         answer = http1.ResponseReader(MAX_RESPONSE_BODY)
         while True:
-            response = answer.feed(await reader.read(65536))  # b"": the server closed
+            data = await reader.read(65536)  # b"": the server closed
+            self._answered = self._answered or bool(data)
+            response = answer.feed(data)
             if response is not None:
                 break
         if not response.keep_alive:

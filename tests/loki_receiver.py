@@ -501,8 +501,11 @@ class LokiReceiver:
     def __init__(self, *, require_tenant: bool = False, script: Iterable[Action] = (),
                  limits: Limits | None = None, keep_entries: bool = True, port: int = 0,
                  record_arrivals: str | os.PathLike[str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None) -> None:
+                 ssl_context: ssl.SSLContext | None = None, keepalive_timeout: float = 75.0) -> None:
         # ssl_context: serve https (url starts with https://); CERT_REQUIRED on it asks for client certs.
+        # keepalive_timeout: an idle kept-alive connection is closed after this (aiohttp's and
+        # nginx's default, 75 s), as a Loki gateway does.
+        self.keepalive_timeout = keepalive_timeout
         self.require_tenant = require_tenant
         self._ssl_context = ssl_context
         self.limits = limits or Limits()
@@ -542,7 +545,8 @@ class LokiReceiver:
             sock.close()
             raise
         # Hung and delayed handlers end on stop(), so a short shutdown wait suffices.
-        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0)
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=2.0,
+                               keepalive_timeout=self.keepalive_timeout)
         try:
             await runner.setup()
             await web.SockSite(runner, sock, ssl_context=self._ssl_context).start()

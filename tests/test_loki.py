@@ -107,3 +107,43 @@ async def test_missing_tenant_is_a_401_and_is_dropped_loudly(tmp_path: Path) -> 
         assert {r.status for r in receiver.requests} == {401}
     finally:
         await receiver.stop()
+
+
+async def server_closed_our_connection(port: int) -> None:
+    """Until a TCP connection to 127.0.0.1:`port` is in CLOSE_WAIT (the server closed it, we did not yet)."""
+    async with asyncio.timeout(30):
+        while True:
+            with open("/proc/net/tcp") as table:
+                rows = [line.split() for line in table.readlines()[1:]]
+            # remote address 127.0.0.1:port (hex, little-endian IPv4), state 08 = CLOSE_WAIT
+            if any(r[2] == f"0100007F:{port:04X}" and r[3] == "08" for r in rows):
+                return
+            await asyncio.sleep(0.05)
+
+
+async def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_a_failure(tmp_path: Path) -> None:
+    # A Loki gateway closes idle keep-alive connections (nginx: after 75 s). The
+    # next push finds its connection closed: it goes out again at once on a new
+    # one, with no "push failed" and no retry counted (alerts watch those).
+    receiver = LokiReceiver(keepalive_timeout=0.2)
+    await receiver.start()
+    try:
+        fifo = tmp_path / "stdout"
+        os.mkfifo(fifo)
+        proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")]))
+        await proc.wait_for_log("source opened", path=str(fifo))
+        fd = open_fifo_writer(fifo)
+        try:
+            await asyncio.to_thread(os.write, fd, b"before the idle close\n")
+            await receiver.wait_for_entries(1, stream="stdout")
+            await server_closed_our_connection(receiver.port)
+            await asyncio.to_thread(os.write, fd, b"after it\n")
+            await receiver.wait_for_entries(2, stream="stdout")
+        finally:
+            os.close(fd)
+        assert await proc.wait() == 0
+    finally:
+        await receiver.stop()
+    assert receiver.lines(stream="stdout") == ["before the idle close", "after it"]
+    assert proc.logs("push failed, will retry") == []
+    assert proc.summary()["retries"] == 0
