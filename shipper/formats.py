@@ -50,14 +50,10 @@ class Record(NamedTuple):
     level: str | None = None  # normalised level the format stated; None: use levels.detect(line)
 
 
-# Records are built with tuple.__new__: a NamedTuple's own __new__ costs
-# about twice as much, on a path taken once per line.
-_new = tuple.__new__
-
-
-def new_record(line: bytes, ts_ns: int | None, stream: str | None, metadata: Metadata, level: str | None) -> Record:
-    """Record(...) for hot paths (all fields given, no defaults applied)."""
-    return _new(Record, (line, ts_ns, stream, metadata, level))
+# Records are built with `record_new(Record, (line, ts_ns, stream, metadata,
+# level))`, all fields given: a NamedTuple's own __new__ costs about twice as
+# much, on paths taken once per line (here and in shipper.process).
+record_new = tuple.__new__
 
 
 class Parser(Protocol):
@@ -80,7 +76,7 @@ class RawParser:
     malformed = 0
 
     def feed(self, lines: Sequence[bytes]) -> list[Record]:
-        return [_new(Record, (line, None, None, (), None)) for line in lines]
+        return [record_new(Record, (line, None, None, (), None)) for line in lines]
 
     def flush(self) -> list[Record]:
         return []
@@ -219,8 +215,8 @@ class CriParser:
                 if (stream is not None and second is not None and 21 < len(ts_field) <= 30
                         and ts_field[-1] == 0x5A and ts_field[19] == 0x2E and (digits := ts_field[20:-1]).isdigit()
                         and len(message) <= max_bytes and message.isascii()):
-                    append(_new(Record, (message, second * _NS + int(digits) * _SCALE[len(digits)], stream, (),
-                                         None)))
+                    when = second * _NS + int(digits) * _SCALE[len(digits)]
+                    append(record_new(Record, (message, when, stream, (), None)))
                     continue
             if len(fields) == 4:
                 ts_field, stream_field, tag, message = fields
@@ -241,10 +237,10 @@ class CriParser:
             pending = partial.get(stream)
             if tag == b"F" and pending is None:
                 if len(message) <= max_bytes and (message.isascii() or _is_utf8(message)):
-                    append(_new(Record, (message, ts, stream, (), None)))
+                    append(record_new(Record, (message, ts, stream, (), None)))
                 else:
                     for piece in self._oneshot.feed(message) + self._oneshot.flush():
-                        append(_new(Record, (piece, ts, stream, (), None)))
+                        append(record_new(Record, (piece, ts, stream, (), None)))
                     self._count(self._oneshot)
                 continue
             if pending is None:
@@ -258,7 +254,7 @@ class CriParser:
                 del partial[stream]
                 self.joined_lines += 1
             for piece in pieces:
-                append(_new(Record, (piece, first_ts, stream, (), None)))
+                append(record_new(Record, (piece, first_ts, stream, (), None)))
             self._count(splitter)
         return out
 
@@ -266,7 +262,8 @@ class CriParser:
         """Lines whose F never came, one per stream (end of input, rotation)."""
         out: list[Record] = []
         for stream, (splitter, first_ts) in self._partial.items():
-            out += [_new(Record, (piece, first_ts, stream, (), None)) for piece in splitter.flush() or [b""]]
+            out += [record_new(Record, (piece, first_ts, stream, (), None))
+                    for piece in splitter.flush() or [b""]]
             self.joined_lines += 1
             self._count(splitter)
         self._partial.clear()
@@ -277,7 +274,7 @@ class CriParser:
         if not (line.isascii() or _is_utf8(line)):
             line = line.decode("utf-8", "replace").encode("utf-8")
             self.invalid_utf8_lines += 1
-        return _new(Record, (line, None, None, (), None))
+        return record_new(Record, (line, None, None, (), None))
 
     def _count(self, splitter: LineSplitter) -> None:
         self.cut_lines += splitter.split_lines
@@ -387,7 +384,7 @@ class JsonParser:
         metadata: Metadata = ()
         if self._metadata:
             metadata = self._metadata_of(get)
-        return _new(Record, (out, ts, None, metadata, level))
+        return record_new(Record, (out, ts, None, metadata, level))
 
     def _metadata_of(self, get: Callable[[str], object]) -> Metadata:
         values = tuple(map(get, self._keys))
@@ -412,7 +409,7 @@ class JsonParser:
 
     def _raw(self, line: bytes) -> Record:
         self.malformed += 1
-        return _new(Record, (line, None, None, (), None))
+        return record_new(Record, (line, None, None, (), None))
 
 
 # One JSON value at an index -> (value, end); StopIteration or ValueError if none.

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import RawParser, Record, make_parser, new_record
+from shipper.formats import RawParser, Record, make_parser, record_new
 from shipper.multiline import DEFAULT_START, Merger
 
 # One log entry ready for the accumulator: a format's Record, its level filled
@@ -89,8 +89,8 @@ class Processor:
             if not self.detect_level:
                 return records
             detect = levels.detect
-            return [r if r.level is not None else new_record(r.line, r.ts_ns, r.stream, r.metadata, detect(r.line))
-                    for r in records]
+            return [r if r.level is not None else
+                    record_new(Record, (r.line, r.ts_ns, r.stream, r.metadata, detect(r.line))) for r in records]
         # Merging: consecutive records of one stream go to its merger together.
         out: list[Entry] = []
         i = 0
@@ -119,9 +119,9 @@ class Processor:
         # An entry's time is its first line's (read time, or the CRI time).
         # One read in this very call needs no time of its own (None): the
         # accumulator's fast path stamps a whole run at once.
-        new = tuple.__new__  # Record(...) without NamedTuple's slower __new__, once per entry
         if self.detect_level:
             detect = levels.detect
-            return [new(Record, (line, None if ts == wall_ns else ts, stream, (), detect(line)))
+            return [record_new(Record, (line, None if ts == wall_ns else ts, stream, (), detect(line)))
                     for line, ts in zip(merged, stamps)]
-        return [new(Record, (line, None if ts == wall_ns else ts, stream, (), None)) for line, ts in zip(merged, stamps)]
+        return [record_new(Record, (line, None if ts == wall_ns else ts, stream, (), None))
+                for line, ts in zip(merged, stamps)]
