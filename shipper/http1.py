@@ -146,10 +146,10 @@ class ResponseReader:
         encodings: list[bytes] = []
         lengths: list[bytes] = []
         for name, value in headers:
-            if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            if name == b"connection" and b"close" in _tokens(value):
                 keep_alive = False
             elif name == b"transfer-encoding":
-                encodings += [t.strip().lower() for t in value.split(b",")]
+                encodings += _tokens(value)
             elif name == b"content-length":
                 lengths += [t.strip() for t in value.split(b",")]
         self._response = Response(status, headers, b"", keep_alive)
@@ -189,26 +189,19 @@ class ResponseReader:
             n = min(self._remaining, len(buf))
             self._take(n)
             self._remaining -= n
-            if self._remaining:
-                if self._seen >= MAX_DRAIN_BYTES:
-                    return self._finish(keep_alive=False)
-                if eof:
-                    raise ProtocolError("server closed the connection in the middle of the response body")
-                return None
+            done = not self._remaining
         elif self._framing == "close":
             self._take(len(buf))
-            if not eof:
-                if self._seen >= MAX_DRAIN_BYTES:
-                    return self._finish(keep_alive=False)
-                return None
+            done = eof  # the body is what came before the server closed
         else:
             done = self._read_chunks()
-            if not done:
-                if self._seen >= MAX_DRAIN_BYTES:
-                    return self._finish(keep_alive=False)
-                if eof:
-                    raise ProtocolError("server closed the connection in the middle of a chunked body")
-                return None
+        if not done:
+            if self._seen >= MAX_DRAIN_BYTES:
+                return self._finish(keep_alive=False)  # a runaway body: give the connection up
+            if eof:
+                part = "a chunked body" if self._framing == "chunked" else "the response body"
+                raise ProtocolError(f"server closed the connection in the middle of {part}")
+            return None
         # Anything after the answer to our one request is not HTTP we can use.
         return self._finish(keep_alive=response.keep_alive and not buf)
 
@@ -277,6 +270,11 @@ def _parse_head(head: bytes) -> tuple[int, int, list[tuple[bytes, bytes]]]:
     if m is None:
         raise ProtocolError(f"not an HTTP/1.x status line: {status_line[:80]!r}")
     return int(m[2]), int(m[1]), _fields(lines[1:], ProtocolError)
+
+
+def _tokens(value: bytes) -> list[bytes]:
+    """The comma-separated tokens of a header value (Connection, Transfer-Encoding), lower case."""
+    return [t.strip().lower() for t in value.split(b",")]
 
 
 def _fields(lines: list[bytes], error: type[ProtocolError]) -> list[tuple[bytes, bytes]]:
@@ -362,7 +360,7 @@ class RequestReader:
         keep_alive = minor == 1
         has_body = False
         for name, value in headers:
-            if name == b"connection" and b"close" in [t.strip().lower() for t in value.split(b",")]:
+            if name == b"connection" and b"close" in _tokens(value):
                 keep_alive = False
             elif name == b"transfer-encoding":
                 has_body = True
