@@ -133,8 +133,7 @@ class Accumulator:
         return self._open.opened + self.batch_wait if self._open else None
 
     def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
-            mark: tuple[str, Position] | None = None, *, metadata: bytes = b"",
-            times: Sequence[int] | None = None,
+            mark: tuple[str, Position] | None = None, *, times: Sequence[int] | None = None,
             each_metadata: Sequence[bytes] | None = None) -> list[Batch]:
         """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
 
@@ -142,15 +141,14 @@ class Accumulator:
         With a `mark` (a file source's key and the position these lines end
         at) the lines are kept in one batch when they fit in an empty one (the
         open batch is sealed first if needed), so the mark is exact for the
-        batch that gets it. `metadata` (encoded pairs, e.g. the level) is added
-        to the stream's own for these lines; `times` gives each line a time of
-        its own (kept strictly increasing per stream); `each_metadata` gives
-        each line its own extra metadata (e.g. its level).
+        batch that gets it. `times` gives each line a time of its own (kept
+        strictly increasing per stream); `each_metadata` gives each line its
+        own encoded metadata (e.g. its level) after the stream's.
         """
         if not lines:
             return []
         sealed: list[Batch] = []
-        metadata = stream.metadata + metadata if metadata else stream.metadata
+        metadata = stream.metadata
         extra = max(map(len, each_metadata)) if each_metadata else 0  # a bound, as the overhead
         per_line = self._entry_overhead + len(metadata) + extra
         stamps = stream.stamp_each(times) if times is not None else None

@@ -168,9 +168,7 @@ class Pipeline:
             if source.processor is not None:
                 self._add_entries(source, source.processor.flush(time.monotonic(), time.time_ns()),
                                   time.monotonic())
-        batch = self.acc.flush()
-        if batch is not None:
-            self._queue(batch)
+        self._flush_open()
         for source in self.sources:
             source.close()
         self.intake_done = True
@@ -383,6 +381,7 @@ class Pipeline:
         return self._budget() <= 0
 
     def _flush_open(self) -> None:
+        """Seal and queue the open batch, whatever its age."""
         batch = self.acc.flush()
         if batch is not None:
             self._queue(batch)
