@@ -27,6 +27,10 @@ KEEPALIVE_IDLE = 120.0
 # Scrapers and probes are a handful; more connections than this are refused.
 MAX_CONNECTIONS = 16
 TEXT = b"text/plain; charset=utf-8"
+# After refusing a request, what the client still sends is read and dropped for
+# at most this long / this much, so it can read the refusal (lingering close).
+LINGER_SECONDS = 2.0
+LINGER_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -107,6 +111,15 @@ class MetricsServer:
                 writer.write(http1.response_head(e.status, TEXT, len(message), close=True) + message)
                 async with asyncio.timeout(REQUEST_TIMEOUT):
                     await writer.drain()
+                # Lingering close (as nginx does): closing with the rest of a
+                # huge request unread makes the kernel reset the connection,
+                # and the client may lose the answer. Read and discard what it
+                # still sends, bounded in time and size.
+                writer.write_eof()
+                async with asyncio.timeout(LINGER_SECONDS):
+                    discarded = 0
+                    while discarded < LINGER_BYTES and (data := await reader.read(65536)):
+                        discarded += len(data)
             except (TimeoutError, OSError):
                 pass
         except (TimeoutError, OSError):
