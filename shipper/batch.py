@@ -90,6 +90,9 @@ class Batch:
 
     opened: float  # monotonic time of the first line
     parts: dict[Stream, list[bytes]] = field(default_factory=dict)
+    # Per stream: [lines, line bytes, size bound], so each stream can be pushed
+    # on its own (Loki answers a push for its last stream only: FACTS §4).
+    counts: dict[Stream, list[int]] = field(default_factory=dict)
     lines: int = 0
     line_bytes: int = 0  # sum of line lengths (what users call "log bytes")
     size: int = 0  # upper bound of the uncompressed PushRequest size
@@ -187,7 +190,9 @@ class Accumulator:
                 chunk = lines[start:end]
             if stream not in batch.parts:
                 batch.parts[stream] = []
-                batch.size += len(stream.labels.encode()) + _STREAM_OVERHEAD
+                framing = len(stream.labels.encode()) + _STREAM_OVERHEAD
+                batch.counts[stream] = [0, 0, framing]
+                batch.size += framing
             if stamps is None and each_metadata is None:
                 batch.parts[stream].append(encoder.encode_entries(chunk, first_ts + start, metadata))
             else:
@@ -204,6 +209,10 @@ class Accumulator:
             batch.lines += len(chunk)
             batch.line_bytes += line_bytes
             batch.size += cost
+            counts = batch.counts[stream]
+            counts[0] += len(chunk)
+            counts[1] += line_bytes
+            counts[2] += cost
             start = end
             if start < len(lines):
                 sealed.append(self._seal())
