@@ -9,6 +9,12 @@ from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# No timing thresholds in tests: hypothesis's per-example deadline (200 ms)
+# fails property tests on a loaded CI machine (a real Loki runs beside them).
+settings.register_profile("shipper", deadline=None)
+settings.load_profile("shipper")
 
 from tests.loki_receiver import LokiReceiver
 from tests.shipper_process import ShipperProcess
