@@ -62,17 +62,46 @@ Strict handling (what real Loki does, with its default limits)
   no labels (empty values are dropped first, like Loki), more than 15 label
   names (``service_name`` not counted), name > 1024 or value > 2048 UTF-8
   bytes, duplicate names, names starting with ``__`` (see below).
-* Per entry (the entry is refused, others are still written): older than
+* Distributor, per entry (the entry is refused, others go on): older than
   7 days, more than 10 minutes in the future, line > 256 KiB of UTF-8,
   structured metadata with an invalid name, > 64 KiB (names + values) or
-  > 128 pairs; older than the stream's newest entry minus 1 hour
-  ("entry too far behind", Loki's unordered-writes window).
-* An entry whose (timestamp, line) is already stored in its stream is dropped
-  silently and counted in ``dedup_dropped``. Loki's head block compares only
-  timestamp and line, not structured metadata, so neither does this.
-* 204 when everything was stored; 400 with a text message (one line per
-  problem, at most 10, then a count) when anything was refused, with all valid
-  streams and entries still stored.
+  > 128 pairs. All of them are answered together, grouped as Loki 3.4's
+  ``util.GroupedErrors`` (``N errors like: <msg>; M errors like: <msg>``; a
+  single error alone; here in order of first occurrence, Go's map order is
+  random) with 400, but only if the ingester then accepts the push; 2.7 keeps
+  only the last one. Messages are Loki's (timestamps RFC 3339 in whole
+  seconds, streams as Go prints the parsed label set).
+* Distributor, the tenant's ingestion rate limit (``Limits.ingestion_rate``,
+  off by default): a token bucket over the push's validated bytes; over it,
+  429 ``Ingestion rate limit exceeded for user ...`` and nothing stored.
+* Ingester, per stream (``stream.Push``): an entry equal (timestamp, line) to
+  the stream's last line is skipped; the per-stream rate limit
+  (``Limits.per_stream_rate_limit``, off by default) refuses the stream's
+  entries of the push together (``rate_limit_whole_stream``, 3.4's default
+  with shard_streams) or entry by entry (2.7); an entry older than the
+  stream's highest timestamp minus max_chunk_age / 2 is "too far behind".
+  The stream's answer is ``entry with timestamp <Go time> ignored, reason:
+  '<why>',`` for the first 10 refused, then ``user '<tenant>', total ignored:
+  N out of M for stream: <labels>``: 429 when the last refused entry was
+  rate limited, else 400. **The push answers with its last stream's result
+  only** (``instance.Push`` overwrites it per stream): refused entries of an
+  earlier stream are gone and the answer is 204 if the last one was stored.
+* Dedup: an entry whose (timestamp, line) is in its stream's head block (the
+  newest unflushed block, cut once it holds ``chunk_block_size``, 256 KiB, of
+  lines plus 8 bytes per structured metadata pair) is dropped silently and
+  counted in ``dedup_dropped``; metadata is not compared. Once the block is
+  cut, the same entry is stored again (a duplicate), as in Loki.
+* ``service_name`` (``Limits.discover_service_name``, empty by default, so
+  stored labels are those sent; ``Limits.loki3()`` has Loki 3's list): added
+  to a stream without one before its labels are validated, from the first
+  listed label with a value, else ``unknown_service``.
+* 204 when everything was stored; 422 for a push without streams (3.4).
+* ``Limits.loki27()`` answers as 2.7.7: its wording, only the last validation
+  error, line bytes only in the sizes, structured metadata dropped, per-entry
+  rate limiting.
+
+Rate limiters read ``LokiReceiver(clock=...)`` (default ``time.monotonic``),
+so a test can step time; the validation's "now" is the wall clock.
 
 Stricter than Loki (a correct shipper never notices): label values must be
 double-quoted (PromQL also takes single quotes and backticks), no trailing
@@ -80,8 +109,9 @@ comma or metric name before ``{``, label values must be valid UTF-8 after
 unescaping, structured metadata names are refused instead of normalised,
 label names starting with ``__`` (reserved in Prometheus) are refused although
 Loki's push path lets them through.
-Not modelled: rate limits, stream limits, ``service_name`` discovery (stored
-labels are exactly the ones sent, minus empty values).
+Not modelled: stream limits, chunk cuts other than the head block's (a chunk
+full at 1.5 MB compressed, idle or aged chunks flushed), ``detected_level``
+in the stored metadata (only its size in the block), stream sharding.
 
 Stored data: streams are keyed by their canonical label set, a sorted tuple of
 ``(name, value)``; entries keep arrival order; an entry's structured metadata
@@ -139,12 +169,7 @@ _SECOND_NS = 1_000_000_000
 # Range of Go's time.Time that gogo's StdTimeUnmarshal accepts (0001-01-01 .. 9999-12-31).
 _MIN_TS_SECONDS = -62135596800
 _MAX_TS_SECONDS = 253402300799
-# How many problems a 400 body lists before summarising (a batch of 10k stale
-# entries must not make a 10k-line answer).
-_MAX_ERRORS_LISTED = 10
 _FRAMED_SNAPPY_MAGIC = b"\xff\x06\x00\x00sNaPpY"
-# Returned (and compared by identity) by the ingester check for a silently dropped duplicate.
-_DUPLICATE: Final = "duplicate of a stored (timestamp, line)"
 
 
 # ---------------------------------------------------------------------------
@@ -357,14 +382,33 @@ class Entry:
     metadata: Metadata = ()
 
 
+# Loki 3.4.6's default discover_service_name (pkg/validation/limits.go): the first of these labels
+# with a value becomes service_name, else "unknown_service".
+LOKI3_SERVICE_NAME_LABELS: Final = (
+    "service", "app", "application", "app_name", "name", "app_kubernetes_io_name", "container",
+    "container_name", "k8s_container_name", "component", "workload", "job", "k8s_job_name")
+UNKNOWN_SERVICE: Final = "unknown_service"
+LokiVersion = Literal["3.4", "2.7"]
+
+
 @dataclass(frozen=True)
 class Limits:
-    """Loki's default limits (pkg/validation/limits.go, ingester max_chunk_age)."""
+    """Loki's limits (pkg/validation/limits.go, the ingester's config), Loki's defaults unless noted.
+
+    Sizes are bytes (of UTF-8, like Go's len()), rates bytes per second,
+    times nanoseconds. Three defaults differ from Loki's so that a receiver
+    built with ``Limits()`` stores exactly what was sent and never throttles:
+    the rate limits are off (``None``; Loki: 4 MB/s burst 6 MB per tenant,
+    3 MB/s burst 15 MB per stream), ``discover_service_name`` is empty (as
+    Loki with ``discover_service_name: []``; pass ``LOKI3_SERVICE_NAME_LABELS``
+    for Loki 3's default) and ``discover_log_levels`` is off.
+    """
 
     max_line_size: int = 256 * 1024  # bytes of UTF-8
     max_label_names_per_series: int = 15
     max_label_name_length: int = 1024
     max_label_value_length: int = 2048  # bytes of UTF-8, like Go's len()
+    reject_old_samples: bool = True
     reject_old_samples_max_age_ns: int = 7 * 24 * 3600 * _SECOND_NS
     creation_grace_period_ns: int = 10 * 60 * _SECOND_NS
     # Unordered writes accept entries down to newest-in-stream minus max_chunk_age / 2.
@@ -372,6 +416,59 @@ class Limits:
     max_structured_metadata_size: int = 64 * 1024  # sum of len(name) + len(value), bytes
     max_structured_metadata_entries: int = 128
     max_recv_msg_size: int = 100 * 1024 * 1024  # compressed body and decompressed protobuf
+    # Distributor: the tenant's token bucket over the validated entries of a push (line + metadata bytes).
+    ingestion_rate: float | None = None  # ingestion_rate_mb * 2**20
+    ingestion_burst: int = 6 * 1024 * 1024  # ingestion_burst_size_mb * 2**20
+    # Ingester: each stream's token bucket (per_stream_rate_limit, per_stream_rate_limit_burst).
+    per_stream_rate_limit: float | None = None
+    per_stream_rate_limit_burst: int = 15 * 1024 * 1024
+    # shard_streams.enabled (3.4's default True, 2.7's False): a stream over its rate limit is
+    # refused whole for that push; False: entry by entry, the first ones that fit are stored.
+    rate_limit_whole_stream: bool = True
+    # The head block that dedups (timestamp, line) is cut once its uncompressed size reaches this.
+    chunk_block_size: int = 256 * 1024
+    max_returned_stream_errors: int = 10  # entries an ingester refusal lists (0: all)
+    discover_service_name: tuple[str, ...] = ()
+    # Loki 3 adds a detected_level structured metadata pair to each entry: it counts in the head
+    # block's size (8 bytes a pair), so it moves the block cut. The pair is not stored here.
+    discover_log_levels: bool = False
+    # Whose answers: "3.4" (grouped validation errors, messages of 3.4.6) or "2.7" (2.7.7: the last
+    # validation error only, its wording, sizes of lines only, no structured metadata limits).
+    version: LokiVersion = "3.4"
+
+    @classmethod
+    def loki3(cls, **changes: Any) -> Limits:
+        """Loki 3.4.6 as configured by default: service_name and detected_level discovery on."""
+        return cls(**{"discover_service_name": LOKI3_SERVICE_NAME_LABELS, "discover_log_levels": True,
+                      **changes})
+
+    @classmethod
+    def loki27(cls, **changes: Any) -> Limits:
+        """Loki 2.7.7 as configured by default: per-entry rate limiting, its messages."""
+        return cls(**{"version": "2.7", "rate_limit_whole_stream": False, **changes})
+
+
+class TokenBucket:
+    """golang.org/x/time/rate's Limiter as Loki uses it (AllowN only): starts full, refills at
+    `rate` per second up to `burst`; a refused AllowN takes nothing; n > burst never passes."""
+
+    __slots__ = ("rate", "burst", "tokens", "last", "clock")
+
+    def __init__(self, rate: float, burst: int, clock: Callable[[], float] = time.monotonic) -> None:
+        self.rate = rate
+        self.burst = burst
+        self.tokens = float(burst)
+        self.clock = clock
+        self.last = clock()
+
+    def allow(self, n: int) -> bool:
+        now = self.clock()
+        last = min(self.last, now)
+        tokens = min(float(self.burst), self.tokens + (now - last) * self.rate)
+        if n > self.burst or tokens < n:
+            return False
+        self.tokens, self.last = tokens - n, now
+        return True
 
 
 ActionKind = Literal["ok", "status", "reset", "reset_mid_body", "delay", "hang"]
@@ -444,18 +541,21 @@ class RequestRecord:
 
 
 class _Stream:
-    """Stored state of one stream, with what Loki's ingester keeps to dedup and order-check."""
+    """One stream as Loki's ingester keeps it: stored entries, the last line, the highest
+    timestamp, the head block's (timestamp, line) pairs and size, and the stream's rate limiter."""
 
-    __slots__ = ("labels", "entries", "count", "seen", "newest_ns", "last")
+    __slots__ = ("labels", "entries", "count", "head", "head_size", "newest_ns", "last", "limiter")
 
     def __init__(self, key: StreamKey, keep_entries: bool) -> None:
         self.labels = dict(key)
         self.entries: list[Entry] | None = [] if keep_entries else None
         self.count = 0
-        # (ts, line) pairs already stored; only their hash when lines are not kept.
-        self.seen: set[object] = set()
+        # (ts, line) pairs in the head block; only their hash when lines are not kept.
+        self.head: set[object] = set()
+        self.head_size = 0
         self.newest_ns: int | None = None
         self.last: tuple[int, str] | None = None
+        self.limiter: TokenBucket | None = None
 
     def matches(self, label_filter: Mapping[str, str]) -> bool:
         return all(self.labels.get(k) == v for k, v in label_filter.items())
@@ -465,21 +565,15 @@ class _Stream:
         return (ts_ns, line) if self.entries is not None else hash((ts_ns, line))
 
 
-class _Refusals:
-    """Problems found in one request: counted, the first few kept for the 400 body."""
+class _Failed:
+    """An entry the ingester refused: its timestamp, the reason, and whether it is a rate limit."""
 
-    def __init__(self) -> None:
-        self.messages: list[str] = []
-        self.count = 0
+    __slots__ = ("ts_ns", "reason", "rate_limited")
 
-    def add(self, message: str) -> None:
-        self.count += 1
-        if len(self.messages) < _MAX_ERRORS_LISTED:
-            self.messages.append(message)
-
-    def text(self) -> str:
-        extra = self.count - len(self.messages)
-        return "\n".join(self.messages + ([f"... and {extra} more"] if extra else []))
+    def __init__(self, ts_ns: int, reason: str, rate_limited: bool) -> None:
+        self.ts_ns = ts_ns
+        self.reason = reason
+        self.rate_limited = rate_limited
 
 
 class _Rejected(Exception):
@@ -501,7 +595,8 @@ class LokiReceiver:
     def __init__(self, *, require_tenant: bool = False, script: Iterable[Action] = (),
                  limits: Limits | None = None, keep_entries: bool = True, port: int = 0,
                  record_arrivals: str | os.PathLike[str] | None = None,
-                 ssl_context: ssl.SSLContext | None = None, keepalive_timeout: float = 75.0) -> None:
+                 ssl_context: ssl.SSLContext | None = None, keepalive_timeout: float = 75.0,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         # ssl_context: serve https (url starts with https://); CERT_REQUIRED on it asks for client certs.
         # keepalive_timeout: an idle kept-alive connection is closed after this (aiohttp's and
         # nginx's default, 75 s), as a Loki gateway does.
@@ -514,7 +609,11 @@ class LokiReceiver:
         self.dedup_dropped = 0
         self.refused_entries = 0
         self._script: collections.deque[Action] = collections.deque(script)
-        self._streams: dict[StreamKey, _Stream] = {}
+        self._streams: dict[StreamKey, _Stream] = {}  # the streams with an entry stored
+        self._states: dict[StreamKey, _Stream] = {}  # every stream the ingester has seen
+        self._tenant_buckets: dict[str, TokenBucket] = {}
+        # clock: seconds, for the rate limiters' token buckets (a test may step it by hand).
+        self._clock = clock
         self._total = 0
         # Replaced on every change: waiters grab the current one, re-check, and
         # wait; a notifier sets it. Synchronous to signal, no lost wake-ups.
@@ -719,23 +818,81 @@ class LokiReceiver:
         return self._handle_strictly(record, body)
 
     def _handle_strictly(self, record: RequestRecord, body: bytes) -> web.Response:
+        """The distributor (validation, the tenant's rate limit), then the ingester (per stream)."""
         try:
             self._check_content_type(record)
             push = self._decode(record, body)
             streams = self._parse_all_labels(push)
         except _Rejected as rejected:
             return self._answer(record, rejected.status, rejected.message)
+        lim = self.limits
+        v3 = lim.version == "3.4"
+        if v3 and not push.streams:
+            return self._answer(record, 422, "error at least one valid stream is required for ingestion")
         received_ns = time.time_ns()
-        refusals = _Refusals()
-        stored: list[Entry] = []
+        tenant = record.tenant or "fake"  # Loki's tenant without auth
+        errors: list[str] = []
+        accepted: list[tuple[StreamKey, str, list[tuple[int, Any]]]] = []
+        validated_bytes = validated_count = 0
         for stream, pairs in zip(push.streams, streams):
-            self._ingest_stream(record, stream, pairs, received_ns, refusals, stored)
+            if not stream.entries:
+                continue  # Loki skips empty streams before validating their labels
+            raw = stream.labels
+            pairs = _without_empty_values(pairs)
+            if v3 and lim.discover_service_name and all(n != "service_name" for n, _ in pairs):
+                # push.ParseLokiRequest, before validation: the labels string becomes the parsed set's.
+                service = next((v for wanted in lim.discover_service_name for n, v in pairs if n == wanted),
+                               UNKNOWN_SERVICE)
+                pairs = [*pairs, ("service_name", service)]
+                raw = go_labels_string(pairs)
+            problem = self._stream_problem(raw, pairs)
+            if problem is not None:
+                errors.append(problem)
+                record.refused += len(stream.entries)
+                continue
+            key: StreamKey = tuple(sorted(pairs))
+            name = go_labels_string(key)
+            valid: list[tuple[int, Any]] = []
+            for entry in stream.entries:
+                ts_ns = entry.timestamp.seconds * _SECOND_NS + entry.timestamp.nanos
+                problem = self._entry_problem(name, ts_ns, entry, received_ns)
+                if problem is not None:
+                    errors.append(problem)
+                    record.refused += 1
+                    continue
+                valid.append((ts_ns, entry))
+                validated_bytes += self._entry_size(entry)
+                validated_count += 1
+            if valid or not v3:  # 2.7 sends a stream left empty on to the ingester (which accepts it)
+                accepted.append((key, name, valid))
+        validation_error = (_grouped_errors(errors) if v3 else errors[-1]) if errors else ""
+        if not accepted:
+            return self._answer(record, 400, validation_error) if errors else self._answer(record, 204, "")
+        if lim.ingestion_rate is not None:
+            bucket = self._tenant_buckets.get(tenant)
+            if bucket is None:
+                bucket = self._tenant_buckets[tenant] = TokenBucket(lim.ingestion_rate, lim.ingestion_burst,
+                                                                    self._clock)
+            if not bucket.allow(validated_bytes):
+                record.refused += validated_count
+                self.refused_entries += record.refused
+                return self._answer(record, 429, (
+                    f"Ingestion rate limit exceeded for user {tenant} (limit: {int(lim.ingestion_rate)} bytes/sec) "
+                    f"while attempting to ingest '{validated_count}' lines totaling '{validated_bytes}' bytes, "
+                    "reduce log volume or contact your Loki administrator to see if the limit can be increased"))
+        stored: list[Entry] = []
+        append_error: tuple[int, str] | None = None
+        for key, name, valid in accepted:
+            # instance.Push: each stream's result replaces the previous one; the push answers the last.
+            append_error = self._push_stream(record, key, name, valid, tenant, stored)
         self.refused_entries += record.refused
         if stored:
             self._record_arrivals(received_ns, stored)
             self._notify()
-        if refusals.count:
-            return self._answer(record, 400, refusals.text())
+        if append_error is not None:
+            return self._answer(record, *append_error)
+        if errors:
+            return self._answer(record, 400, validation_error)
         return self._answer(record, 204, "")
 
     def _check_before_body(self, record: RequestRecord) -> None:
@@ -823,91 +980,152 @@ class LokiReceiver:
             names.add(name)
         return None
 
-    def _entry_problem(self, raw: str, ts_ns: int, entry: Any, received_ns: int) -> str | None:
-        """Loki's distributor checks for one entry, in its order."""
+    def _entry_size(self, entry: Any) -> int:
+        """util.EntryTotalSize: line plus structured metadata bytes (detected_level not counted); 2.7: the line."""
+        size = _utf8_len(entry.line)
+        if self.limits.version == "3.4":
+            for pair in entry.structuredMetadata:
+                if pair.name != "detected_level":
+                    size += _utf8_len(pair.name) + _utf8_len(pair.value)
+        return size
+
+    def _entry_problem(self, name: str, ts_ns: int, entry: Any, received_ns: int) -> str | None:
+        """The distributor's checks of one entry (Validator.ValidateEntry), in its order; `name` is
+        the stream's parsed label set as Go prints it."""
         lim = self.limits
-        if ts_ns < received_ns - lim.reject_old_samples_max_age_ns:
-            return (f"entry for stream '{raw}' has timestamp too old: {_format_ns(ts_ns)}, oldest acceptable "
-                    f"timestamp is: {_format_ns(received_ns - lim.reject_old_samples_max_age_ns)}")
+        if lim.reject_old_samples and ts_ns < received_ns - lim.reject_old_samples_max_age_ns:
+            return (f"entry for stream '{name}' has timestamp too old: {_go_rfc3339(ts_ns)}, oldest acceptable "
+                    f"timestamp is: {_go_rfc3339(received_ns - lim.reject_old_samples_max_age_ns)}")
         if ts_ns > received_ns + lim.creation_grace_period_ns:
-            return f"entry for stream '{raw}' has timestamp too new: {_format_ns(ts_ns)}"
+            return f"entry for stream '{name}' has timestamp too new: {_go_rfc3339(ts_ns)}"
         line = entry.line
         # A str of n code points has at most 4n UTF-8 bytes: encode only when it may matter.
-        if len(line) * 4 > lim.max_line_size and (size := len(line.encode())) > lim.max_line_size:
-            return (f"max entry size '{lim.max_line_size}' bytes exceeded for stream '{raw}' "
+        if (lim.max_line_size and len(line) * 4 > lim.max_line_size
+                and (size := _utf8_len(line)) > lim.max_line_size):
+            return (f"Max entry size '{lim.max_line_size}' bytes exceeded for stream '{name}' "
                     f"while adding an entry with length '{size}' bytes")
         metadata = entry.structuredMetadata
-        if metadata:
+        if metadata and lim.version == "3.4":  # 2.7 has no structured metadata (drops the field)
             for pair in metadata:
-                if not is_label_name(pair.name):
-                    return f"stream '{raw}' has structured metadata with invalid name: '{pair.name}'"
-            size = sum(len(p.name.encode()) + len(p.value.encode()) for p in metadata)
-            if size > lim.max_structured_metadata_size:
-                return (f"stream '{raw}' has structured metadata too large: '{size}' bytes, "
-                        f"limit: '{lim.max_structured_metadata_size}' bytes")
-            if len(metadata) > lim.max_structured_metadata_entries:
-                return (f"stream '{raw}' has too many structured metadata labels: '{len(metadata)}', "
-                        f"limit: '{lim.max_structured_metadata_entries}'")
+                if not is_label_name(pair.name):  # stricter than Loki, which normalises the name
+                    return f"stream '{name}' has structured metadata with invalid name: '{pair.name}'"
+            size = sum(_utf8_len(p.name) + _utf8_len(p.value) for p in metadata if p.name != "detected_level")
+            if lim.max_structured_metadata_size and size > lim.max_structured_metadata_size:
+                return (f"stream '{name}' has structured metadata too large: '{size}' bytes, "
+                        f"limit: '{lim.max_structured_metadata_size}' bytes. Please see "
+                        "`limits_config.max_structured_metadata_size` or contact your Loki administrator "
+                        "to increase it.")
+            if lim.max_structured_metadata_entries and len(metadata) > lim.max_structured_metadata_entries:
+                return (f"stream '{name}' has too many structured metadata labels: '{len(metadata)}', "
+                        f"limit: '{lim.max_structured_metadata_entries}'. Please see "
+                        "`limits_config.max_structured_metadata_entries_count` or contact your Loki "
+                        "administrator to increase it.")
         return None
 
-    def _ingest_stream(self, record: RequestRecord, stream: Any, pairs: list[tuple[str, str]],
-                       received_ns: int, refusals: _Refusals, stored: list[Entry]) -> None:
-        if not stream.entries:
-            return  # Loki skips empty streams before validating their labels
-        raw = stream.labels
-        # Loki drops empty-valued labels (absent and empty are the same in Prometheus).
-        pairs = [(n, v) for n, v in pairs if v]
-        problem = self._stream_problem(raw, pairs)
-        if problem is not None:
-            refusals.add(problem)
-            record.refused += len(stream.entries)
-            return
-        key: StreamKey = tuple(sorted(pairs))
-        # A stream is listed only once it has an entry, as in Loki.
-        state = self._streams.get(key) or _Stream(key, self.keep_entries)
-        for entry in stream.entries:
-            ts_ns = entry.timestamp.seconds * _SECOND_NS + entry.timestamp.nanos
-            line: str = entry.line
-            problem = self._entry_problem(raw, ts_ns, entry, received_ns)
-            if problem is None:
-                problem = self._ingester_problem(state, ts_ns, line, raw)
-            if problem is _DUPLICATE:
-                self.dedup_dropped += 1
-                record.deduplicated += 1
+    def _push_stream(self, record: RequestRecord, key: StreamKey, name: str, entries: list[tuple[int, Any]],
+                     tenant: str, stored: list[Entry]) -> tuple[int, str] | None:
+        """The ingester's stream.Push: validateEntries, then the head block; the stream's answer or None."""
+        lim = self.limits
+        v3 = lim.version == "3.4"
+        state = self._states.get(key)
+        if state is None:
+            state = self._states[key] = _Stream(key, self.keep_entries)
+        limiter = state.limiter
+        if limiter is None and lim.per_stream_rate_limit is not None:
+            limiter = state.limiter = TokenBucket(lim.per_stream_rate_limit, lim.per_stream_rate_limit_burst,
+                                                  self._clock)
+        whole = lim.rate_limit_whole_stream
+        window = lim.max_chunk_age_ns // 2
+        failed: list[_Failed] = []
+        to_store: list[tuple[int, Any, int]] = []
+        last, highest = state.last, state.newest_ns
+        valid_bytes = total_bytes = skipped = 0
+        for ts_ns, entry in entries:
+            line = entry.line
+            if (ts_ns, line) == last:  # the stream's last line again: skipped silently
+                skipped += 1
                 continue
-            if problem is not None:
-                refusals.add(problem)
-                record.refused += 1
+            size = self._entry_size(entry)
+            total_bytes += size
+            if not whole and limiter is not None and not limiter.allow(size):
+                failed.append(_Failed(ts_ns, self._rate_limit_reason(name, size), True))
                 continue
-            if state.count == 0:
-                self._streams[key] = state
-            state.seen.add(state.fingerprint(ts_ns, line))
+            if highest is not None and ts_ns < highest - window:
+                cutoff = highest - window
+                reason = (f"entry too far behind, entry timestamp is: {_go_rfc3339(ts_ns)}, oldest acceptable "
+                          f"timestamp is: {_go_rfc3339(cutoff)}" if v3 else
+                          f"entry too far behind, oldest acceptable timestamp is: {_go_rfc3339(cutoff)}")
+                failed.append(_Failed(ts_ns, reason, False))
+                continue
+            valid_bytes += size
+            last = (ts_ns, line)
+            if highest is None or ts_ns > highest:
+                highest = ts_ns
+            to_store.append((ts_ns, entry, size))
+        self.dedup_dropped += skipped
+        record.deduplicated += skipped
+        if whole and limiter is not None and not limiter.allow(valid_bytes if v3 else total_bytes):
+            # All or nothing: 3.4 lists the entries it would have stored, 2.7 every entry of the stream.
+            if v3:
+                failed = [_Failed(ts, self._rate_limit_reason(name, size), True) for ts, _, size in to_store]
+            else:
+                failed = [_Failed(ts, self._rate_limit_reason(name, _utf8_len(e.line)), True) for ts, e in entries]
+            record.refused += len(entries) - skipped
+            return self._error_for_failed(failed, len(entries), name, tenant)
+        record.refused += len(failed)
+        pairs_extra = 1 if lim.discover_log_levels else 0
+        for ts_ns, entry, _ in to_store:
+            line = entry.line
             state.last = (ts_ns, line)
             if state.newest_ns is None or ts_ns > state.newest_ns:
                 state.newest_ns = ts_ns
-            # Sorted: structured metadata is a label set to Loki, wire order means nothing.
-            stored_entry = Entry(ts_ns, line, tuple(sorted((p.name, p.value) for p in entry.structuredMetadata)))
+            fingerprint = state.fingerprint(ts_ns, line)
+            if fingerprint in state.head:  # the head block keeps one (timestamp, line); metadata not compared
+                self.dedup_dropped += 1
+                record.deduplicated += 1
+                continue
+            state.head.add(fingerprint)
+            state.head_size += _utf8_len(line)
+            if v3:  # 4 bytes per name and per value (symbol references)
+                state.head_size += (len(entry.structuredMetadata) + pairs_extra) * 8
+            if state.head_size >= lim.chunk_block_size:  # MemChunk.Append cuts the block
+                state.head.clear()
+                state.head_size = 0
+            metadata = tuple(sorted((p.name, p.value) for p in entry.structuredMetadata)) if v3 else ()
+            stored_entry = Entry(ts_ns, line, metadata)
+            if state.count == 0:
+                self._streams[key] = state  # a stream is listed only once it has an entry, as in Loki
             if state.entries is not None:
                 state.entries.append(stored_entry)
             state.count += 1
             self._total += 1
             record.stored += 1
             stored.append(stored_entry)
+        return self._error_for_failed(failed, len(entries), name, tenant)
 
-    def _ingester_problem(self, state: _Stream, ts_ns: int, line: str, raw: str) -> str | None:
-        """Loki's ingester checks, in its order: _DUPLICATE (silent drop), a refusal message, or None."""
-        if (ts_ns, line) == state.last:
-            return _DUPLICATE
-        # Unordered writes: nothing older than the stream's newest entry minus max_chunk_age / 2.
-        cutoff = None if state.newest_ns is None else state.newest_ns - self.limits.max_chunk_age_ns // 2
-        if cutoff is not None and ts_ns < cutoff:
-            return (f"entry with timestamp {_format_ns(ts_ns)} ignored, reason: 'entry too far behind, "
-                    f"entry timestamp is: {_format_ns(ts_ns)}, oldest acceptable timestamp is: "
-                    f"{_format_ns(cutoff)}' for stream: {raw}")
-        # The head block keeps one copy of each (timestamp, line); metadata is not compared.
-        if state.fingerprint(ts_ns, line) in state.seen:
-            return _DUPLICATE
-        return None
+    def _rate_limit_reason(self, name: str, size: int) -> str:
+        assert self.limits.per_stream_rate_limit is not None
+        return (f"Per stream rate limit exceeded (limit: {_go_byte_size(int(self.limits.per_stream_rate_limit))}/sec) "
+                f"while attempting to ingest for stream '{name}' totaling {_go_byte_size(size)}, consider "
+                "splitting a stream via additional labels or contact your Loki administrator to see if the "
+                "limit can be increased")
+
+    def _error_for_failed(self, failed: list[_Failed], total: int, name: str, tenant: str) -> tuple[int, str] | None:
+        """errorForFailedEntries: 429 if the last refusal is a rate limit, else 400 (too far behind)."""
+        if not failed:
+            return None
+        status = 429 if failed[-1].rate_limited else 400
+        most = self.limits.max_returned_stream_errors
+        listed = failed[:most] if most > 0 else failed
+        if self.limits.version == "3.4":
+            text = "".join(f"entry with timestamp {_go_time_string(f.ts_ns)} ignored, reason: '{f.reason}',\n"
+                           for f in listed)
+            text += f"user '{tenant}', total ignored: {len(failed)} out of {total} for stream: {name}"
+        else:
+            text = "".join(f"entry with timestamp {_go_time_string(f.ts_ns)} ignored, reason: '{f.reason}' "
+                           f"for stream: {name},\n" for f in listed)
+            text += f"total ignored: {len(failed)} out of {total}"
+        return status, text
 
     def _record_arrivals(self, received_ns: int, stored: list[Entry]) -> None:
         if self._record is None:
@@ -946,13 +1164,83 @@ class LokiReceiver:
         return web.Response(status=500)
 
 
-def _format_ns(ts_ns: int) -> str:
-    """RFC 3339 UTC with nanoseconds, like the timestamps in Loki's messages."""
-    seconds, nanos = divmod(ts_ns, _SECOND_NS)
+def _utf8_len(text: str) -> int:
+    """len() of the UTF-8 encoding, as Go's len() of a string (ASCII without encoding)."""
+    return len(text) if text.isascii() else len(text.encode())
+
+
+def _without_empty_values(pairs: list[tuple[str, str]]) -> list[tuple[str, str]]:
+    """labels.NewBuilder(ls).Labels(): a name with an empty value is deleted (every pair of that name)."""
+    empty = {n for n, v in pairs if not v}
+    return [(n, v) for n, v in pairs if n not in empty] if empty else pairs
+
+
+def go_quote(value: str) -> str:
+    """Go's strconv.Quote."""
+    out = ['"']
+    for char in value:
+        if char in '"\\':
+            out.append("\\" + char)
+        elif char.isprintable():
+            out.append(char)
+        elif char in _GO_NAMED_ESCAPES:
+            out.append(_GO_NAMED_ESCAPES[char])
+        elif ord(char) < 0x20 or char == "\x7f":
+            out.append(f"\\x{ord(char):02x}")
+        elif ord(char) < 0x10000:
+            out.append(f"\\u{ord(char):04x}")
+        else:
+            out.append(f"\\U{ord(char):08x}")
+    out.append('"')
+    return "".join(out)
+
+
+_GO_NAMED_ESCAPES: Final = {"\a": "\\a", "\b": "\\b", "\f": "\\f", "\n": "\\n", "\r": "\\r",
+                            "\t": "\\t", "\v": "\\v"}
+
+
+def go_labels_string(pairs: Iterable[tuple[str, str]]) -> str:
+    """Prometheus' labels.Labels.String() of the set: sorted, ``{a="x", b="y"}``, values Go-quoted."""
+    return "{" + ", ".join(f"{n}={go_quote(v)}" for n, v in sorted(pairs)) + "}"
+
+
+def _go_rfc3339(ts_ns: int) -> str:
+    """Go's t.Format(time.RFC3339) in UTC: whole seconds."""
+    seconds = ts_ns // _SECOND_NS
     try:
-        return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{nanos:09d}Z"
+        return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(seconds))
     except (OverflowError, OSError, ValueError):
         return f"{ts_ns}ns"
+
+
+def _go_time_string(ts_ns: int) -> str:
+    """Go's t.String() in UTC: "2006-01-02 15:04:05.999999999 +0000 UTC" (trailing zeros dropped)."""
+    seconds, nanos = divmod(ts_ns, _SECOND_NS)
+    try:
+        text = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds))
+    except (OverflowError, OSError, ValueError):
+        return f"{ts_ns}ns"
+    fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+    return f"{text}{fraction} +0000 UTC"
+
+
+def _go_byte_size(size: int) -> str:
+    """flagext.ByteSize.String() (c2h5oh/datasize): the largest unit of 1024 dividing it exactly."""
+    if size == 0:
+        return "0B"
+    for unit, factor in (("EB", 1 << 60), ("PB", 1 << 50), ("TB", 1 << 40), ("GB", 1 << 30),
+                         ("MB", 1 << 20), ("KB", 1 << 10)):
+        if size % factor == 0:
+            return f"{size // factor}{unit}"
+    return f"{size}B"
+
+
+def _grouped_errors(messages: list[str]) -> str:
+    """util.GroupedErrors.Error(): "N errors like: <msg>" per distinct message, joined by "; "
+    (no count when there is one message once). Go iterates a map (random order); here first seen first."""
+    counts = collections.Counter(messages)
+    prefix = len(counts) > 1
+    return "; ".join(f"{n} errors like: {m}" if prefix or n > 1 else m for m, n in counts.items())
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ import os
 import signal
 import sys
 import time
+from dataclasses import replace
 from collections.abc import AsyncIterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -30,10 +31,14 @@ from tests.loki_receiver import (
     Action,
     Entry,
     LabelsSyntaxError,
+    Limits,
     LokiReceiver,
+    TokenBucket,
+    go_labels_string,
     load_push_pb2,
     parse_labels,
 )
+from tests.loki_receiver import go_quote as strconv_quote
 
 PROTOBUF = {"Content-Type": "application/x-protobuf"}
 MINUTE = 60 * 10**9
@@ -79,6 +84,18 @@ async def post(session: aiohttp.ClientSession, rx: LokiReceiver, data: bytes | i
 
 def now() -> int:
     return time.time_ns()
+
+
+def rfc3339(ts_ns: int) -> str:
+    """Go's time.RFC3339 in UTC (whole seconds), as in Loki's messages."""
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts_ns // 10**9))
+
+
+def go_time(ts_ns: int) -> str:
+    """Go's time.Time.String() in UTC."""
+    seconds, nanos = divmod(ts_ns, 10**9)
+    fraction = f".{nanos:09d}".rstrip("0") if nanos else ""
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(seconds)) + fraction + " +0000 UTC"
 
 
 @pytest.fixture
@@ -350,7 +367,7 @@ async def test_line_size_limit_counts_utf8_bytes(receiver: LokiReceiver, session
     status, text = await post(session, receiver, body(
         ('{a="1"}', [Entry(t, fits), Entry(t + 1, too_long), Entry(t + 2, multibyte), Entry(t + 3, "small")])))
     assert status == 400
-    assert "max entry size '262144' bytes exceeded" in text
+    assert "Max entry size '262144' bytes exceeded" in text  # Loki's capital M
     assert "length '262145' bytes" in text and "length '262146' bytes" in text
     assert receiver.lines() == [fits, "small"]
 
@@ -372,11 +389,20 @@ async def test_entry_too_far_behind_the_newest_in_its_stream(
     t = now()
     assert (await post(session, receiver, body(('{a="1"}', [Entry(t, "newest")]))))[0] == 204
     status, text = await post(session, receiver, body(
-        ('{a="1"}', [Entry(t - 61 * MINUTE, "behind"), Entry(t - 59 * MINUTE, "within the hour")]),
+        ('{a="1"}', [Entry(t - 61 * MINUTE, "behind"), Entry(t - 59 * MINUTE, "within the hour")])))
+    assert status == 400
+    assert text == (f"entry with timestamp {go_time(t - 61 * MINUTE)} ignored, reason: 'entry too far behind, "
+                    f"entry timestamp is: {rfc3339(t - 61 * MINUTE)}, oldest acceptable timestamp is: "
+                    f"{rfc3339(t - HOUR)}',\nuser 'fake', total ignored: 1 out of 2 for stream: {{a=\"1\"}}\n")
+    assert receiver.lines(a="1") == ["within the hour", "newest"]
+    # The push answers for its last stream only (Loki's instance.Push): stored, so 204.
+    status, text = await post(session, receiver, body(
+        ('{a="1"}', [Entry(t - 62 * MINUTE, "behind again")]),
         ('{a="2"}', [Entry(t - 61 * MINUTE, "other stream")])))
-    assert status == 400 and "entry too far behind" in text
+    assert (status, text) == (204, "")
     assert receiver.lines(a="1") == ["within the hour", "newest"]
     assert receiver.lines(a="2") == ["other stream"]
+    assert receiver.requests[-1].refused == 1
     # Within one request too: the newest entry moves the window for those after it.
     status, text = await post(session, receiver, body(
         ('{a="3"}', [Entry(t - 2 * HOUR, "first"), Entry(t, "jump"), Entry(t - 90 * MINUTE, "now behind")])))
@@ -401,13 +427,40 @@ async def test_structured_metadata_limits(receiver: LokiReceiver, session: aioht
     assert receiver.lines() == ["128 pairs", "just fits", "empty value"]
 
 
-async def test_error_body_lists_ten_problems_then_counts(
+async def test_validation_errors_are_grouped_by_message(
         receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
-    stale = [Entry(now() - 8 * DAY + i, "old") for i in range(25)]
+    # util.GroupedErrors: "N errors like: <msg>" per distinct message, joined by "; ".
+    old_second = (now() - 8 * DAY) // 10**9 * 10**9  # RFC 3339 in the message: whole seconds
+    stale = [Entry(old_second + i, "old") for i in range(25)]  # one second: one message
     status, text = await post(session, receiver, body(('{a="1"}', stale)))
     assert status == 400
-    assert text.endswith("... and 15 more\n")
-    assert text.count("timestamp too old") == 10
+    assert text.startswith("25 errors like: entry for stream '{a=\"1\"}' has timestamp too old: "
+                           f"{rfc3339(old_second)}, oldest acceptable timestamp is: ")
+    assert text.count("errors like") == 1 and text.endswith("\n")
+    # One refused entry: the message alone.
+    status, text = await post(session, receiver, body(('{a="1"}', [Entry(now() + HOUR, "new")])))
+    assert status == 400 and text.startswith("entry for stream '{a=\"1\"}' has timestamp too new: ")
+    # Distinct messages each get a count, even of 1.
+    t = now()
+    status, text = await post(session, receiver, body(
+        ('{a="2"}', [Entry(old_second, "old"), Entry(old_second + 1, "old"), Entry(t, "x" * 262145),
+                     Entry(t + 1, "kept")])))
+    assert status == 400
+    groups = dict(parse_grouped(text.rstrip("\n")))
+    assert list(groups.values()) == [2, 1]
+    assert "Max entry size '262144' bytes exceeded for stream '{a=\"2\"}'" in list(groups)[1]
+    assert receiver.lines(a="2") == ["kept"]
+
+
+def parse_grouped(text: str) -> list[tuple[str, int]]:
+    """GroupedErrors text back into (message, count) pairs."""
+    import re
+    parts = re.split(r"; (?=\d+ errors like: )", text)
+    out = []
+    for part in parts:
+        match = re.match(r"(\d+) errors like: (.*)", part, re.S)
+        out.append((match.group(2), int(match.group(1))) if match else (part, 1))
+    return out
 
 
 # -- dedup ----------------------------------------------------------------------------------------
@@ -595,3 +648,203 @@ async def test_separate_process_serves_stats_and_records_arrivals(
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+
+
+# -- what Loki's distributor and ingester do beyond validation ------------------------------------------------
+
+class FakeClock:
+    """A monotonic clock the test steps by hand (the receiver's token buckets read it)."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_token_bucket_is_x_time_rate() -> None:
+    clock = FakeClock()
+    bucket = TokenBucket(10.0, 100, clock)
+    assert bucket.allow(60) and not bucket.allow(41)  # starts full; a refusal takes nothing
+    assert bucket.allow(40) and not bucket.allow(1)
+    clock.now += 0.5  # 5 tokens back
+    assert not bucket.allow(6) and bucket.allow(5)
+    clock.now += 3600  # refills to the burst, no further
+    assert not bucket.allow(101) and bucket.allow(100)
+    assert bucket.allow(0)
+
+
+def test_go_formatting_helpers() -> None:
+    assert go_labels_string([("b", 'q"\n\x01é\u00ad'), ("a", "x")]) == '{a="x", b="q\\"\\n\\x01é\\u00ad"}'
+    assert strconv_quote("tab\there\\ \x7f \U0001f600 \U000e0001") == '"tab\\there\\\\ \\x7f 😀 \\U000e0001"'
+
+
+def streams_of(n: int, labels: str, t: int, size: int = 100, prefix: str = "") -> tuple[str, list[Entry]]:
+    return labels, [Entry(t + i, f"{prefix}{i:06d} " + "x" * (size - 7)) for i in range(n)]
+
+
+STREAM_LIMITED = Limits(per_stream_rate_limit=20 * 1024, per_stream_rate_limit_burst=40 * 1024)
+
+
+async def test_stream_over_its_rate_limit_is_refused_whole_with_lokis_text(session: aiohttp.ClientSession) -> None:
+    async with LokiReceiver(limits=STREAM_LIMITED, clock=FakeClock()) as rx:
+        t = now()
+        status, text = await post(session, rx, body(streams_of(500, '{run="x"}', t)))  # 50,000 B > 40 KiB
+        assert status == 429
+        lines = text.rstrip("\n").split("\n")
+        assert len(lines) == 11
+        assert lines[0] == (f"entry with timestamp {go_time(t)} ignored, reason: 'Per stream rate limit exceeded "
+                            "(limit: 20KB/sec) while attempting to ingest for stream '{run=\"x\"}' totaling 100B, "
+                            "consider splitting a stream via additional labels or contact your Loki administrator "
+                            "to see if the limit can be increased',")
+        assert lines[9].startswith(f"entry with timestamp {go_time(t + 9)} ignored")
+        assert lines[10] == "user 'fake', total ignored: 500 out of 500 for stream: {run=\"x\"}"
+        assert rx.lines() == [] and rx.requests[0].refused == 500
+        # A refused push takes no tokens: 400 entries (40,000 B) still fit the 40 KiB burst.
+        assert await post(session, rx, body(streams_of(400, '{run="x"}', t + 1000))) == (204, "")
+        assert rx.count() == 400
+
+
+async def test_push_answers_for_its_last_stream_only(session: aiohttp.ClientSession) -> None:
+    async with LokiReceiver(limits=STREAM_LIMITED, clock=FakeClock()) as rx:
+        t = now()
+        # First stream over its limit, last stored: 204, the first stream's entries gone.
+        data = body(streams_of(500, '{run="a"}', t), streams_of(3, '{run="b"}', t))
+        assert await post(session, rx, data) == (204, "")
+        assert (rx.count(run="a"), rx.count(run="b")) == (0, 3)
+        assert (rx.requests[0].stored, rx.requests[0].refused) == (3, 500)
+        # The other way round: the refused stream is the last, so the push is a 429.
+        status, text = await post(session, rx, body(streams_of(3, '{run="c"}', t), streams_of(500, '{run="d"}', t)))
+        assert status == 429 and text.endswith("total ignored: 500 out of 500 for stream: {run=\"d\"}\n")
+        assert (rx.count(run="c"), rx.count(run="d")) == (3, 0)
+
+
+async def test_per_entry_rate_limit_stores_what_fits(session: aiohttp.ClientSession) -> None:
+    clock = FakeClock()
+    limits = replace(STREAM_LIMITED, rate_limit_whole_stream=False)
+    async with LokiReceiver(limits=limits, clock=clock) as rx:
+        t = now()
+        status, text = await post(session, rx, body(streams_of(500, '{run="x"}', t)))
+        assert status == 429
+        assert text.endswith("user 'fake', total ignored: 91 out of 500 for stream: {run=\"x\"}\n")
+        assert text.startswith(f"entry with timestamp {go_time(t + 409)} ignored")  # 409 x 100 B <= 40,960
+        assert rx.count() == 409
+        clock.now += 1  # 20 KiB more
+        status, _ = await post(session, rx, body(streams_of(300, '{run="x"}', t + 1000)))
+        assert status == 429 and rx.count() == 409 + 205
+
+
+async def test_rate_limited_last_in_the_stream_decides_429_over_too_far_behind(
+        session: aiohttp.ClientSession) -> None:
+    limits = replace(STREAM_LIMITED, rate_limit_whole_stream=False, per_stream_rate_limit_burst=250)
+    async with LokiReceiver(limits=limits, clock=FakeClock()) as rx:
+        t = now()
+        entries = [Entry(t, "a" * 100), Entry(t - 2 * HOUR, "b" * 100), Entry(t + 1, "c" * 100)]
+        status, text = await post(session, rx, body(('{run="x"}', entries)))
+        # The behind entry took tokens (the rate check comes first): the third is over the burst.
+        assert status == 429 and "total ignored: 2 out of 3" in text
+        assert "entry too far behind" in text and "Per stream rate limit exceeded" in text
+        assert rx.lines() == ["a" * 100]
+
+
+async def test_tenant_ingestion_rate_limit_refuses_the_whole_push(session: aiohttp.ClientSession) -> None:
+    limits = Limits(ingestion_rate=1024 * 1024, ingestion_burst=1024 * 1024)
+    async with LokiReceiver(limits=limits, clock=FakeClock()) as rx:
+        t = now()
+        # Two streams of 600 KB: 1.2 MB validated > the 1 MiB burst; the too-old entry is not counted.
+        data = body(streams_of(6000, '{run="a"}', t), streams_of(6000, '{run="b"}', t),
+                    ('{run="c"}', [Entry(t - 8 * DAY, "old")]))
+        headers = {**PROTOBUF, "X-Scope-OrgID": "burst"}
+        status, text = await post(session, rx, data, headers=headers)
+        assert (status, text) == (429, "Ingestion rate limit exceeded for user burst (limit: 1048576 bytes/sec) "
+                                       "while attempting to ingest '12000' lines totaling '1200000' bytes, reduce "
+                                       "log volume or contact your Loki administrator to see if the limit can be "
+                                       "increased\n")
+        assert rx.count() == 0 and rx.requests[0].refused == 12001
+        # Nothing was taken from the bucket: half of it passes.
+        assert (await post(session, rx, body(streams_of(6000, '{run="a"}', t)), headers=headers))[0] == 204
+
+
+async def test_validation_400_only_when_the_ingester_accepts(session: aiohttp.ClientSession) -> None:
+    async with LokiReceiver(limits=STREAM_LIMITED, clock=FakeClock()) as rx:
+        t = now()
+        old = ('{run="old"}', [Entry(t - 8 * DAY, "old")])
+        status, text = await post(session, rx, body(old, streams_of(500, '{run="x"}', t)))
+        assert status == 429 and "total ignored: 500 out of 500" in text and "too old" not in text
+        status, text = await post(session, rx, body(old, streams_of(5, '{run="y"}', t)))
+        assert status == 400 and "has timestamp too old" in text
+        assert rx.count(run="y") == 5
+
+
+async def test_dedup_only_within_the_head_block(session: aiohttp.ClientSession) -> None:
+    async with LokiReceiver(limits=Limits(chunk_block_size=1000)) as rx:
+        t = now()
+        first = streams_of(5, '{run="x"}', t)  # 500 B: still in the head block
+        assert await post(session, rx, body(first)) == (204, "")
+        assert await post(session, rx, body(first)) == (204, "")
+        assert rx.count() == 5 and rx.dedup_dropped == 5
+        # 600 B more: the block reaches 1,000 B and is cut; the first five are no longer compared.
+        assert await post(session, rx, body(streams_of(6, '{run="x"}', t + 100))) == (204, "")
+        assert await post(session, rx, body(first)) == (204, "")
+        assert rx.count() == 16 and rx.dedup_dropped == 5
+        # The stream's last line is compared whatever the block: a resend of the last entry is dropped.
+        assert await post(session, rx, body(('{run="x"}', first[1][-1:]))) == (204, "")
+        assert rx.count() == 16 and rx.dedup_dropped == 6
+
+
+async def test_structured_metadata_and_detected_level_count_in_the_block_size(
+        session: aiohttp.ClientSession) -> None:
+    # Loki 3 adds detected_level (8 bytes in the head block per pair); 92 B lines + 8 = 100 B an entry.
+    async with LokiReceiver(limits=Limits(chunk_block_size=1000, discover_log_levels=True)) as rx:
+        t = now()
+        entries = [Entry(t + i, f"{i:03d}" + "y" * 89) for i in range(10)]
+        assert await post(session, rx, body(('{run="x"}', entries))) == (204, "")
+        assert await post(session, rx, body(('{run="x"}', entries[:9]))) == (204, "")  # block was cut at 10
+        assert rx.count() == 19
+
+
+async def test_service_name_discovery(session: aiohttp.ClientSession) -> None:
+    async with LokiReceiver(limits=Limits.loki3()) as rx:
+        t = now()
+        data = body(('{app="web", job="j"}', [Entry(t, "1")]), ('{run="r"}', [Entry(t, "2")]),
+                    ('{service_name="mine", app="web"}', [Entry(t, "3")]), ("{}", [Entry(t, "4")]),
+                    ('{container="c", name="n"}', [Entry(t, "5")]))
+        assert await post(session, rx, data) == (204, "")
+        assert set(rx.streams()) == {
+            (("app", "web"), ("job", "j"), ("service_name", "web")),
+            (("run", "r"), ("service_name", "unknown_service")),
+            (("app", "web"), ("service_name", "mine")),
+            (("service_name", "unknown_service"),),  # Loki 3 accepts {}: service_name is added first
+            (("container", "c"), ("name", "n"), ("service_name", "n")),
+        }
+        status, text = await post(session, rx, body(('{run="r"}', [Entry(t - 8 * DAY, "old")])))
+        assert status == 400 and "for stream '{run=\"r\", service_name=\"unknown_service\"}'" in text
+
+
+async def test_empty_push_is_422_in_loki3_and_204_in_27(session: aiohttp.ClientSession) -> None:
+    for limits, expected in ((Limits(), (422, "error at least one valid stream is required for ingestion\n")),
+                             (Limits.loki27(), (204, ""))):
+        async with LokiReceiver(limits=limits) as rx:
+            assert await post(session, rx, body()) == expected
+
+
+async def test_loki27_answers(session: aiohttp.ClientSession) -> None:
+    limits = Limits.loki27(per_stream_rate_limit=1000, per_stream_rate_limit_burst=1000)
+    async with LokiReceiver(limits=limits, clock=FakeClock()) as rx:
+        t = now()
+        # Only the last validation error; structured metadata dropped.
+        data = body(('{a="1"}', [Entry(t + HOUR, "new"), Entry(t - 8 * DAY, "old"),
+                                 Entry(t, "kept", (("k", "v"),))]))
+        status, text = await post(session, rx, data)
+        assert status == 400 and text.startswith("entry for stream '{a=\"1\"}' has timestamp too old: ")
+        assert "errors like" not in text and "too new" not in text
+        assert rx.entries() == [Entry(t, "kept")]
+        # Per entry by default, and 2.7's wording.
+        status, text = await post(session, rx, body(streams_of(12, '{run="x"}', t)))
+        assert status == 429
+        assert text.startswith(f"entry with timestamp {go_time(t + 10)} ignored, reason: 'Per stream rate limit "
+                               "exceeded (limit: 1000B/sec) while attempting to ingest for stream '{run=\"x\"}' "
+                               "totaling 100B, consider")
+        assert "limit can be increased' for stream: {run=\"x\"},\n" in text
+        assert text.endswith("\ntotal ignored: 2 out of 12\n")
+        assert rx.count(run="x") == 10
