@@ -26,6 +26,12 @@ DROP_REASONS = (
 )
 
 
+# Why an entry's own time was replaced by its read time (shipper.batch.Stream):
+# Loki would refuse it as older than reject_old_samples_max_age, or as later
+# than now + creation_grace_period.
+TIMESTAMP_REASONS = ("too_old", "too_new")
+
+
 class Histogram:
     """Cumulative-bucket histogram; `observe` is two list operations on the hot path."""
 
@@ -61,11 +67,17 @@ class Counters:
         self.lines_split = 0        # cuts of lines longer than max_line_bytes
         self.lines_invalid_utf8 = 0  # lines whose invalid UTF-8 was replaced
         self.lines_merged = 0       # continuation lines merged into an earlier entry (multiline)
+        # Entries whose own time (CRI, JSON) Loki would refuse, stamped with their
+        # read time instead (shipper.batch.Stream), by reason; every reason at 0.
+        self.timestamps_replaced: dict[str, int] = dict.fromkeys(TIMESTAMP_REASONS, 0)
         self.lines_sent = 0
         self.bytes_sent = 0         # line bytes acknowledged by Loki
         self.batches_sent = 0
         self.requests: dict[str, int] = {}  # by status code or error kind
         self.retries = 0
+        # Entries pushed again though Loki may hold them (a per-entry rate-limit
+        # answer that named only 10 of more refusals); Loki's dedup drops the copies.
+        self.lines_resent_uncertain = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_push_ok = 0.0     # epoch seconds of the last 2xx
         self.last_push_failed = False  # the latest push attempt failed (for /ready)
@@ -125,6 +137,15 @@ def lines_merged(source: str, n: int) -> None:
     COUNTERS.lines_merged += n
 
 
+def timestamps_replaced(stream: str, n: int, reason: str) -> None:
+    """`n` entries of `stream` whose own time Loki would refuse (`reason`, one of
+    TIMESTAMP_REASONS) got their read time instead; the own time is kept as the
+    entry's structured metadata `original_timestamp`."""
+    COUNTERS.timestamps_replaced[reason] += n
+    log("info", "entry time outside what Loki accepts, read time used instead", stream=stream,
+        entries=n, reason=reason)
+
+
 def source_opened(path: str, kind: str) -> None:
     log("info", "source opened", path=path, kind=kind)
 
@@ -163,6 +184,21 @@ def push_failed(outcome: str, message: str, retry_in: float | None, seconds: flo
             retry_in=round(retry_in, 3))
     else:
         log("error", "push refused by Loki, batch dropped", outcome=outcome, error=message[:512])
+
+
+def push_stored_part(outcome: str, stored: int, stored_bytes: int, again: int, uncertain: int,
+                     cause: str) -> None:
+    """Loki stored `stored` entries of a push and refused `again` for now: those go out again.
+
+    Counted as sent now, so `lines_sent` is what Loki holds; `uncertain` of
+    the `again` ones may already be stored (see shipper.delivery).
+    """
+    c = COUNTERS
+    c.lines_sent += stored
+    c.bytes_sent += stored_bytes
+    c.lines_resent_uncertain += uncertain
+    log("warn", "Loki stored part of a push; pushing the rest again", outcome=outcome, cause=cause,
+        stored=stored, again=again, uncertain=uncertain)
 
 
 def lines_dropped(reason: str, n: int, **detail: Any) -> None:

@@ -386,9 +386,10 @@ def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
         "code": code, "reason": reason, "seconds": round(seconds, 3),
         "lines_read": sum(c.lines_read.values()), "bytes_read": sum(c.bytes_read.values()),
         "lines_sent": c.lines_sent, "bytes_sent": c.bytes_sent, "batches_sent": c.batches_sent,
-        "retries": c.retries, "dropped": dict(c.dropped), "lines_spooled": c.lines_spooled_at_exit,
+        "retries": c.retries, "lines_resent_uncertain": c.lines_resent_uncertain, "dropped": dict(c.dropped), "lines_spooled": c.lines_spooled_at_exit,
         "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
         "lines_merged": c.lines_merged,
+        "timestamps_replaced": dict(c.timestamps_replaced),
         "version": __version__,
     }
 

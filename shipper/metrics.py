@@ -105,6 +105,9 @@ def render(c: Counters, gauges: Mapping[str, float], process: ProcessSample | No
         "Lines whose invalid UTF-8 was replaced with U+FFFD.", c.lines_invalid_utf8)
     one("shipper_lines_merged_total", "counter",
         "Continuation lines merged into an earlier entry (multiline).", c.lines_merged)
+    family("shipper_timestamps_replaced_total", "counter",
+           "Entries whose own time Loki would refuse, stamped with their read time instead, by reason.",
+           [({"reason": k}, v) for k, v in c.timestamps_replaced.items()])
     one("shipper_lines_sent_total", "counter", "Lines acknowledged by Loki.", c.lines_sent)
     one("shipper_bytes_sent_total", "counter", "Bytes of line content acknowledged by Loki.", c.bytes_sent)
     one("shipper_batches_sent_total", "counter", "Pushes acknowledged by Loki.", c.batches_sent)
@@ -116,6 +119,9 @@ def render(c: Counters, gauges: Mapping[str, float], process: ProcessSample | No
            "Push attempts by outcome: HTTP status code, or the transport error.",
            [({"status": k}, v) for k, v in sorted(c.requests.items())])
     one("shipper_push_retries_total", "counter", "Pushes that failed and were retried.", c.retries)
+    one("shipper_lines_resent_uncertain_total", "counter",
+        "Lines pushed again though Loki may already hold them (its dedup drops such copies).",
+        c.lines_resent_uncertain)
     _histogram(out, "shipper_push_duration_seconds", "Time one push took, answer or error.",
                c.push_duration)
     _histogram(out, "shipper_batch_size_bytes", "Line content bytes per acknowledged push.",

@@ -19,13 +19,13 @@ from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
-from shipper import checkpoint, encoder, events
+from shipper import checkpoint, delivery, encoder, events
 from shipper.batch import Accumulator, Batch, Stream
 from shipper.checkpoint import Position
 from shipper.config import Config
 from shipper.labels import clean_value
 from shipper.loki import Answer
-from shipper.retry import backoff, is_retriable, parse_retry_after
+from shipper.retry import MAX_RETRY_AFTER, backoff, parse_retry_after
 from shipper.sources import GlobWatcher, Source
 from shipper.spool import Spool, SpoolEntry
 
@@ -51,7 +51,11 @@ class Sink(Protocol):
 
 @dataclass
 class Sealed:
-    """A batch encoded and compressed once; the same bytes are resent on retry."""
+    """One push: a stream's part of a batch, encoded and compressed once.
+
+    The same bytes are resent on retry; when Loki stored part of it, the
+    rest becomes a new, smaller push in its place (shipper.delivery).
+    """
 
     body: bytes | None  # None: only in the spool, read back when its turn comes
     lines: int
@@ -59,6 +63,8 @@ class Sealed:
     size: int  # bytes it holds against buffer_max_bytes (0 when only on disk)
     marks: dict[str, Position]  # file positions its lines end at (checkpoints)
     spooled: SpoolEntry | None = None
+    counted: int = 0  # entries Loki may already hold, already counted as sent
+    whole_refusals: int = 0  # times in a row Loki refused it as a whole (rate limits)
 
 
 class Pipeline:
@@ -399,12 +405,23 @@ class Pipeline:
             self._queue(batch)
 
     def _queue(self, batch: Batch) -> None:
-        body = encoder.compress(batch.body())
-        item = Sealed(body, batch.lines, batch.line_bytes, batch.size, batch.marks)
+        """Queue a sealed batch as one push per stream (Loki answers a push for its last stream only).
+
+        The batch's file marks go with its last push: pushes are answered in
+        order, so once that one is, every line before the marks is.
+        """
+        last = len(batch.parts) - 1
+        for i, (stream, chunks) in enumerate(batch.parts.items()):
+            lines, line_bytes, size = batch.counts[stream]
+            body = encoder.compress(encoder.encode_push(((stream.labels, chunks),)))
+            self._enqueue(Sealed(body, lines, line_bytes, size, batch.marks if i == last else {}))
+
+    def _enqueue(self, item: Sealed) -> None:
+        assert item.body is not None
         spool = self.spool
         if spool is not None and spool.used < spool.max_bytes:
             try:
-                item.spooled = spool.write(item.lines, item.line_bytes, item.marks, body)
+                item.spooled = spool.write(item.lines, item.line_bytes, item.marks, item.body)
             except OSError as e:
                 # The spool is a safety net: when it fails the batch stays in memory.
                 events.log("error", "cannot write to the spool; keeping the batch in memory",
@@ -463,29 +480,77 @@ class Pipeline:
             except Exception as e:  # transport errors; the policy decides below
                 answer = Answer(0, f"{type(e).__name__}: {e}")
                 outcome = e
-            if isinstance(outcome, int) and 200 <= outcome < 300:
+            if isinstance(outcome, int) and 200 <= outcome < 300:  # the usual case: nothing to decode
                 self._failing = False
                 self._done(item)
-                events.batch_sent(item.lines, item.line_bytes, len(body),
+                events.batch_sent(item.lines - item.counted, item.line_bytes, len(body),
                                   time.monotonic() - started, outcome)
                 delays = backoff(cfg.min_backoff, cfg.max_backoff)
-            elif outcome == 413 and self._split(item, body):
-                events.push_failed("413", answer.message, 0.0, time.monotonic() - started)
-                continue  # the halves are at the front of the queue, in order
-            elif is_retriable(outcome):
-                self._failing = True
-                self._wake.set()  # intake may be paused on a full buffer: it may drop now
-                self._inflight = None  # while we back off, it may be dropped for room
-                delay = parse_retry_after(answer.retry_after, time.time())
-                if delay is None:
-                    delay = next(delays)
-                label = str(outcome) if isinstance(outcome, int) else _error_kind(outcome)
-                events.push_failed(label, answer.message, delay, time.monotonic() - started)
-                await asyncio.sleep(delay)
-            else:
+                continue
+            label = str(outcome) if isinstance(outcome, int) else _error_kind(outcome)
+            facts = _entry_facts(body) if outcome in (400, 429) else None
+            decision = delivery.decide(outcome, answer.message, facts if facts is not None else
+                                       [(0, 0, 0)] * item.lines, item.whole_refusals)
+            if facts is None and outcome == 429 and decision.action == delivery.RETRY:
+                decision = delivery.Decision(delivery.RETRY, whole=decision.whole, cause=decision.cause)
+            seconds = time.monotonic() - started
+            if decision.action == delivery.SPLIT:
+                if self._split(item, body):
+                    events.push_failed(label, answer.message, 0.0, seconds)
+                    continue  # the halves are at the front of the queue, in order
+                decision = delivery.Decision(delivery.ACK, refused=item.lines, cause=decision.cause)
+            if decision.action == delivery.ACK:
                 self._done(item)
-                events.push_failed(str(outcome), answer.message, None, time.monotonic() - started)
-                events.lines_dropped("rejected", item.lines, status=outcome)
+                stored = max(0, decision.stored - item.counted)
+                if stored:
+                    events.batch_sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
+                                      outcome if isinstance(outcome, int) else 0)
+                if decision.refused:
+                    events.push_failed(label, answer.message, None, seconds)
+                    events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+                continue
+            # RETRY: all of it, or what Loki did not store.
+            self._failing = True
+            self._wake.set()  # intake may be paused on a full buffer: it may drop now
+            self._inflight = None  # while we back off, it may be dropped for room
+            if decision.resend is not None and facts is not None:
+                self._keep_part(item, body, facts, decision, label)
+            else:
+                item.whole_refusals = item.whole_refusals + 1 if decision.whole else 0
+            delay = parse_retry_after(answer.retry_after, time.time())
+            if delay is None:
+                delay = next(delays)
+            delay = max(delay, min(decision.min_delay, MAX_RETRY_AFTER))
+            events.push_failed(label, answer.message, delay, seconds)
+            await asyncio.sleep(delay)
+
+    def _keep_part(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
+                   decision: delivery.Decision, label: str) -> None:
+        """Loki stored part of `item`: count that, drop what it refused for good, keep the rest."""
+        already = min(item.counted, decision.stored)
+        keep = decision.resend or ()
+        stored_bytes = sum(f[1] for f in facts) - sum(facts[i][1] for i in keep)
+        events.push_stored_part(label, decision.stored - already, max(0, stored_bytes), len(keep),
+                                decision.uncertain, decision.cause)
+        if decision.refused:
+            events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+        ((labels, raw),) = encoder.push_streams(encoder.uncompress(body))
+        part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in keep]))
+        line_bytes = sum(facts[i][1] for i in keep)
+        size = _share(item.size, len(keep), item.lines)
+        rest = Sealed(part, len(keep), line_bytes, size, item.marks, item.spooled,
+                      counted=item.counted - already + decision.uncertain)
+        if item.spooled is not None and self.spool is not None:
+            try:
+                rest.spooled = self.spool.replace(item.spooled, rest.lines, line_bytes, part)
+            except OSError as e:
+                # The old file stays: a restart would replay lines Loki holds (it dedups what it can).
+                events.log("error", "cannot rewrite a spooled batch after a partial answer",
+                           path=item.spooled.path, error=str(e))
+            if item.body is None:
+                rest.body, rest.size = None, 0
+        self.pending[0] = rest
+        self.pending_bytes += rest.size - item.size
 
     def _split(self, item: Sealed, body: bytes) -> bool:
         """Replace a batch Loki found too large (413) by its two halves; False if it is one line.
@@ -499,13 +564,15 @@ class Pipeline:
             return False
         (body1, lines1, bytes1), (body2, lines2, bytes2) = halves
         size1 = item.size // 2
-        first = Sealed(encoder.compress(body1), lines1, bytes1, size1, {})
-        second = Sealed(encoder.compress(body2), lines2, bytes2, item.size - size1, item.marks, item.spooled)
+        counted1 = min(item.counted, lines1)  # which half holds them is unknown: a bound
+        first = Sealed(encoder.compress(body1), lines1, bytes1, size1, {}, counted=counted1)
+        second = Sealed(encoder.compress(body2), lines2, bytes2, item.size - size1, item.marks, item.spooled,
+                        counted=item.counted - counted1)
         self.pending.popleft()
         self.pending.appendleft(second)
         self.pending.appendleft(first)
         self._inflight = None
-        events.log("warn", "Loki refused the batch as too large (413): splitting it",
+        events.log("warn", "Loki refused the push as too large or over a limit's burst: splitting it",
                    lines=item.lines, halves=[lines1, lines2])
         return True
 
@@ -534,6 +601,23 @@ class Pipeline:
         self.pending_bytes -= item.size
         if item.spooled is not None and self.spool is not None:
             self.spool.remove(item.spooled)
+
+
+def _entry_facts(body: bytes) -> list[tuple[int, int, int]] | None:
+    """encoder.entry_facts of each entry of a one-stream push; None for several streams.
+
+    Several streams: a batch spooled by a version that pushed a batch whole;
+    Loki's answer names only its last stream, so it is resent whole.
+    """
+    streams = encoder.push_streams(encoder.uncompress(body))
+    if len(streams) != 1:
+        return None
+    return [encoder.entry_facts(raw) for raw in streams[0][1]]
+
+
+def _share(total: int, part: int, whole: int) -> int:
+    """`total` scaled to `part` of `whole` (sizes of part of a push)."""
+    return total * part // whole if whole else 0
 
 
 def _error_kind(e: BaseException) -> str:

@@ -91,6 +91,21 @@ class Spool:
         self.used += size
         return SpoolEntry(seq, path, lines, line_bytes, dict(marks), size)
 
+    def replace(self, entry: SpoolEntry, lines: int, line_bytes: int, body: bytes) -> SpoolEntry:
+        """Rewrite a batch in place (same file, same turn) with fewer lines: Loki stored the rest.
+
+        A restart then replays only what Loki has not stored. Atomic: a crash
+        leaves the old file or the new one, never half of either.
+        """
+        header = json.dumps({
+            "lines": lines, "line_bytes": line_bytes,
+            "marks": [[p, m.dev, m.ino, m.offset] for p, m in entry.marks.items()],
+        }, separators=(",", ":")).encode() + b"\n"
+        write_atomically(entry.path, header + body)
+        size = len(header) + len(body)
+        self.used += size - entry.file_bytes
+        return SpoolEntry(entry.seq, entry.path, lines, line_bytes, dict(entry.marks), size)
+
     def read_body(self, entry: SpoolEntry) -> bytes:
         """The compressed push body of a spooled batch."""
         with open(entry.path, "rb") as f:

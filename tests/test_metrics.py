@@ -52,6 +52,7 @@ def hand_built() -> Counters:
     c.lines_split = 2
     c.lines_invalid_utf8 = 1
     c.lines_merged = 7
+    c.timestamps_replaced["too_new"] = 4
     c.lines_sent = 110
     c.bytes_sent = 4500
     c.batches_sent = 3
@@ -86,6 +87,8 @@ def test_every_family_renders_exactly() -> None:
         ("shipper_lines_split_total", ()): 2,
         ("shipper_lines_invalid_utf8_total", ()): 1,
         ("shipper_lines_merged_total", ()): 7,
+        **{("shipper_timestamps_replaced_total", L(reason=r)): 0 for r in events.TIMESTAMP_REASONS},
+        ("shipper_timestamps_replaced_total", L(reason="too_new")): 4,
         ("shipper_lines_sent_total", ()): 110,
         ("shipper_bytes_sent_total", ()): 4500,
         ("shipper_batches_sent_total", ()): 3,
@@ -99,6 +102,7 @@ def test_every_family_renders_exactly() -> None:
         ("shipper_push_requests_total", L(status="400")): 1,
         ("shipper_push_requests_total", L(status="timeout")): 1,
         ("shipper_push_retries_total", ()): 3,
+        ("shipper_lines_resent_uncertain_total", ()): 0,
         **{("shipper_push_duration_seconds_bucket", L(le=le)): n
            for le, n in zip(["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"],
                             duration_cumulative)},
@@ -130,6 +134,7 @@ def test_every_family_renders_exactly() -> None:
         "shipper_source_bytes_read": "counter",
         "shipper_lines_split": "counter",
         "shipper_lines_invalid_utf8": "counter", "shipper_lines_merged": "counter",
+        "shipper_timestamps_replaced": "counter",
         "shipper_lines_sent": "counter",
         "shipper_bytes_sent": "counter",
         "shipper_batches_sent": "counter",
@@ -137,6 +142,7 @@ def test_every_family_renders_exactly() -> None:
         "shipper_lines_dropped": "counter",
         "shipper_push_requests": "counter",
         "shipper_push_retries": "counter",
+        "shipper_lines_resent_uncertain": "counter",
         "shipper_push_duration_seconds": "histogram",
         "shipper_batch_size_bytes": "histogram",
         "shipper_pending_lines": "gauge",

@@ -1,0 +1,110 @@
+"""Partial acceptance against a real Loki: what it stores is what the shipper counts, each line once.
+
+Each test runs the real shipper on real files into a tenant of
+tests/real_loki.py whose limits the task exceeds, waits for the shipper's
+exit, and reads back everything Loki stored: every line exactly once, in
+order, and the shipper's `lines_sent` / `dropped` equal to what Loki holds.
+"""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+from tests.conftest import launch
+from tests.real_loki import RealLoki, any_loki, loki3, loki27, real_lokis  # noqa: F401  (fixtures)
+from tests.shipper_process import ShipperProcess
+from tests.test_real_loki import (config_for, exit_summary, summary_in_loki, task_rows, unique,
+                                   wait_for_lines)
+
+
+def numbered(prefix: str, n: int) -> list[str]:
+    # Lines of varying length ("... 7" vs "... 70000"): a per-entry limiter then
+    # refuses a scattered set, not a suffix, which is the hard case.
+    return [f"{prefix} line {i} of the task's output" for i in range(n)]
+
+
+async def run_to_exit(proc: ShipperProcess, loki: RealLoki, run: str, tenant: str) -> int:
+    # Signal handlers exist once the shipper runs its pipeline: Loki holding a
+    # first line says it does (an external server: polled, see wait_for_lines).
+    await wait_for_lines(loki, f'{{test_run="{run}"}}', tenant, 1)
+    proc.signal(signal.SIGTERM)  # read every source to its end, deliver, exit
+    return await proc.wait()
+
+
+def assert_exactly_once(loki: RealLoki, run: str, tenant: str, expected: dict[str, list[str]]) -> None:
+    rows = task_rows(loki, run, tenant)
+    got: dict[str, list[str]] = {name: [] for name in expected}
+    for labels, _, line, _ in rows:
+        got[labels["stream"]].append(line)
+    for name, lines in expected.items():
+        assert len(got[name]) == len(lines), (name, len(got[name]), len(lines))
+        assert got[name] == lines  # every line once, in order
+
+
+async def test_100000_lines_through_a_per_stream_limit_arrive_exactly_once(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """Loki 2.7 refuses entry by entry, Loki 3.4 a stream's push whole: neither loses or duplicates."""
+    loki, run, tenant = any_loki, unique(), "stream-limited-fast"
+    out = tmp_path / "stdout.log"
+    lines = numbered("out", 100_000)
+    out.write_text("\n".join(lines) + "\n")
+    proc = await launch(procs, config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant,
+                                          shutdown_timeout=300.0))
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    assert_exactly_once(loki, run, tenant, {"stdout": lines})
+    summary = proc.summary()
+    assert (summary["lines_read"], summary["lines_sent"]) == (100_000, 100_000)
+    assert set(summary["dropped"].values()) == {0}
+    assert summary["retries"] > 0  # the limit was exceeded: Loki refused, the shipper resent
+    assert summary_in_loki(loki, run, tenant)[1] == exit_summary(proc)
+
+
+async def test_stdout_and_stderr_over_their_limit_lose_nothing_to_a_204(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """Two streams of one task, each over the per-stream limit: Loki answers a push for its
+    last stream only, so a push holding both would have lost the first one's refused entries."""
+    loki, run, tenant = any_loki, unique(), "stream-limited-fast"
+    files = {name: tmp_path / f"{name}.log" for name in ("stdout", "stderr")}
+    expected = {name: numbered(name, 30_000) for name in files}
+    for name, path in files.items():
+        path.write_text("\n".join(expected[name]) + "\n")
+    proc = await launch(procs, config_for(loki, tmp_path, run, [(p, n) for n, p in files.items()],
+                                          tenant=tenant, shutdown_timeout=300.0))
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    assert_exactly_once(loki, run, tenant, expected)
+    summary = proc.summary()
+    assert (summary["lines_read"], summary["lines_sent"]) == (60_000, 60_000)
+    assert set(summary["dropped"].values()) == {0}
+
+
+async def test_a_batch_bigger_than_the_tenants_burst_is_split_until_it_passes(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """Tenant `burst-limited` (1 MB burst): a 3 MB batch is refused whole forever unless split."""
+    loki, run, tenant = any_loki, unique(), "burst-limited"
+    out = tmp_path / "stdout.log"
+    lines = [f"{i:06d} " + "x" * 140 for i in range(20_000)]
+    out.write_text("\n".join(lines) + "\n")
+    proc = await launch(procs, config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant,
+                                          shutdown_timeout=120.0, buffer_max_bytes=16 * 1024 * 1024)
+                        .replace("[loki]\n", "[loki]\nbatch_max_bytes = 4194304\n", 1))
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    assert_exactly_once(loki, run, tenant, {"stdout": lines})
+    summary = proc.summary()
+    assert (summary["lines_sent"], sum(summary["dropped"].values())) == (20_000, 0)
+
+
+async def test_lines_over_max_line_size_are_counted_exactly(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """Tenant `line-limited` (1 KB): 10 long lines among 1,000 in one push; Loki stores 990."""
+    loki, run, tenant = any_loki, unique(), "line-limited"
+    out = tmp_path / "stdout.log"
+    lines = [("y" * 2000 if i % 100 == 50 else f"short {i}") for i in range(1000)]
+    out.write_text("\n".join(lines) + "\n")
+    proc = await launch(procs, config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant))
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    kept = [line for line in lines if len(line) <= 1024]
+    assert_exactly_once(loki, run, tenant, {"stdout": kept})
+    summary = proc.summary()
+    assert (summary["lines_sent"], summary["dropped"]["rejected"]) == (990, 10)
+    assert summary_in_loki(loki, run, tenant)[1] == exit_summary(proc)
