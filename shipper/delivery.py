@@ -12,9 +12,10 @@ the push, and Loki's text says which entries it refused:
   out of M``. Loki 3 (shard_streams on) refuses the stream's entries all
   together (N == M); Loki 2.7 entry by entry. Entries not listed before the
   last listed one were stored; after it, N - 10 of the rest were refused. When
-  those are all of the rest the answer is exact; otherwise the rest is pushed
-  again and Loki's head-block dedup drops the copies it holds (counted as
-  `uncertain`: the one case where the answer is not exact).
+  those are all of the rest the answer is exact; otherwise (`uncertain`) the
+  shipper asks Loki's query API which of them it holds (`resolve`), and
+  where it cannot, pushes them all again and relies on Loki's head-block
+  dedup (counted: `lines_resent_uncertain`).
 * 429 tenant ingestion rate (distributor): nothing stored; all again.
 * 400 validation (distributor): the named entries are refused for good, the
   others stored. Loki 3 groups the errors with counts ("N errors like: ...");
@@ -164,6 +165,21 @@ def _rate_limited_part(message: str, entries: Facts, whole_refusals: int) -> Dec
     uncertain = max(0, len(tail) - unlisted)
     return Decision(RETRY, stored=stored, resend=resend, uncertain=min(uncertain, stored),
                     cause="per_stream_rate_limit")
+
+
+def resolve(decision: Decision, entries: Facts, held: set[int] | None) -> Decision:
+    """`decision` with its uncertain entries settled by what Loki says it holds (their timestamps).
+
+    Exact only if the count matches what the answer implied (`uncertain`
+    held among those to resend); otherwise, or with no answer (None), the
+    decision stays as it was: resend, and rely on Loki's dedup.
+    """
+    if held is None or decision.resend is None or not decision.uncertain:
+        return decision
+    keep = tuple(i for i in decision.resend if entries[i][0] not in held)
+    if len(decision.resend) - len(keep) != decision.uncertain:
+        return decision
+    return replace(decision, resend=keep, uncertain=0)
 
 
 def _whole(cause: str, n: int, whole_refusals: int) -> Decision:

@@ -30,6 +30,12 @@ if TYPE_CHECKING:
 USER_AGENT = f"shipper/{__version__}"
 # Loki's error messages are short; a proxy's HTML error page is cut here.
 MAX_RESPONSE_BODY = 64 * 1024
+# Which entries of a push Loki holds, asked when its answer could not say
+# (shipper.delivery "uncertain"): entries per query page (Loki's default
+# max_entries_limit_per_query), and the answer's size bound (lines are
+# emptied by the query: ~30 bytes of JSON per entry).
+STORED_QUERY_PAGE = 5000
+MAX_QUERY_BODY = 1024 * 1024
 
 
 # A credential file larger than this is not a token or a password (Kubernetes
@@ -287,7 +293,44 @@ class LokiClient:
             await self.close()
             raise
 
-    async def _exchange(self, body: bytes) -> Answer:
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None:
+        """Timestamps Loki holds for `selector` in [start_ns, end_ns], or None if it cannot say.
+
+        The rare path of shipper.delivery (an answer that named only 10 of more
+        refusals): the push URL's `/push` becomes `/query_range`, same host,
+        tenant and credentials. None when the URL has no such sibling, or the
+        query is refused (a write-only gateway), fails, or is not Loki's JSON.
+        """
+        if not self._target.endswith(b"/push"):
+            return None
+        import json
+        from urllib.parse import urlencode
+
+        held: set[int] = set()
+        start = start_ns
+        try:
+            async with asyncio.timeout(self.timeout):
+                while True:
+                    query = urlencode({"query": selector + ' | line_format ""', "start": start, "end": end_ns,
+                                       "limit": STORED_QUERY_PAGE, "direction": "forward"})
+                    target = self._target[:-len(b"push")] + b"query_range?" + query.encode()
+                    answer = await self._exchange(b"", method=b"GET", target=target, max_body=MAX_QUERY_BODY)
+                    if answer.status != 200:
+                        return None
+                    times = [int(value[0]) for stream in json.loads(answer.message)["data"]["result"]
+                             for value in stream["values"]]
+                    held.update(times)
+                    if len(times) < STORED_QUERY_PAGE:
+                        return held
+                    start = max(times) + 1
+        except BaseException as e:
+            await self.close()
+            if isinstance(e, (OSError, TimeoutError, EOFError, ValueError, KeyError, TypeError, IndexError)):
+                return None
+            raise
+
+    async def _exchange(self, body: bytes, *, method: bytes | None = None, target: bytes | None = None,
+                        max_body: int = MAX_RESPONSE_BODY) -> Answer:
         if self._writer is None:
             await self._connect()
         reader, writer = self._reader, self._writer
@@ -296,10 +339,10 @@ class LokiClient:
         if self._authorization is not None:
             headers = [*headers, (b"Authorization", self._authorization.value())]
         self._answered = False  # no byte of an answer to this request yet
-        writer.write(http1.request_head(self._method, self._target, headers, len(body)))
+        writer.write(http1.request_head(method or self._method, target or self._target, headers, len(body)))
         writer.write(body)
         await writer.drain()
-        answer = http1.ResponseReader(MAX_RESPONSE_BODY)
+        answer = http1.ResponseReader(max_body)
         while True:
             data = await reader.read(65536)  # b"": the server closed
             self._answered = self._answered or bool(data)
@@ -389,6 +432,10 @@ class ConsoleSink:
         out.write(json.dumps({"streams": streams}, ensure_ascii=False) + "\n")
         out.flush()
         return Answer(204)
+
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None:
+        """The console holds nothing: it cannot say."""
+        return None
 
     async def close(self) -> None:
         """Nothing to close."""

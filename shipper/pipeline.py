@@ -46,6 +46,8 @@ class Sink(Protocol):
 
     async def push(self, body: bytes, timeout: float | None = None) -> Answer: ...
 
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None: ...
+
     async def close(self) -> None: ...
 
 
@@ -514,6 +516,8 @@ class Pipeline:
             self._wake.set()  # intake may be paused on a full buffer: it may drop now
             self._inflight = None  # while we back off, it may be dropped for room
             if decision.resend is not None and facts is not None:
+                if decision.uncertain:
+                    decision = await self._resolve(body, facts, decision)
                 self._keep_part(item, body, facts, decision, label)
             else:
                 item.whole_refusals = item.whole_refusals + 1 if decision.whole else 0
@@ -523,6 +527,18 @@ class Pipeline:
             delay = max(delay, min(decision.min_delay, MAX_RETRY_AFTER))
             events.push_failed(label, answer.message, delay, seconds)
             await asyncio.sleep(delay)
+
+    async def _resolve(self, body: bytes, facts: list[tuple[int, int, int]],
+                       decision: delivery.Decision) -> delivery.Decision:
+        """Ask Loki which of the entries its answer left uncertain it holds (see shipper.delivery)."""
+        assert decision.resend is not None
+        ((labels, _),) = encoder.push_streams(encoder.uncompress(body))
+        times = [facts[i][0] for i in decision.resend]
+        held = await self.sink.stored_times(labels.decode(), min(times), max(times))
+        resolved = delivery.resolve(decision, facts, held)
+        events.log("info", "asked Loki which entries of a partly refused push it holds",
+                   uncertain=decision.uncertain, resolved=resolved.uncertain == 0)
+        return resolved
 
     def _keep_part(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
                    decision: delivery.Decision, label: str) -> None:

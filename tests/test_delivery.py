@@ -211,3 +211,22 @@ def test_statuses(outcome: int | BaseException, want: Decision) -> None:
 
 def test_a_single_entry_too_large_is_refused() -> None:
     assert decide(413, "", entries(1)) == Decision(ACK, refused=1, cause="too_large")
+
+
+def uncertain_decision() -> tuple[Decision, list[tuple[int, int, int]]]:
+    es = entries(16)
+    message = rate_limited_27([0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14], 16, es)
+    return decide(429, message, es), es
+
+
+def test_resolve_settles_the_uncertain_entries_by_what_loki_holds() -> None:
+    decision, es = uncertain_decision()
+    held = {es[i][0] for i in (10, 11, 13, 15)}  # the four stored ones of the tail
+    assert delivery.resolve(decision, es, held) == replace(
+        decision, resend=(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 14), uncertain=0)
+
+
+@pytest.mark.parametrize("held", [None, set(), {T0 + 10}, {T0 + i for i in range(16)}])
+def test_resolve_keeps_the_decision_when_the_answer_does_not_add_up(held: set[int] | None) -> None:
+    decision, es = uncertain_decision()
+    assert delivery.resolve(decision, es, held) == decision
