@@ -138,6 +138,9 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         from shipper.checkpoint import CheckpointError
         from shipper.spool import SpoolError
 
+        # A SIGTERM from here on is a shutdown request, even before the pipeline runs.
+        lifecycle.catch_early_signals()
+
         # Sources are opened inside the loop so open errors exit 2 before any push.
         try:
             durable = lifecycle.open_durable(config, sources)

@@ -53,6 +53,18 @@ EXIT_INTERNAL = 3
 EXIT_SPOOLED = 4  # lines left undelivered are safe in the spool; the next run sends them
 
 
+# Signals that arrived before run() installed its handlers (sources opening,
+# the metrics endpoint starting): without this, the default action would kill
+# the process with no flush and no summary. run() then acts on them in order.
+_early_signals: list[int] = []
+
+
+def catch_early_signals() -> None:
+    """Until run() takes over, record SIGTERM/SIGINT instead of dying of them."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda signum, frame: _early_signals.append(signum))
+
+
 @dataclass
 class Durable:
     """What an earlier run left: spooled batches and acknowledged file positions."""
@@ -302,6 +314,9 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         handled = FORWARDED
     for sig in handled:
         loop.add_signal_handler(sig, on_signal, sig)
+    early, _early_signals[:] = list(_early_signals), []
+    for sig in early:
+        on_signal(sig)
     if child is not None:
         loop.add_reader(child.pidfd, on_child_exit)
         on_child_exit()  # it may have exited already

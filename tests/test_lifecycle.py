@@ -40,6 +40,23 @@ async def test_signal_mid_stream_delivers_everything_already_written(
     assert (summary["code"], summary["reason"], summary["lines_sent"]) == (0, sig.name, 600)
 
 
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+async def test_a_signal_while_sources_open_is_a_shutdown_not_a_kill(
+        tmp_path: Path, receiver: LokiReceiver, sig: signal.Signals) -> None:
+    """Before the pipeline runs (file sources opening, the metrics endpoint starting) a
+    signal is recorded and acted on once it runs: every line shipped, exit 0, a summary."""
+    out = tmp_path / "stdout.log"
+    lines = [f"line {i}" for i in range(2000)]
+    out.write_text("\n".join(lines) + "\n")
+    proc = await ShipperProcess.start(make_config(receiver.url, [(out, "stdout")]))
+    await proc.wait_for_log("starting")  # logged before the sources open
+    proc.signal(sig)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == lines
+    summary = proc.summary()
+    assert (summary["code"], summary["reason"], summary["lines_sent"]) == (0, sig.name, 2000)
+
+
 async def test_loki_down_at_shutdown_exits_1_after_the_deadline(tmp_path: Path, receiver: LokiReceiver) -> None:
     receiver.add_actions(*[Action.status(503)] * 1000)
     proc, fd = await start_on_fifo(tmp_path, receiver, shutdown_timeout=1.0)
