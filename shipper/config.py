@@ -33,6 +33,13 @@ DEFAULT_REQUEST_TIMEOUT = 10.0
 # the buffer bounds memory); at shutdown they are bounded by shutdown_timeout.
 DEFAULT_MIN_BACKOFF = 0.5
 DEFAULT_MAX_BACKOFF = 5.0
+# The timestamps the cluster's Loki accepts (limits_config in Loki's
+# pkg/validation/limits.go; these are Loki's defaults): entries older than
+# reject_old_samples_max_age or later than now + creation_grace_period are
+# refused (400). An entry whose own time (CRI, JSON) is outside is stamped with
+# its read time instead (shipper.batch.Stream); set them to the cluster's values.
+DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE = 7 * 24 * 3600.0
+DEFAULT_CREATION_GRACE_PERIOD = 10 * 60.0
 # Lines read but not yet acknowledged by Loki. Beyond this the shipper stops
 # reading (files lose nothing; a pipe writer blocks) until Loki catches up.
 # 4 MiB keeps the whole process inside its 20 MiB budget (README "Footprint").
@@ -105,6 +112,9 @@ class LokiConfig:
     timeout: float = DEFAULT_REQUEST_TIMEOUT
     min_backoff: float = DEFAULT_MIN_BACKOFF
     max_backoff: float = DEFAULT_MAX_BACKOFF
+    # Seconds; must match the cluster's Loki limits_config (DEFAULT_* above say why).
+    reject_old_samples_max_age: float = DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
+    creation_grace_period: float = DEFAULT_CREATION_GRACE_PERIOD
     ca_file: str = ""                  # PEM CAs trusted for the server ("" = system CAs); replaces them
     insecure_skip_verify: bool = False  # true: no certificate check at all (logged loudly)
     cert_file: str = ""                # client certificate (PEM), with key_file
@@ -316,6 +326,8 @@ def _validate(c: Config) -> None:
         ("loki.timeout", c.loki.timeout),
         ("loki.min_backoff", c.loki.min_backoff),
         ("loki.max_backoff", c.loki.max_backoff),
+        ("loki.reject_old_samples_max_age", c.loki.reject_old_samples_max_age),
+        ("loki.creation_grace_period", c.loki.creation_grace_period),
         ("shutdown_timeout", c.shutdown_timeout),
         ("file_poll_interval", c.file_poll_interval),
     ):

@@ -43,7 +43,8 @@ def test_defaults() -> None:
     c = Config()
     assert c.loki == LokiConfig(
         url="http://loki-gateway.monitoring.svc.cluster.local:80/loki/api/v1/push", tenant_id="",
-        batch_wait=0.5, batch_max_bytes=1024 * 1024, timeout=10.0, min_backoff=0.5, max_backoff=5.0)
+        batch_wait=0.5, batch_max_bytes=1024 * 1024, timeout=10.0, min_backoff=0.5, max_backoff=5.0,
+        reject_old_samples_max_age=7 * 24 * 3600.0, creation_grace_period=600.0)
     assert c.sources == (SourceConfig("/proc/1/fd/1", "stdout"), SourceConfig("/proc/1/fd/2", "stderr"))
     assert c.labels == {}
     assert c.sink == SinkConfig("loki")
@@ -158,7 +159,8 @@ def test_wrong_type_is_refused_naming_the_key(text: str, message: str) -> None:
 # --- unknown and missing keys --------------------------------------------------------
 
 TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file, level_labels"
-LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff, max_backoff, ca_file, "
+LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff, max_backoff, "
+             "reject_old_samples_max_age, creation_grace_period, ca_file, "
              "insecure_skip_verify, cert_file, key_file, bearer_token_file, basic_auth_user, basic_auth_password_file")
 
 
@@ -228,7 +230,7 @@ def test_good_urls(url: str, parts: Url, netloc: str) -> None:
 # --- numbers -----------------------------------------------------------------------
 
 DURATIONS = ["loki.batch_wait", "loki.timeout", "loki.min_backoff", "loki.max_backoff", "shutdown_timeout",
-             "file_poll_interval"]
+             "file_poll_interval", "loki.reject_old_samples_max_age", "loki.creation_grace_period"]
 
 
 def setting(key: str, value: str) -> str:
@@ -254,6 +256,16 @@ def test_small_and_large_durations_are_accepted(key: str, value: float) -> None:
     section, _, name = key.rpartition(".")
     c = parse(text)
     assert getattr(getattr(c, section) if section else c, name) == value
+
+
+def test_entry_time_limits_are_lokis_defaults_and_configurable() -> None:
+    # Loki's limits_config defaults (pkg/validation/limits.go): reject_old_samples_max_age 1w,
+    # creation_grace_period 10m.
+    assert (LokiConfig().reject_old_samples_max_age, LokiConfig().creation_grace_period) == (604800.0, 600.0)
+    c = parse("[loki]\nreject_old_samples_max_age = 1209600\ncreation_grace_period = 1.5\n")
+    assert (c.loki.reject_old_samples_max_age, c.loki.creation_grace_period) == (1209600.0, 1.5)
+    assert refused('[loki]\ncreation_grace_period = "10m"') == (
+        "loki.creation_grace_period: expected a number, got a string")
 
 
 def test_max_backoff_must_not_be_below_min_backoff() -> None:
@@ -431,7 +443,7 @@ def configs(draw: st.DrawFn) -> Config:
     url = f"{draw(st.sampled_from(['http', 'https']))}://{host}{'' if port is None else f':{port}'}/loki/api/v1/push"
     return Config(
         loki=LokiConfig(url, draw(tenant_st), draw(seconds_st), batch, draw(seconds_st), min_backoff,
-                        min_backoff * draw(st.floats(1.0, 1000.0))),
+                        min_backoff * draw(st.floats(1.0, 1000.0)), draw(seconds_st), draw(seconds_st)),
         sources=tuple(SourceConfig(p, draw(_text(min_size=1))) for p in paths),
         labels=labels,
         sink=SinkConfig(draw(st.sampled_from(["loki", "console"]))),
