@@ -108,3 +108,40 @@ async def test_lines_over_max_line_size_are_counted_exactly(
     summary = proc.summary()
     assert (summary["lines_sent"], summary["dropped"]["rejected"]) == (990, 10)
     assert summary_in_loki(loki, run, tenant)[1] == exit_summary(proc)
+
+
+async def test_a_record_stamped_2099_does_not_poison_the_rest_of_its_stream(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """An Airflow 3 JSON record stamped 2099: it gets its read time (its own kept as
+    `original_timestamp`), and every later record keeps its own time and is stored."""
+    import json
+    import time as _time
+
+    loki, run, tenant = any_loki, unique(), "default"
+    out = tmp_path / "stdout.log"
+    now = int(_time.time())
+
+    def record(t: str, event: str) -> str:
+        return json.dumps({"timestamp": t, "level": "info", "event": event, "logger": "task"})
+
+    def iso(seconds: int, ms: int) -> str:
+        return _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(seconds)) + f".{ms:03d}000Z"
+
+    records = [record(iso(now - 60, 0), "before"), record("2099-01-01T00:00:00.000000Z", "from the future")]
+    records += [record(iso(now - 30 + i // 1000, i % 1000), f"after {i}") for i in range(500)]
+    out.write_text("\n".join(records) + "\n")
+    config = config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant)
+    config = config.replace('stream = "stdout"', 'stream = "stdout"\nformat = "json"')
+    proc = await launch(procs, config)
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    rows = task_rows(loki, run, tenant)
+    assert [line for _, _, line, _ in rows] == ["before", "from the future", *(f"after {i}" for i in range(500))]
+    # In the order written, stamps strictly increasing, none carried toward 2099 (Loki took them all).
+    stamps = [ts for _, ts, _, _ in rows]
+    assert stamps == sorted(set(stamps)) and stamps[-1] < (now + 600) * 10**9
+    if loki.version.startswith("3."):
+        meta = {line: m for _, _, line, m in rows}
+        assert meta["from the future"]["original_timestamp"] == "2099-01-01T00:00:00Z"
+    summary = proc.summary()
+    assert (summary["lines_sent"], sum(summary["dropped"].values())) == (502, 0)
+    assert summary["timestamps_replaced"] == {"too_old": 0, "too_new": 1}
