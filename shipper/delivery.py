@@ -198,31 +198,34 @@ def _invalid(message: str, entries: Facts) -> Decision:
         refused = min(n, refused + max(0, n - reached))
         return Decision(ACK, stored=n - refused, refused=refused, cause="invalid")
     grouped = _GROUPED.findall(message)
+    by_limit = _counted_by_limit(message, entries)
     if grouped:
-        refused = min(n, sum(map(int, grouped)))  # Loki 3: every error, counted
+        # Loki 3: every error, counted; a long answer may be cut short
+        # (shipper.loki keeps its first MAX_RESPONSE_BODY bytes), so the
+        # limits it names count too, and the larger count holds.
+        refused = min(n, max(sum(map(int, grouped)), by_limit if by_limit < n else 0))
     else:
-        refused = _counted_by_limit(message, entries)
+        refused = by_limit
     return Decision(ACK, stored=n - refused, refused=refused, cause="invalid")
 
 
 def _counted_by_limit(message: str, entries: Facts) -> int:
-    """Entries a single validation error stands for (Loki 2.7 names only the last one).
+    """Entries the validation errors named in `message` stand for (Loki 2.7 names only the last one).
 
-    Unknown messages (a gateway's, a whole stream's labels) refuse all: Loki
-    validates labels before any entry, so a label error refuses them all.
+    Entries over the size a line-too-long error names, older than the bound
+    a too-old error names; at least one. Unknown messages (a gateway's, a
+    whole stream's labels) refuse all: Loki validates labels before any entry.
     """
-    m = _TOO_LONG.search(message)
-    if m is not None:
-        limit = int(m.group(1))
-        return max(1, sum(1 for _, size, _ in entries if size > limit))
-    m = _TOO_OLD.search(message)
-    if m is not None:
-        oldest = parse_rfc3339(m.group(1))
-        if oldest is not None:
-            return max(1, sum(1 for ts, _, _ in entries if ts < oldest))
-    if "timestamp too new" in message:
-        return 1  # Loki 2.7 does not say the bound; Loki 3 would have grouped them
-    return len(entries)
+    too_long = _TOO_LONG.search(message)
+    too_old = _TOO_OLD.search(message)
+    oldest = parse_rfc3339(too_old.group(1)) if too_old is not None else None
+    if too_long is None and oldest is None:
+        if "timestamp too new" in message:
+            return 1  # Loki 2.7 does not say the bound; Loki 3 would have grouped them
+        return len(entries)
+    limit = int(too_long.group(1)) if too_long is not None else None
+    return max(1, sum(1 for ts, size, _ in entries
+                      if (limit is not None and size > limit) or (oldest is not None and ts < oldest)))
 
 
 def _listed(message: str, entries: Facts) -> list[int] | None:

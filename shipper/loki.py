@@ -28,8 +28,10 @@ if TYPE_CHECKING:
     import ssl
 
 USER_AGENT = f"shipper/{__version__}"
-# Loki's error messages are short; a proxy's HTML error page is cut here.
-MAX_RESPONSE_BODY = 64 * 1024
+# A proxy's HTML error page is cut here; Loki 3's grouped validation errors
+# (one ~250-byte message per refused entry) fit for about 4,000 entries, and
+# shipper.delivery counts the rest by the limits the message names.
+MAX_RESPONSE_BODY = 1024 * 1024
 # Which entries of a push Loki holds, asked when its answer could not say
 # (shipper.delivery "uncertain"): entries per query page (Loki's default
 # max_entries_limit_per_query), and the answer's size bound (lines are

@@ -92,7 +92,9 @@ class Pipeline:
         # a handful of values, encoded once. Bounded: JSON values could vary,
         # so the cache is dropped when it grows past a few hundred.
         self._metadata_cache: dict[tuple[Metadata, str | None], bytes] = {}
-        self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes)
+        self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes,
+                               reject_old_samples_max_age=config.loki.reject_old_samples_max_age,
+                               creation_grace_period=config.loki.creation_grace_period)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
         self.stopping = False  # set by stop(): read to the current end, then finish

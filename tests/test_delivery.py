@@ -230,3 +230,13 @@ def test_resolve_settles_the_uncertain_entries_by_what_loki_holds() -> None:
 def test_resolve_keeps_the_decision_when_the_answer_does_not_add_up(held: set[int] | None) -> None:
     decision, es = uncertain_decision()
     assert delivery.resolve(decision, es, held) == decision
+
+
+def test_a_grouped_answer_cut_short_is_counted_by_the_limit_it_names() -> None:
+    """Loki 3 lists one message per refused entry; the client keeps the first 1 MiB of an answer."""
+    old = 1_700_000_000 * 10**9
+    es = [(old + i, 10, 10) for i in range(300)] + [(T0 + i, 10, 10) for i in range(300)]
+    one = ("1 errors like: entry for stream '{job=\"t\"}' has timestamp too old: 2023-11-14T22:13:20Z, "
+           "oldest acceptable timestamp is: 2025-11-24T06:26:25Z")
+    cut = "; ".join([one] * 5)  # 5 of the 300 groups made it
+    assert decide(400, cut, es) == Decision(ACK, stored=300, refused=300, cause="invalid")

@@ -76,21 +76,31 @@ async def test_level_labels_route_errors_to_their_own_stream(tmp_path: Path, rec
     assert [e.line for e in receiver.streams()[plain]] == [MERGED[0], MERGED[2]]
 
 
+def recent_second() -> tuple[int, str]:
+    """An entry time Loki accepts today (an hour ago, at a whole second ending in 0..8),
+    and its RFC 3339 text without fraction or zone: fixed dates age out of Loki's window."""
+    import time
+    t = int(time.time()) - 3600
+    t -= t % 10  # the tests add one second by the last digit
+    return t, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(t))
+
+
 async def test_cri_lines_keep_their_time_and_stream_and_p_chunks_are_joined(
         tmp_path: Path, receiver: LokiReceiver) -> None:
     log = tmp_path / "0.log"
-    log.write_bytes(
-        b"2026-11-24T10:00:00.000000001Z stdout F first\n"
-        b"2026-11-24T10:00:01.5Z stderr P half \n"
-        b"2026-11-24T10:00:01.6Z stdout F second\n"
-        b"2026-11-24T10:00:01.7Z stderr F and half\n"
-        b"not a cri line\n")
+    base_s, day = recent_second()
+    log.write_bytes((
+        f"{day}.000000001Z stdout F first\n"
+        f"{day[:-1]}{int(day[-1]) + 1}.5Z stderr P half \n"
+        f"{day[:-1]}{int(day[-1]) + 1}.6Z stdout F second\n"
+        f"{day[:-1]}{int(day[-1]) + 1}.7Z stderr F and half\n"
+        "not a cri line\n").encode())
     config = make_config(receiver.url, []) + sources_toml(log, format="cri")
     proc = await ShipperProcess.start(config)
     await receiver.wait_for_entries(4)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
-    base = 1795514400 * 10**9  # 2026-11-24T10:00:00Z
+    base = base_s * 10**9
     out = receiver.entries(stream="stdout")
     err = receiver.entries(stream="stderr")
     assert [(e.ts_ns - base, e.line) for e in out[:2]] == [(1, "first"), (1_600_000_000, "second")]
@@ -101,10 +111,12 @@ async def test_cri_lines_keep_their_time_and_stream_and_p_chunks_are_joined(
 
 async def test_json_records_give_time_line_and_metadata(tmp_path: Path, receiver: LokiReceiver) -> None:
     log = tmp_path / "attempt=1.log"
+    base_s, day = recent_second()
     records = [
-        {"timestamp": "2026-11-24T10:00:00.250000Z", "level": "info", "event": "hello",
+        {"timestamp": f"{day}.250000Z", "level": "info", "event": "hello",
          "logger": "airflow.task", "filename": "etl.py", "lineno": 3},
-        {"timestamp": "2026-11-24T10:00:01Z", "level": "error", "event": "failed", "logger": "airflow.task"},
+        {"timestamp": f"{day[:-1]}{int(day[-1]) + 1}Z", "level": "error", "event": "failed",
+         "logger": "airflow.task"},
     ]
     log.write_text("".join(json.dumps(r) + "\n" for r in records) + "{broken\n")
     config = make_config(receiver.url, []) + sources_toml(log, format="json", json_metadata=["logger"])
@@ -112,7 +124,7 @@ async def test_json_records_give_time_line_and_metadata(tmp_path: Path, receiver
     await receiver.wait_for_entries(3)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
-    base = 1795514400 * 10**9
+    base = base_s * 10**9
     got = receiver.entries(stream="stdout")
     assert [(e.ts_ns - base, e.line, dict(e.metadata)) for e in got[:2]] == [
         (250_000_000, "hello", {"logger": "airflow.task", "level": "info"}),

@@ -145,3 +145,53 @@ async def test_a_record_stamped_2099_does_not_poison_the_rest_of_its_stream(
     summary = proc.summary()
     assert (summary["lines_sent"], sum(summary["dropped"].values())) == (502, 0)
     assert summary["timestamps_replaced"] == {"too_old": 0, "too_new": 1}
+
+
+def json_records(events_at: list[tuple[int, str]]) -> str:
+    import json
+    import time as _time
+    return "".join(json.dumps({"timestamp": _time.strftime("%Y-%m-%dT%H:%M:%S", _time.gmtime(t)) + ".000000Z",
+                               "level": "info", "event": event}) + "\n" for t, event in events_at)
+
+
+async def test_too_old_records_are_counted_exactly_when_the_shippers_window_is_wider_than_lokis(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """Tenant `age-limited` (1 h) but the shipper left at Loki's default 7 d: Loki refuses the
+    300 two-hour-old records for good; the 300 current ones are stored; counts match exactly."""
+    import time as _time
+    loki, run, tenant = any_loki, unique(), "age-limited"
+    now = int(_time.time())
+    out = tmp_path / "stdout.log"
+    old = [(now - 7200 + i, f"old {i}") for i in range(300)]
+    new = [(now - 600 + i, f"new {i}") for i in range(300)]
+    out.write_text(json_records(old + new))
+    config = config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant)
+    proc = await launch(procs, config.replace('stream = "stdout"', 'stream = "stdout"\nformat = "json"'))
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    assert [line for _, _, line, _ in task_rows(loki, run, tenant)] == [e for _, e in new]
+    summary = proc.summary()
+    assert (summary["lines_sent"], summary["dropped"]["rejected"]) == (300, 300)
+
+
+async def test_with_the_clusters_window_configured_every_record_is_stored(
+        tmp_path: Path, any_loki: RealLoki, procs: list[ShipperProcess]) -> None:
+    """The same records with `[loki] reject_old_samples_max_age = 3600` (the tenant's): the old
+    ones get their read time, their own kept as `original_timestamp`; all 600 stored."""
+    import time as _time
+    loki, run, tenant = any_loki, unique(), "age-limited"
+    now = int(_time.time())
+    out = tmp_path / "stdout.log"
+    old = [(now - 7200 + i, f"old {i}") for i in range(300)]
+    new = [(now - 600 + i, f"new {i}") for i in range(300)]
+    out.write_text(json_records(old + new))
+    config = config_for(loki, tmp_path, run, [(out, "stdout")], tenant=tenant)
+    config = config.replace('stream = "stdout"', 'stream = "stdout"\nformat = "json"')
+    config = config.replace("[loki]\n", "[loki]\nreject_old_samples_max_age = 3600.0\ncreation_grace_period = 60.0\n", 1)
+    proc = await launch(procs, config)
+    assert await run_to_exit(proc, loki, run, tenant) == 0
+    rows = task_rows(loki, run, tenant)
+    assert sorted(line for _, _, line, _ in rows) == sorted(e for _, e in old + new)
+    assert len(rows) == 600
+    summary = proc.summary()
+    assert (summary["lines_sent"], sum(summary["dropped"].values())) == (600, 0)
+    assert summary["timestamps_replaced"] == {"too_old": 300, "too_new": 0}
