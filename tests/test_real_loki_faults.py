@@ -16,10 +16,8 @@ the `{job="shipper"}` entry) with `lines_sent` equal to what Loki stored.
 Synchronisation is on the shipper's log records, its exit, or the proxy's
 own request counter; only reading Loki back is polled (an external server).
 
-Not covered here (tests/test_faults.py only): Loki that never answers
-(it cannot be made to hang from outside without the proxy answering for
-it, which is the 503 case), reset mid-body, 413 splits, and the SIGKILL
-cases (their interesting states are timing windows inside one push).
+Not covered here (tests/test_faults.py only): reset mid-body and 413
+splits (a real Loki answers 413 only past its 100 MB gRPC limit).
 """
 
 from __future__ import annotations
@@ -60,7 +58,9 @@ class FaultProxy:
       "503"     answer 503 without asking Loki;
       "forward" pass the request to Loki and its answer back;
       "eat"     pass the request to Loki, read its whole answer (Loki stored
-                the batch), then reset the shipper's connection instead.
+                the batch), then reset the shipper's connection instead;
+      "hang"    never answer and never ask Loki (a gateway that hangs): the
+                shipper's request timeout ends it.
     """
 
     def __init__(self, target_port: int) -> None:
@@ -126,6 +126,10 @@ class FaultProxy:
         method, target, _ = request_line.split(b" ", 2)
         is_push = method == b"POST" and target.split(b"?")[0] == PUSH_PATH
         action = self.plan.pop(0) if is_push and self.plan else "forward"
+        if action == "hang":
+            await self._record(action, None)
+            await reader.read()  # until the shipper gives up and closes
+            return
         if action == "503":
             answer = b"overloaded\n"
             writer.write(b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\n"
@@ -330,3 +334,65 @@ async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays
     assert sorted(spool.glob("*.batch")) == []
     summary = assert_summary_matches_loki(loki, second, run, n)
     assert (summary["code"], summary["lines_spooled"]) == (0, 0)
+
+
+# --- a gateway that never answers ----------------------------------------------------------------
+
+async def test_a_push_never_answered_is_timed_out_and_resent(
+        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess]) -> None:
+    loki, run = loki3, unique()
+    proxy = await start_proxy(loki)
+    proxy.plan = ["hang", "hang"]
+    try:
+        config = proxied(config_for(loki, tmp_path, run, [(tmp_path / "stdout", "stdout")]), loki, proxy)
+        assert "\ntimeout = 5.0\n" in config
+        config = config.replace("\ntimeout = 5.0\n", "\ntimeout = 1.0\n")
+        proc, fd = await start_on_fifo(tmp_path, procs, config)
+        lines = numbered("line", 300)
+        write_all(fd, text(lines))
+        await proc.wait_for_log("push failed, will retry", count=2, outcome="timeout")
+        os.close(fd)
+        assert await proc.wait() == 0
+    finally:
+        await proxy.stop()
+    assert [a for a, _ in proxy.pushes[:2]] == ["hang", "hang"]
+    assert_stored_exactly(loki, run, lines)
+    summary = assert_summary_matches_loki(loki, proc, run, 300)
+    assert (summary["code"], summary["retries"]) == (0, 2)
+
+
+# --- SIGKILL with a push stored but unacknowledged, a spool, then a restart -------------------------
+
+async def test_sigkill_with_a_stored_unacknowledged_push_and_spool_then_restart(
+        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess]) -> None:
+    """The replay resends the push Loki stored (same timestamps): Loki's dedup drops it, once."""
+    from tests.test_faults import acknowledged_offset, append, batch_files, poll
+
+    loki, run = loki3, unique()
+    log, spool = tmp_path / "task.log", tmp_path / "spool"
+    proxy = await start_proxy(loki)
+    try:
+        config = proxied(config_for(loki, tmp_path, run, [(log, "stdout")], spool_dir=str(spool)), loki, proxy)
+        phases = [numbered(f"phase{k}", 300) for k in range(1, 5)]
+        append(log, phases[0])
+        first = await launch(procs, config)
+        await poll(lambda: acknowledged_offset(spool / "checkpoint.json", log) == len(text(phases[0])),
+                   "phase 1 to be acknowledged")
+        proxy.plan = ["eat", "hang"]  # the next push stored, its answer lost; the one after never answered
+        append(log, phases[1])
+        await proxy.wait_pushes(2)
+        assert proxy.pushes[1] == ("eat", 204)
+        append(log, phases[2])  # read and spooled behind the batch in flight
+        await poll(lambda: len(batch_files(spool)) >= 2, "two spooled batches")
+        first.signal(signal.SIGKILL)
+        assert await first.wait() == -signal.SIGKILL
+        append(log, phases[3])  # written while no shipper runs
+        second = await launch(procs, config)
+        assert (await second.wait_for_log("replaying batches spooled by an earlier run"))["lines"] >= 300
+        await wait_for_lines(loki, f'{{test_run="{run}", stream="stdout"}}', TENANT, 1200)
+        second.signal(signal.SIGTERM)
+        assert await second.wait() == 0
+    finally:
+        await proxy.stop()
+    assert_stored_exactly(loki, run, [line for phase in phases for line in phase])
+    assert batch_files(spool) == []
