@@ -79,6 +79,11 @@ DEFAULT_CONTEXT_LABELS = ("dag_id", "task_id")
 # neighbourhood used by log shippers (Promtail 9080, Vector 9598, Fluent Bit 2020).
 DEFAULT_METRICS_LISTEN = "0.0.0.0:9337"
 # TLS and auth for [loki] (all off by default; every secret comes from a file,
+# The `service_name` label of the task's streams: Loki 3 would otherwise derive
+# "unknown_service" (none of its discover_service_name labels is set), and
+# Grafana's Logs Drilldown lists services by it. The exit-summary stream gets
+# SUMMARY_SERVICE_NAME (shipper.labels) instead: the shipper's record, not the task's.
+DEFAULT_SERVICE_NAME = "airflow"
 # a Kubernetes secret mount, never from the config text, so check-config and
 # the logs can show the whole config). Certificate verification is always on
 # unless insecure_skip_verify says otherwise; "" for ca_file means the
@@ -170,6 +175,8 @@ class AirflowConfig:
 class MetricsConfig:
     """The Prometheus endpoint and the exit-time Pushgateway push."""
 
+    # `service_name` label of the task's streams ("" = none: Loki 3 derives one).
+    service_name: str = DEFAULT_SERVICE_NAME
     listen: str = DEFAULT_METRICS_LISTEN  # host:port; "" disables the endpoint
     pushgateway_url: str = ""             # e.g. http://pushgateway:9091; "" = no push
 
@@ -400,13 +407,22 @@ def _validate(c: Config) -> None:
     for name in c.airflow.labels:
         if name not in CONTEXT_KEYS:
             raise ConfigError(f"airflow.labels: unknown context key {name!r} (known: {', '.join(CONTEXT_KEYS)})")
-    if len(c.labels) + 1 + len(c.airflow.labels) > MAX_LABELS:
-        raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, "
-                          f"this config makes {len(c.labels) + 1 + len(c.airflow.labels)}")
+    service = c.airflow.service_name
+    if service and (service != service.strip() or any(ch < " " or ch == "\x7f" for ch in service)):
+        raise ConfigError(f"airflow.service_name: no control characters or surrounding spaces, got {service!r}")
+    if len(service.encode()) > 2048:
+        raise ConfigError("airflow.service_name: at most 2048 bytes (Loki's label value limit)")
+    # Loki 3 does not count service_name against max_label_names_per_series; Loki 2 does.
+    count = len(c.labels) + 1 + len(c.airflow.labels) + (1 if service else 0)
+    if count > MAX_LABELS:
+        raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, this config makes "
+                          f"{count}" + (" (service_name included: airflow.service_name)" if service else ""))
     if c.metrics.listen:
         parse_listen(c.metrics.listen)
     if c.metrics.pushgateway_url:
         parse_url(c.metrics.pushgateway_url, key="metrics.pushgateway_url")
+        if name == "service_name":
+            raise ConfigError("labels.service_name: set by the shipper itself; use airflow.service_name")
     if not c.airflow.missing:
         raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
 

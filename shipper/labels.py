@@ -25,6 +25,15 @@ ENV_NAMES: dict[str, tuple[str, ...]] = {
     "logical_date": ("AIRFLOW_CTX_LOGICAL_DATE", "AIRFLOW_CTX_EXECUTION_DATE"),
 }
 
+# Loki 3's `service_name` (FACTS §4), what Grafana's Logs Drilldown lists services
+# by. The task's streams carry `[airflow] service_name` ("airflow" by default); the
+# exit-summary stream {job="shipper"} carries this one, so Drilldown shows the
+# shipper's records apart from the task's lines. Set by the shipper rather than
+# left to Loki's discovery: the same on Loki 2 (where it is a plain label), and
+# independent of the cluster's `discover_service_name`.
+SERVICE_NAME_LABEL = "service_name"
+SUMMARY_SERVICE_NAME = "shipper"
+
 # Annotation keys the KubernetesExecutor writes on worker pods (FACTS §2).
 ANNOTATION_KEYS = ("dag_id", "task_id", "run_id", "try_number", "map_index")
 
@@ -77,6 +86,15 @@ def quote(value: str) -> str:
 def label_string(labels: Mapping[str, str]) -> str:
     """`{a="x", b="y"}`, names sorted, empty values dropped (Loki drops them too)."""
     return "{" + ", ".join(f"{k}={quote(v)}" for k, v in sorted(labels.items()) if v) + "}"
+
+
+def with_service_name(labels: Mapping[str, str], service: str) -> dict[str, str]:
+    """`labels` plus `service_name` = `service` (cleaned); unchanged when `service` is ""
+    (then Loki 3 derives one from its discover_service_name labels)."""
+    out = dict(labels)
+    if service:
+        out[SERVICE_NAME_LABEL] = clean_value(service)
+    return out
 
 
 def context_from_env(env: Mapping[str, str]) -> dict[str, str]:

@@ -31,8 +31,8 @@ from typing import TYPE_CHECKING, Any
 from shipper import __version__, checkpoint, encoder, events
 from shipper.batch import Stream
 from shipper.config import CONTEXT_KEYS, Config, SourceConfig, parse_listen
-from shipper.labels import (clean_value, context_from_env, context_from_log_path, label_string,
-                            read_annotations)
+from shipper.labels import (SUMMARY_SERVICE_NAME, clean_value, context_from_env, context_from_log_path,
+                            label_string, read_annotations, with_service_name)
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
 from shipper.checkpoint import Position
@@ -136,8 +136,8 @@ def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
 
 
 def task_stream(config: Config, ctx: Mapping[str, str], name: str) -> Stream:
-    """A source's stream: task labels + `stream`; per-run values as metadata."""
-    labels = task_labels(config, ctx)
+    """A source's stream: task labels + `stream` + `service_name`; per-run values as metadata."""
+    labels = with_service_name(task_labels(config, ctx), config.airflow.service_name)
     labels["stream"] = clean_value(name)
     return Stream(label_string(labels), run_metadata(config, ctx), name, labels)
 
@@ -196,8 +196,11 @@ def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
 
 def summary_push(config: Config, ctx: Mapping[str, str], summary: Mapping[str, Any],
                  wall_ns: int) -> bytes:
-    """The exit summary as one compressed push: stream {job="shipper", <task labels>}."""
+    """The exit summary as one compressed push: stream {job="shipper", <task labels>},
+    service_name="shipper" (unless airflow.service_name is "": then Loki's discovery)."""
     labels = task_labels(config, ctx)
+    if config.airflow.service_name:
+        labels = with_service_name(labels, SUMMARY_SERVICE_NAME)
     labels["job"] = "shipper"
     line = json.dumps(summary, separators=(",", ":")).encode()
     entries = encoder.encode_entries([line], wall_ns, run_metadata(config, ctx))

@@ -227,8 +227,10 @@ async def labelled_run(tmp_path: Path, receiver: LokiReceiver, procs: list[Shipp
     (task_key,) = [k for k in streams if ("stream", "stdout") in k]
     (summary_key,) = [k for k in streams if ("job", "shipper") in k]
     task_labels = dict(task_key)
-    # The exit summary's stream carries the same task labels.
-    assert dict(summary_key) == {**{k: v for k, v in task_labels.items() if k != "stream"}, "job": "shipper"}
+    # The exit summary's stream carries the same task labels, service_name "shipper" (the task's: "airflow").
+    assert task_labels["service_name"] == "airflow"
+    assert dict(summary_key) == {**{k: v for k, v in task_labels.items() if k != "stream"}, "job": "shipper",
+                                 "service_name": "shipper"}
     entries = streams[task_key]
     assert [e.line for e in entries] == ["one", "two"]
     assert entries[0].metadata == entries[1].metadata
@@ -260,7 +262,7 @@ async def test_hostile_label_values_arrive_exactly(
     _, labels, metadata = await labelled_run(
         tmp_path, receiver, procs, lambda c: with_labels(c, HOSTILE_STATIC), env)
     assert labels == {**HOSTILE_STATIC, "dag_id": 'dag "quoted" \\ back', "task_id": "task\nwith newline 🎉",
-                      "stream": "stdout"}
+                      "stream": "stdout", "service_name": "airflow"}
     assert metadata == (("logical_date", "2026-01-01T00:00:00+00:00"), ("map_index", "-1"),
                         ("run_id", 'manual__"q"\\\n😀'), ("try_number", "1"))
 
@@ -276,7 +278,7 @@ async def test_10000_character_values_are_cut_to_lokis_2048_byte_limit(
     }
     _, labels, metadata = await labelled_run(
         tmp_path, receiver, procs, lambda c: with_labels(c, {"note": "é" * 10_000}), env)
-    assert labels == {"dag_id": "a" + "😀" * 511, "task_id": "t" * 2048, "note": "é" * 1024, "stream": "stdout"}
+    assert labels == {"dag_id": "a" + "😀" * 511, "task_id": "t" * 2048, "note": "é" * 1024, "stream": "stdout", "service_name": "airflow"}
     assert len(labels["dag_id"].encode()) == 2045  # the next emoji would not fit
     assert metadata == (("run_id", "r" * 2048),)
 
@@ -284,7 +286,7 @@ async def test_10000_character_values_are_cut_to_lokis_2048_byte_limit(
 async def test_no_airflow_context_at_all(
         tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess]) -> None:
     proc, labels, metadata = await labelled_run(tmp_path, receiver, procs, lambda c: c, {})
-    assert labels == {"dag_id": "unknown", "task_id": "unknown", "stream": "stdout"}
+    assert labels == {"dag_id": "unknown", "task_id": "unknown", "stream": "stdout", "service_name": "airflow"}
     assert metadata == ()
     assert proc.logs("starting")[0]["context_keys"] == []
 
@@ -294,7 +296,7 @@ async def test_partial_airflow_context_dag_id_only(
     env = {"AIRFLOW_CTX_DAG_ID": "etl", "AIRFLOW_CTX_TASK_ID": "", "AIRFLOW_CTX_TRY_NUMBER": ""}
     proc, labels, metadata = await labelled_run(
         tmp_path, receiver, procs, lambda c: with_airflow(c, annotations_file="/nonexistent", missing="n/a"), env)
-    assert labels == {"dag_id": "etl", "task_id": "n/a", "stream": "stdout"}
+    assert labels == {"dag_id": "etl", "task_id": "n/a", "stream": "stdout", "service_name": "airflow"}
     assert metadata == ()
     assert proc.logs("starting")[0]["context_keys"] == ["dag_id"]
 
@@ -309,7 +311,7 @@ async def test_partial_context_completed_from_the_annotations_file(
     env = {"AIRFLOW_CTX_DAG_ID": "env \udcff dag"}
     _, labels, metadata = await labelled_run(
         tmp_path, receiver, procs, lambda c: with_airflow(c, annotations_file=str(annotations)), env)
-    assert labels == {"dag_id": "env \ufffd dag", "task_id": 'load "x" é', "stream": "stdout"}
+    assert labels == {"dag_id": "env \ufffd dag", "task_id": 'load "x" é', "stream": "stdout", "service_name": "airflow"}
     assert metadata == (("run_id", "r\n1"),)
 
 

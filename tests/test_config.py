@@ -169,7 +169,7 @@ LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff,
     ("zzz = 1\nbatch_wait = 1", f"unknown key batch_wait, zzz (known keys in top level: {TOP_KEYS})"),
     ("[loki]\nbatchwait = 1", f"unknown key loki.batchwait (known keys in loki: {LOKI_KEYS})"),
     ("[sink]\nkind = 'loki'", "unknown key sink.kind (known keys in sink: type)"),
-    ("[airflow]\nlabel = []", "unknown key airflow.label (known keys in airflow: annotations_file, missing, labels)"),
+    ("[airflow]\nlabel = []", "unknown key airflow.label (known keys in airflow: annotations_file, missing, labels, service_name)"),
     ('[[sources]]\npath = "/a"\nstream = "s"\nname = "x"',
      "unknown key sources[0].name (known keys in sources[0]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record)"),
     (SOURCE + '[[sources]]\npath = "/b"\nstream = "s"\nfollow = true',
@@ -328,13 +328,39 @@ def test_airflow_labels_must_be_context_keys() -> None:
 
 
 def test_at_most_15_labels() -> None:
-    twelve = "".join(f'l{i} = "v"\n' for i in range(12))  # + stream + dag_id + task_id = 15
-    assert len(parse("[labels]\n" + twelve).labels) == 12
-    assert refused("[labels]\n" + twelve + 'l12 = "v"\n') == \
+    # Loki 2 counts service_name against its 15 (Loki 3 does not): counted while the shipper sets it.
+    eleven = "".join(f'l{i} = "v"\n' for i in range(11))  # + stream + dag_id + task_id + service_name = 15
+    assert len(parse("[labels]\n" + eleven).labels) == 11
+    assert refused("[labels]\n" + eleven + 'l11 = "v"\n') == \
+        "labels: Loki accepts at most 15 labels per stream, this config makes 16 (service_name included: " \
+        "airflow.service_name)"
+    twelve = eleven + 'l11 = "v"\n'
+    assert len(parse('[airflow]\nservice_name = ""\n[labels]\n' + twelve).labels) == 12
+    assert refused('[airflow]\nservice_name = ""\n[labels]\n' + twelve + 'l12 = "v"\n') == \
         "labels: Loki accepts at most 15 labels per stream, this config makes 16"
     all_context = json.dumps(list(CONTEXT_KEYS))
-    assert refused(f"[airflow]\nlabels = {all_context}\n[labels]\n" + "".join(f'l{i} = "v"\n' for i in range(9))) == \
-        "labels: Loki accepts at most 15 labels per stream, this config makes 16"
+    assert refused(f"[airflow]\nlabels = {all_context}\n[labels]\n" + "".join(f'l{i} = "v"\n' for i in range(8))) == \
+        "labels: Loki accepts at most 15 labels per stream, this config makes 16 (service_name included: " \
+        "airflow.service_name)"
+
+
+def test_service_name_defaults_to_airflow_and_is_settable() -> None:
+    assert Config().airflow.service_name == "airflow"
+    assert parse('[airflow]\nservice_name = "etl-tasks"').airflow.service_name == "etl-tasks"
+    assert parse('[airflow]\nservice_name = ""').airflow.service_name == ""
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ('[labels]\nservice_name = "x"', "labels.service_name: set by the shipper itself; use airflow.service_name"),
+    ('[airflow]\nservice_name = " airflow"',
+     "airflow.service_name: no control characters or surrounding spaces, got ' airflow'"),
+    ('[airflow]\nservice_name = "a\\nb"', "airflow.service_name: no control characters or surrounding spaces, "
+     "got 'a\\nb'"),
+    ('[airflow]\nservice_name = "' + "x" * 2049 + '"', "airflow.service_name: at most 2048 bytes"),
+    ("[airflow]\nservice_name = 1", "airflow.service_name: expected a string, got an integer"),
+])
+def test_bad_service_names_are_refused(text: str, message: str) -> None:
+    assert refused(text).startswith(message)
 
 
 def test_airflow_missing_must_not_be_empty() -> None:
@@ -410,7 +436,8 @@ ROUNDTRIP_CONFIGS = [
            airflow=AirflowConfig("/x/annotations", "—", ("dag_id", "task_id", "run_id")),
            loki=LokiConfig("https://[::1]:3100/loki/api/v1/push", "tenant_*'(x)!", 1e-3, 10**9, 1e9, 0.001, 0.001),
            shutdown_timeout=0.1, max_line_bytes=1024, buffer_max_bytes=10**12, file_poll_interval=123456.789),
-    Config(airflow=AirflowConfig(labels=()), labels={f"l{i}": str(i) for i in range(14)}),
+    Config(airflow=AirflowConfig(labels=(), service_name=""), labels={f"l{i}": str(i) for i in range(14)}),
+    Config(airflow=AirflowConfig(labels=(), service_name="etl tasks ✓"), labels={f"l{i}": str(i) for i in range(13)}),
 ]
 
 
@@ -435,8 +462,8 @@ def configs(draw: st.DrawFn) -> Config:
     min_backoff = draw(seconds_st)
     context_labels = tuple(draw(st.lists(st.sampled_from(CONTEXT_KEYS), unique=True, max_size=4)))
     names = st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,10}", fullmatch=True).filter(
-        lambda n: not n.startswith("__") and n != "stream" and n not in context_labels)
-    labels = draw(st.dictionaries(names, _text(), max_size=14 - len(context_labels)))
+        lambda n: not n.startswith("__") and n not in ("stream", "service_name") and n not in context_labels)
+    labels = draw(st.dictionaries(names, _text(), max_size=13 - len(context_labels)))
     paths = draw(st.lists(_text(min_size=1), min_size=1, max_size=3, unique=True))
     host = draw(st.from_regex(r"[a-z0-9][a-z0-9.-]{0,20}", fullmatch=True))
     port = draw(st.none() | st.integers(1, 65535))

@@ -41,10 +41,9 @@ def config_for(loki: RealLoki, tmp_path: Path, run: str, sources: list[tuple[Pat
 
 
 def task_labels(loki: RealLoki, run: str, stream: str) -> dict[str, str]:
-    labels = {"dag_id": "etl_daily", "task_id": "load", "stream": stream, "test_run": run}
-    if loki.version.startswith("3."):
-        labels["service_name"] = "unknown_service"  # Loki 3 adds it (none of its source labels is set)
-    return labels
+    # service_name: the shipper's ([airflow] service_name, default "airflow"), on Loki 2.7 and 3.4
+    # alike; without it Loki 3 would add "unknown_service" (none of its discover_service_name labels is set).
+    return {"dag_id": "etl_daily", "task_id": "load", "stream": stream, "test_run": run, "service_name": "airflow"}
 
 
 def stored_meta(loki: RealLoki, meta: dict[str, str], detected: str = "unknown") -> dict[str, str]:
@@ -121,7 +120,7 @@ async def test_file_and_fifo_sources_arrive_once_in_order_with_labels_and_metada
     labels, stored = summary_in_loki(loki, run)
     assert stored == exit_summary(proc)
     assert labels == {"job": "shipper", "dag_id": "etl_daily", "task_id": "load", "test_run": run,
-                      **({"service_name": "shipper"} if loki.version.startswith("3.") else {})}
+                      "service_name": "shipper"}
 
 
 async def test_sigterm_mid_stream_delivers_everything_read_including_an_unterminated_last_line(
