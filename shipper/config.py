@@ -404,6 +404,8 @@ def _validate(c: Config) -> None:
             raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")
         if name == "stream" or name in c.airflow.labels:
             raise ConfigError(f"labels.{name}: set by the shipper itself; choose another name")
+        if name == "service_name":
+            raise ConfigError("labels.service_name: set by the shipper itself; use airflow.service_name")
     for name in c.airflow.labels:
         if name not in CONTEXT_KEYS:
             raise ConfigError(f"airflow.labels: unknown context key {name!r} (known: {', '.join(CONTEXT_KEYS)})")
@@ -421,8 +423,6 @@ def _validate(c: Config) -> None:
         parse_listen(c.metrics.listen)
     if c.metrics.pushgateway_url:
         parse_url(c.metrics.pushgateway_url, key="metrics.pushgateway_url")
-        if name == "service_name":
-            raise ConfigError("labels.service_name: set by the shipper itself; use airflow.service_name")
     if not c.airflow.missing:
         raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
 
