@@ -169,14 +169,14 @@ class AirflowConfig:
     annotations_file: str = DEFAULT_ANNOTATIONS_FILE
     missing: str = DEFAULT_MISSING
     labels: tuple[str, ...] = DEFAULT_CONTEXT_LABELS
+    # `service_name` label of the task's streams ("" = none: Loki 3 derives one).
+    service_name: str = DEFAULT_SERVICE_NAME
 
 
 @dataclass(frozen=True)
 class MetricsConfig:
     """The Prometheus endpoint and the exit-time Pushgateway push."""
 
-    # `service_name` label of the task's streams ("" = none: Loki 3 derives one).
-    service_name: str = DEFAULT_SERVICE_NAME
     listen: str = DEFAULT_METRICS_LISTEN  # host:port; "" disables the endpoint
     pushgateway_url: str = ""             # e.g. http://pushgateway:9091; "" = no push
 
