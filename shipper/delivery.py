@@ -90,6 +90,10 @@ class Decision:
     # refusal named. Pushing faster only burns the limit (and makes Loki 3
     # shard the stream, after which its answers no longer cover the push).
     min_delay: float = 0.0
+    # RETRY and SPLIT: push at most this many bytes (Loki's count) at a time,
+    # 0 for no bound: one second of the named rate, so each push fits a bucket
+    # of at least that much burst, and a push's answer stays exact.
+    max_push_bytes: int = 0
 
 
 Facts = Sequence[tuple[int, int, int]]  # per entry, in push order: timestamp ns, line bytes, Loki's bytes
@@ -124,7 +128,35 @@ def _rate_limited(message: str, entries: Facts, whole_refusals: int) -> Decision
     if decision.action != RETRY or rate is None:
         return decision
     again = entries if decision.resend is None else [entries[i] for i in decision.resend]
-    return replace(decision, min_delay=sum(e[2] for e in again) / rate)
+    size = sum(e[2] for e in again)
+    cap = max(1, int(rate))
+    if decision.whole and len(entries) > 1 and size > rate:
+        # More than a second of the limit, refused whole: it may be over the
+        # burst and never pass. In pieces of a second's worth, now.
+        return replace(decision, action=SPLIT, max_push_bytes=cap)
+    return replace(decision, min_delay=min(size, rate) / rate, max_push_bytes=cap)
+
+
+def chunked(indexes: Sequence[int], entries: Facts, max_bytes: int) -> list[tuple[int, ...]]:
+    """`indexes` in order, in runs of at most `max_bytes` (Loki's count; at least one entry each).
+
+    With `max_bytes` 0, one run.
+    """
+    if not max_bytes:
+        return [tuple(indexes)]
+    runs: list[tuple[int, ...]] = []
+    run: list[int] = []
+    size = 0
+    for i in indexes:
+        cost = entries[i][2]
+        if run and size + cost > max_bytes:
+            runs.append(tuple(run))
+            run, size = [], 0
+        run.append(i)
+        size += cost
+    if run:
+        runs.append(tuple(run))
+    return runs
 
 
 def _named_rate(message: str) -> float | None:

@@ -498,6 +498,14 @@ class Pipeline:
             if facts is None and outcome == 429 and decision.action == delivery.RETRY:
                 decision = delivery.Decision(delivery.RETRY, whole=decision.whole, cause=decision.cause)
             seconds = time.monotonic() - started
+            if decision.action == delivery.SPLIT and decision.max_push_bytes and facts is not None:
+                groups = delivery.chunked(range(item.lines), facts, decision.max_push_bytes)
+                if len(groups) > 1:
+                    self._replace_head(item, body, facts, groups, item.counted)
+                    events.log("warn", "Loki refused a push whole: pushing it in pieces of its named rate",
+                               lines=item.lines, pieces=len(groups), cause=decision.cause)
+                    events.push_failed(label, answer.message, 0.0, seconds)
+                    continue
             if decision.action == delivery.SPLIT:
                 if self._split(item, body):
                     events.push_failed(label, answer.message, 0.0, seconds)
@@ -552,23 +560,43 @@ class Pipeline:
                                 decision.uncertain, decision.cause)
         if decision.refused:
             events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+        groups = delivery.chunked(keep, facts, decision.max_push_bytes)
+        self._replace_head(item, body, facts, groups, item.counted - already + decision.uncertain)
+
+    def _replace_head(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
+                      groups: Sequence[Sequence[int]], counted: int) -> None:
+        """Put pushes of `groups` (indexes of `item`'s entries, in order) in its place at the front.
+
+        The last one carries the file marks and the spool file, rewritten to
+        hold every entry still to deliver: a restart replays them all, and
+        Loki drops the copies of pieces it had already stored.
+        """
         ((labels, raw),) = encoder.push_streams(encoder.uncompress(body))
-        part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in keep]))
-        line_bytes = sum(facts[i][1] for i in keep)
-        size = _share(item.size, len(keep), item.lines)
-        rest = Sealed(part, len(keep), line_bytes, size, item.marks, item.spooled,
-                      counted=item.counted - already + decision.uncertain)
+        items: list[Sealed] = []
+        for k, group in enumerate(groups):
+            last = k == len(groups) - 1
+            part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in group]))
+            line_bytes = sum(facts[i][1] for i in group)
+            here = min(counted, len(group))  # which pieces hold them is unknown: a bound
+            counted -= here
+            items.append(Sealed(part, len(group), line_bytes, _share(item.size, len(group), item.lines),
+                                item.marks if last else {}, None, counted=here))
+        rest = items[-1]
         if item.spooled is not None and self.spool is not None:
+            every = [i for group in groups for i in group]
             try:
-                rest.spooled = self.spool.replace(item.spooled, rest.lines, line_bytes, part)
+                whole = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in every]))
+                rest.spooled = self.spool.replace(item.spooled, len(every), sum(facts[i][1] for i in every),
+                                                  whole)
             except OSError as e:
                 # The old file stays: a restart would replay lines Loki holds (it dedups what it can).
                 events.log("error", "cannot rewrite a spooled batch after a partial answer",
                            path=item.spooled.path, error=str(e))
-            if item.body is None:
-                rest.body, rest.size = None, 0
-        self.pending[0] = rest
-        self.pending_bytes += rest.size - item.size
+                rest.spooled = item.spooled
+        self.pending.popleft()
+        self.pending.extendleft(reversed(items))
+        self.pending_bytes += sum(i.size for i in items) - item.size
+        self._inflight = None
 
     def _split(self, item: Sealed, body: bytes) -> bool:
         """Replace a batch Loki found too large (413) by its two halves; False if it is one line.

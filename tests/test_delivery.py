@@ -61,8 +61,10 @@ TENANT_429 = ("Ingestion rate limit exceeded for user fake (limit: 1048576 bytes
 
 @pytest.mark.parametrize("fmt", [rate_limited_34, rate_limited_27])
 @pytest.mark.parametrize(("refused", "n", "want"), [
-    # Whole stream refused (Loki 3's shard_streams): nothing stored, all again.
-    (list(range(300)), 300, Decision(RETRY, whole=True, cause="per_stream_rate_limit")),
+    # Whole stream refused (Loki 3's shard_streams): nothing stored, all again...
+    (list(range(100)), 100, Decision(RETRY, whole=True, cause="per_stream_rate_limit")),
+    # ... or in pieces of a second of the named rate when it is more than that (past the burst?).
+    (list(range(300)), 300, Decision(SPLIT, whole=True, cause="per_stream_rate_limit")),
     # Per entry, all named: exactly those again, the rest stored.
     ([5, 7, 9], 20, Decision(RETRY, stored=17, resend=(5, 7, 9), cause="per_stream_rate_limit")),
     # Per entry, a suffix refused, more than 10: the 10 named and the rest after them are all refused.
@@ -77,10 +79,12 @@ TENANT_429 = ("Ingestion rate limit exceeded for user fake (limit: 1048576 bytes
 def test_per_stream_rate_limit(fmt, refused, n, want) -> None:
     es = entries(n)
     got = decide(429, fmt(refused, n, es), es)
-    assert replace(got, min_delay=0.0) == want
-    # Paced: what goes out again, in Loki's bytes (line + metadata), at the rate the answer named.
+    assert replace(got, min_delay=0.0, max_push_bytes=0) == want
+    # Paced: what goes out again, in Loki's bytes (line + metadata), at the rate the answer
+    # named, in pushes of at most a second of it.
     again = n if want.resend is None else len(want.resend)
-    assert got.min_delay == again * 150 / (20 * 1024)
+    assert got.max_push_bytes == 20 * 1024
+    assert got.min_delay == (0.0 if want.action == SPLIT else min(again * 150, 20480) / 20480)
 
 
 def test_entries_refused_by_validation_before_the_ingester_are_refused_for_good() -> None:
@@ -88,7 +92,8 @@ def test_entries_refused_by_validation_before_the_ingester_are_refused_for_good(
     es = entries(10)
     message = rate_limited_34([3], 8, es)
     assert decide(429, message, es) == Decision(RETRY, stored=7, refused=2, resend=(3,),
-                                                cause="per_stream_rate_limit", min_delay=150 / 20480)
+                                                cause="per_stream_rate_limit", min_delay=150 / 20480,
+                                                max_push_bytes=20480)
 
 
 @pytest.mark.parametrize(("offset", "zone"), [(0, "UTC"), (60, "CET"), (-300, "EST"), (330, "IST")])
@@ -107,18 +112,23 @@ def test_go_time_roundtrip(ns: int) -> None:
 def test_a_named_timestamp_not_in_the_push_means_all_again() -> None:
     es = entries(5)
     text = rate_limited_34([1], 5, entries(5, 100)).replace(go_time(es[1][0]), go_time(T0 + 999))
-    assert decide(429, text, es) == Decision(RETRY, cause="per_stream_rate_limit", min_delay=5 * 150 / 20480)
+    assert decide(429, text, es) == Decision(RETRY, cause="per_stream_rate_limit", min_delay=5 * 150 / 20480,
+                                             max_push_bytes=20480)
 
 
 @pytest.mark.parametrize(("whole_refusals", "n", "want"), [
-    (0, 20000, Decision(RETRY, whole=True, cause="ingestion_rate_limit")),
-    (1, 20000, Decision(SPLIT, whole=True, cause="ingestion_rate_limit")),
-    (5, 1, Decision(RETRY, whole=True, cause="ingestion_rate_limit")),  # one entry cannot be split
+    # Under a second of the named rate: again, paced; split after two refusals.
+    (0, 5000, Decision(RETRY, whole=True, cause="ingestion_rate_limit", min_delay=5000 * 120 / 2**20,
+                       max_push_bytes=2**20)),
+    (1, 5000, Decision(SPLIT, whole=True, cause="ingestion_rate_limit")),
+    # Over a second of it: in pieces of a second's worth at once (it may be over the burst).
+    (0, 20000, Decision(SPLIT, whole=True, cause="ingestion_rate_limit", max_push_bytes=2**20)),
+    # One entry cannot be split.
+    (5, 1, Decision(RETRY, whole=True, cause="ingestion_rate_limit", min_delay=120 / 2**20,
+                    max_push_bytes=2**20)),
 ])
 def test_tenant_rate_limit_retries_then_splits(whole_refusals: int, n: int, want: Decision) -> None:
-    got = decide(429, TENANT_429, [(0, 100, 120)] * n, whole_refusals)
-    assert replace(got, min_delay=0.0) == want
-    assert got.min_delay == (n * 120 / 1048576 if want.action == RETRY else 0.0)
+    assert decide(429, TENANT_429, [(0, 100, 120)] * n, whole_refusals) == want
 
 
 def test_a_whole_stream_refused_twice_is_split() -> None:
@@ -133,7 +143,21 @@ def test_pacing_reads_the_limit_loki_named(limit: str, rate: float) -> None:
     es = entries(4)
     message = f"entry with timestamp {go_time(es[0][0])} ignored, reason: 'Per stream rate limit exceeded " \
               f"(limit: {limit}/sec) while attempting',\nuser 'fake', total ignored: 4 out of 4 for stream: {STREAM}"
-    assert decide(429, message, es).min_delay == 4 * 150 / rate
+    got = decide(429, message, es)
+    assert got.max_push_bytes == int(rate)
+    if 4 * 150 > rate:
+        assert (got.action, got.min_delay) == (SPLIT, 0.0)
+    else:
+        assert (got.action, got.min_delay) == (RETRY, 4 * 150 / rate)
+
+
+@pytest.mark.parametrize(("max_bytes", "want"), [
+    (0, [(0, 1, 2, 3, 4)]),
+    (300, [(0, 1), (2, 3), (4,)]),
+    (100, [(0,), (1,), (2,), (3,), (4,)]),  # an entry over the bound goes alone
+])
+def test_chunked(max_bytes: int, want: list[tuple[int, ...]]) -> None:
+    assert delivery.chunked(range(5), entries(5), max_bytes) == want
 
 
 def test_an_answer_for_one_shard_of_a_stream_knows_nothing_of_the_rest() -> None:
