@@ -70,9 +70,9 @@ async def test_level_labels_route_errors_to_their_own_stream(tmp_path: Path, rec
                    multiline=True, detect_level=True, level_labels=["error", "critical"])
     assert receiver.lines(stream="stdout", level="error") == [MERGED[1]]
     assert [k for k in receiver.streams()if ("level", "error") in k] == [
-        (("dag_id", "unknown"), ("level", "error"), ("stream", "stdout"), ("task_id", "unknown"))]
+        (("dag_id", "unknown"), ("level", "error"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "unknown"))]
     # The other entries stay in the source's stream, without a level label.
-    plain = (("dag_id", "unknown"), ("stream", "stdout"), ("task_id", "unknown"))
+    plain = (("dag_id", "unknown"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "unknown"))
     assert [e.line for e in receiver.streams()[plain]] == [MERGED[0], MERGED[2]]
 
 
@@ -154,9 +154,9 @@ async def test_task_log_files_are_found_and_labelled_from_their_path(
     run = ("run_id", "manual__2026-11-24T10:00:00+00:00")
     got = {k: [(e.line, e.metadata) for e in v] for k, v in receiver.streams().items() if ("stream", "stdout") in k}
     assert got == {
-        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [
+        (("dag_id", "etl"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "load")): [
             ("one", (run, ("try_number", "1"))), ("two", (run, ("try_number", "1")))],
-        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "fan_out")): [
+        (("dag_id", "etl"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "fan_out")): [
             ("three", (("map_index", "3"), run, ("try_number", "2")))],
     }
     assert [r["path"] for r in proc.logs("source file found")] == [str(first), str(later)]
@@ -175,8 +175,8 @@ async def test_a_routed_level_keeps_the_labels_a_task_log_file_got_from_its_path
     assert await proc.wait() == 0
     # The error entry's own stream: dag_id/task_id from the file's path, not "unknown".
     assert {k: [e.line for e in v] for k, v in receiver.streams().items() if ("stream", "stdout") in k} == {
-        (("dag_id", "etl"), ("level", "error"), ("stream", "stdout"), ("task_id", "load")): [MERGED[1]],
-        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [MERGED[0], MERGED[2]],
+        (("dag_id", "etl"), ("level", "error"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "load")): [MERGED[1]],
+        (("dag_id", "etl"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "load")): [MERGED[0], MERGED[2]],
     }
 
 
@@ -221,7 +221,7 @@ async def test_the_same_task_output_arrives_identically_from_stdout_a_task_log_f
     results = {capture: await shipped(capture) for capture in ("stdout", "task-log file", "exec")}
     run_metadata = (("run_id", "r1"), ("try_number", "1"))  # the receiver sorts metadata by name
     assert results["stdout"] == {
-        (("dag_id", "etl"), ("stream", "stdout"), ("task_id", "load")): [
+        (("dag_id", "etl"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "load")): [
             (MERGED[0], (("level", "info"), *run_metadata)),
             (MERGED[1], (("level", "error"), *run_metadata)),
             (MERGED[2], (("level", "warning"), *run_metadata))],
