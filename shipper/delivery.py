@@ -102,12 +102,13 @@ Facts = Sequence[tuple[int, int, int]]  # per entry, in push order: timestamp ns
 def decide(outcome: int | BaseException, message: str, entries: Facts, whole_refusals: int = 0) -> Decision:
     """The decision for a push of `entries` (see `Facts`; encoder.entry_facts).
 
-    `outcome` is the HTTP status, or the exception the push ended with;
+    `outcome` is the HTTP status, or the transport error the push ended with
+    (a bug's exception never gets here: it is not Loki's answer);
     `whole_refusals` how many times in a row this push was refused as a whole.
     """
     n = len(entries)
     if isinstance(outcome, BaseException):
-        return Decision(RETRY, cause="transport") if is_retriable(outcome) else Decision(ACK, refused=n, cause="error")
+        return Decision(RETRY, cause="transport")
     status = outcome
     if 200 <= status < 300:
         return Decision(ACK, stored=n)

@@ -481,7 +481,10 @@ class Pipeline:
             try:
                 answer = await self.sink.push(body)
                 outcome = answer.status
-            except Exception as e:  # transport errors; the policy decides below
+            except (OSError, TimeoutError, EOFError) as e:
+                # Transport errors (http1.ProtocolError is a ConnectionError): the
+                # policy decides below. Anything else is a bug: it ends the sender,
+                # and the supervisor exits 3 naming it, instead of counting a refusal.
                 answer = Answer(0, f"{type(e).__name__}: {e}")
                 outcome = e
             if isinstance(outcome, int) and 200 <= outcome < 300:  # the usual case: nothing to decode

@@ -227,7 +227,7 @@ def test_too_far_behind_is_refused_for_good() -> None:
     (413, Decision(SPLIT, cause="too_large")),
     (ConnectionResetError(), Decision(RETRY, cause="transport")),
     (TimeoutError(), Decision(RETRY, cause="transport")),
-    (ValueError("bug"), Decision(ACK, refused=3, cause="error")),
+    (EOFError(), Decision(RETRY, cause="transport")),
 ])
 def test_statuses(outcome: int | BaseException, want: Decision) -> None:
     assert decide(outcome, "", entries(3)) == want
@@ -264,3 +264,35 @@ def test_a_grouped_answer_cut_short_is_counted_by_the_limit_it_names() -> None:
            "oldest acceptable timestamp is: 2025-11-24T06:26:25Z")
     cut = "; ".join([one] * 5)  # 5 of the 300 groups made it
     assert decide(400, cut, es) == Decision(ACK, stored=300, refused=300, cause="invalid")
+
+
+class _BuggySink:
+    """A sink whose push fails with an exception no transport raises (a bug)."""
+
+    timeout = 1.0
+
+    async def push(self, body: bytes, timeout: float | None = None) -> object:
+        raise KeyError("a bug in the sink")
+
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None:
+        return None
+
+    async def close(self) -> None:
+        pass
+
+
+async def test_a_bug_in_the_sink_ends_the_sender_instead_of_counting_a_refusal() -> None:
+    """The supervisor turns a dead sender into exit 3 (shipper.lifecycle); the lines are not `rejected`."""
+    from shipper import config as config_module, events
+    from shipper.batch import Stream
+    from shipper.pipeline import Pipeline
+
+    cfg = config_module.parse('[loki]\nurl = "http://127.0.0.1:1/loki/api/v1/push"\n')
+    pipeline = Pipeline(cfg, [], _BuggySink())  # type: ignore[arg-type]
+    pipeline.acc.add(Stream('{stream="stdout"}'), [b"one", b"two"], 0.0, T0)
+    pipeline._flush_open()
+    rejected = events.COUNTERS.dropped["rejected"]
+    with pytest.raises(KeyError, match="a bug in the sink"):
+        await pipeline.sender()
+    assert events.COUNTERS.dropped["rejected"] == rejected
+    assert pipeline.undelivered_lines == 2
