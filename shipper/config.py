@@ -60,6 +60,10 @@ DEFAULT_MULTILINE_MAX_LINES = 500
 # An open entry waits at most this for a continuation line: the batch tick, so
 # the last entry of a task ships as promptly as any other line.
 DEFAULT_MULTILINE_MAX_WAIT = 0.5
+# JSON record keys a traceback may be in, the first present wins: Airflow 3.3
+# writes `error_detail` (structlog's dict form, a list of stacks), structlog's
+# own default is `exception` (that form, or a string). Rendered after the event.
+DEFAULT_JSON_EXCEPTION_KEYS = ("error_detail", "exception")
 FORMATS = ("raw", "cri", "json")
 LEVEL_NAMES = ("trace", "debug", "info", "warning", "error", "critical")
 # Disk spool (off unless spool_dir is set, e.g. an emptyDir): every sealed
@@ -148,6 +152,8 @@ class SourceConfig:
     detect_level: bool = False  # send the level as structured metadata `level`
     json_metadata: tuple[str, ...] = ()  # json: record keys sent as structured metadata
     json_keep_record: bool = False  # json: ship the whole record, not just `event`
+    # json: keys whose traceback is rendered Python-style after the event ([] = none)
+    json_exception_keys: tuple[str, ...] = DEFAULT_JSON_EXCEPTION_KEYS
 
     @property
     def processed(self) -> bool:
@@ -399,6 +405,10 @@ def _validate(c: Config) -> None:
                               f"got {s.multiline_max_wait}")
         if (s.json_metadata or s.json_keep_record) and s.format != "json":
             raise ConfigError(f'sources[{i}].json_metadata: only for format = "json"')
+        if s.json_exception_keys != DEFAULT_JSON_EXCEPTION_KEYS and s.format != "json":
+            raise ConfigError(f'sources[{i}].json_exception_keys: only for format = "json"')
+        if any(not key for key in s.json_exception_keys):
+            raise ConfigError(f"sources[{i}].json_exception_keys: a key may not be empty")
     for name in c.labels:
         if not _LABEL_NAME.match(name) or name.startswith("__"):
             raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")

@@ -294,6 +294,11 @@ def _is_utf8(data: bytes) -> bool:
 
 
 
+# Where Airflow's structlog puts a record's exception: Airflow 3.3 `error_detail`
+# (a list of stacks), structlog's default `exception` (a list, or a string).
+DEFAULT_EXCEPTION_KEYS = ("error_detail", "exception")
+
+
 class JsonParser:
     """JSON lines, Airflow 3 task logs by default; see the module docstring.
 
@@ -304,27 +309,29 @@ class JsonParser:
     `keep_record=True` ships the line whole instead of its `event`.
     `time_key` must be present with a parsable timestamp (else the line is
     malformed); so must `message_key` unless keep_record. The record's
-    `level_key` value, normalised, becomes the Record's level. With
-    `exception_key`, a traceback structlog stored in the record (Airflow 3's
-    `"exception": [{"exc_type":..., "frames": [...]}]`, or a string) is
-    rendered Python-style after the event, so it reads as one entry.
+    `level_key` value, normalised, becomes the Record's level.
+    `exception_keys`: the first of these keys the record holds a traceback in
+    (Airflow 3.3's `"error_detail": [{"exc_type":..., "frames": [...]}]`,
+    structlog's `"exception"` list or string) is rendered Python-style after
+    the event (`render_exception`), so the traceback reads as one entry with
+    its log line and keeps the record's level; () renders none.
     `max_bytes`: should the line so built be longer (a rendered traceback can
     outgrow its JSON), the record is shipped whole instead (counted in
     `kept_whole`), so a line never exceeds what the input line did.
     """
 
-    __slots__ = ("keep_record", "time_key", "message_key", "level_key", "exception_key", "max_bytes",
+    __slots__ = ("keep_record", "time_key", "message_key", "level_key", "exception_keys", "max_bytes",
                  "_metadata", "_keys", "_cache", "malformed", "kept_whole")
 
     def __init__(self, *, metadata: Mapping[str, str] | Iterable[str] = (), keep_record: bool = False,
                  time_key: str = "timestamp", message_key: str = "event", level_key: str = "level",
-                 exception_key: str | None = "exception", max_bytes: int | None = None) -> None:
+                 exception_keys: Sequence[str] = DEFAULT_EXCEPTION_KEYS, max_bytes: int | None = None) -> None:
         self.max_bytes = max_bytes
         self.keep_record = keep_record
         self.time_key = time_key
         self.message_key = message_key
         self.level_key = level_key
-        self.exception_key = exception_key
+        self.exception_keys = tuple(exception_keys)
         pairs = metadata.items() if isinstance(metadata, Mapping) else ((k, k) for k in metadata)
         self._metadata: tuple[tuple[str, str], ...] = tuple(pairs)
         self._keys = tuple(key for key, _ in self._metadata)
@@ -366,12 +373,13 @@ class JsonParser:
             if event is None:
                 return self._raw(line)
             message = event if type(event) is str else _compact(event)
-            if self.exception_key is not None:
-                exc = get(self.exception_key)
+            for key in self.exception_keys:
+                exc = get(key)
                 if exc:
                     rendered = render_exception(exc)
                     if rendered:
                         message = f"{message}\n{rendered}" if message else rendered
+                        break
             try:
                 out = message.encode("utf-8")
             except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
@@ -450,50 +458,134 @@ def _utf8(text: str) -> bytes:
         return text.encode("utf-8", "replace")
 
 
-def render_exception(exc: object) -> str | None:
-    """A Python-style traceback of structlog's exception value, None if not one.
+# Between two exceptions of a chain, as Python prints them (traceback._cause_message/_context_message).
+_CAUSE = "\nThe above exception was the direct cause of the following exception:\n\n"
+_CONTEXT = "\nDuring handling of the above exception, another exception occurred:\n\n"
 
-    A string (structlog's format_exc_info) is returned as it is. A list of
-    stacks (structlog's ExceptionDictTransformer, which Airflow 3 uses: the
-    raised exception first, then its cause or context, each with `exc_type`,
-    `exc_value`, `frames` of `filename`/`lineno`/`name`, and `is_cause`)
-    is rendered oldest first, as Python prints a chain.
+
+def render_exception(exc: object) -> str | None:
+    """A Python-style traceback of a structured exception value, None if not one.
+
+    A string (structlog's format_exc_info, Airflow 2-era `exception`) is
+    returned as it is. A list of stacks (structlog's ExceptionDictTransformer:
+    Airflow 3 writes it as `error_detail`) is rendered as Python prints it:
+    the list holds the raised exception first, then its cause or context
+    (`is_cause` of a stack says whether it was the `__cause__` of the one
+    before it), and Python prints the oldest first, each followed by "The
+    above exception was the direct cause of the following exception:" or
+    "During handling of the above exception, another exception occurred:".
+    Each stack is `Traceback (most recent call last):`, a `  File "f", line
+    N, in name` per frame (and its source line when given), then `ExcType:
+    value`, its notes (`exc_notes`); a SyntaxError gets its location and
+    caret; an exception group (`is_group`, `exceptions`) its sub-exceptions
+    inside Python's `| ` margins.
     """
     if isinstance(exc, str):
         return exc
-    if not isinstance(exc, list) or not exc or not all(isinstance(s, dict) for s in exc):
+    if not _is_stacks(exc):
         return None
-    blocks: list[str] = []
-    for i in range(len(exc) - 1, -1, -1):
-        stack = exc[i]
-        out: list[str] = []
+    out: list[str] = []
+    _render_chain(exc, 0, out, [False])  # type: ignore[arg-type]  # checked by _is_stacks
+    return _clean("".join(out).rstrip("\n"))
+
+
+def _is_stacks(value: object) -> bool:
+    return isinstance(value, list) and bool(value) and all(isinstance(s, dict) for s in value)
+
+
+def _emit(out: list[str], depth: int, text: str, margin: str = "|") -> None:
+    """Append `text` (whole lines), indented for an exception group `depth` deep (traceback._ExceptionPrintContext)."""
+    if not depth:
+        out.append(text)
+        return
+    prefix = "  " * depth + margin + " "
+    out.extend(prefix + line + "\n" for line in text.splitlines())
+
+
+def _render_chain(stacks: list[dict[str, object]], depth: int, out: list[str], need_close: list[bool]) -> None:
+    """One exception and its causes (structlog's Trace.stacks), oldest first, at group `depth`.
+
+    `need_close` is traceback's `_ctx.need_close`: a group ending in a group shares its closing line.
+    """
+    for i in range(len(stacks) - 1, -1, -1):
+        stack = stacks[i]
+        if i < len(stacks) - 1:
+            _emit(out, depth, _CAUSE if stacks[i + 1].get("is_cause") else _CONTEXT)
         frames = stack.get("frames")
+        subs = stack.get("exceptions")
+        group = bool(stack.get("is_group")) and isinstance(subs, list) and bool(subs)
+        toplevel = group and depth == 0
+        if toplevel:
+            depth = 1
         if isinstance(frames, list) and frames:
-            out.append("Traceback (most recent call last):")
-            for frame in frames:
-                if isinstance(frame, dict):
-                    out.append(f'  File "{frame.get("filename")}", line {frame.get("lineno")}, in {frame.get("name")}')
-                    source = frame.get("line")
-                    if isinstance(source, str) and source.strip():
-                        out.append(f"    {source.strip()}")
-        exc_type = stack.get("exc_type") or "Exception"
-        exc_value = stack.get("exc_value")
-        out.append(f"{exc_type}: {exc_value}" if exc_value not in (None, "") else str(exc_type))
-        blocks.append("\n".join(out))
-        if i:
-            blocks.append("The above exception was the direct cause of the following exception:"
-                          if stack.get("is_cause") else
-                          "During handling of the above exception, another exception occurred:")
-    return _clean("\n\n".join(blocks))
+            if group:
+                _emit(out, depth, "Exception Group Traceback (most recent call last):\n",
+                      "+" if toplevel else "|")
+            else:
+                _emit(out, depth, "Traceback (most recent call last):\n")
+            _emit(out, depth, "".join(_frame(f) for f in frames if isinstance(f, dict)))
+        _emit(out, depth, _exception_only(stack))
+        if group:
+            assert isinstance(subs, list)
+            indent = "  " * depth
+            need_close[0] = False
+            for n, sub in enumerate(subs, 1):
+                if n == len(subs):
+                    need_close[0] = True  # the closing line, unless a nested group's writes it
+                out.append(f"{indent}{'+-' if n == 1 else '  '}+---------------- {n} ----------------\n")
+                inner = sub.get("stacks") if isinstance(sub, dict) else None
+                if _is_stacks(inner):
+                    _render_chain(inner, depth + 1, out, need_close)  # type: ignore[arg-type]
+                else:
+                    _emit(out, depth + 1, "Exception\n")
+                if n == len(subs) and need_close[0]:
+                    out.append(f"{indent}  +------------------------------------\n")
+                    need_close[0] = False
+        if toplevel:
+            depth = 0
+
+
+def _frame(frame: dict[str, object]) -> str:
+    text = f'  File "{frame.get("filename")}", line {frame.get("lineno")}, in {frame.get("name")}\n'
+    source = frame.get("line")
+    if isinstance(source, str) and source.strip():
+        text += f"    {source.strip()}\n"
+    return text
+
+
+def _exception_only(stack: dict[str, object]) -> str:
+    """`ExcType: value` and its notes, as traceback.format_exception_only writes them."""
+    exc_type = stack.get("exc_type") or "Exception"
+    value = stack.get("exc_value")
+    text = ""
+    syntax = stack.get("syntax_error")
+    if isinstance(syntax, dict):
+        text = f'  File "{syntax.get("filename")}", line {syntax.get("lineno")}\n'
+        source = syntax.get("line")
+        if isinstance(source, str) and source.strip():
+            stripped = source.strip()
+            text += f"    {stripped}\n"
+            offset = syntax.get("offset")
+            if type(offset) is int:
+                caret = offset - 1 - (len(source) - len(source.lstrip()))
+                text += "    " + " " * max(0, min(caret, len(stripped))) + "^\n"
+        if isinstance(syntax.get("msg"), str):
+            value = syntax["msg"]
+    text += f"{exc_type}: {value}\n" if value not in (None, "") else f"{exc_type}\n"
+    notes = stack.get("exc_notes")
+    if isinstance(notes, list):
+        text += "".join(f"{note}\n" for note in notes if isinstance(note, str))
+    return text
 
 
 def make_parser(name: str, *, max_bytes: int, metadata: Mapping[str, str] | Iterable[str] = (),
-                keep_record: bool = False) -> Parser:
+                keep_record: bool = False, exception_keys: Sequence[str] = DEFAULT_EXCEPTION_KEYS) -> Parser:
     """The parser for a source's `format` setting: "raw", "cri" or "json"."""
     if name == "raw":
         return RawParser()
     if name == "cri":
         return CriParser(max_bytes)
     if name == "json":
-        return JsonParser(metadata=metadata, keep_record=keep_record, max_bytes=max_bytes)
+        return JsonParser(metadata=metadata, keep_record=keep_record, exception_keys=exception_keys,
+                          max_bytes=max_bytes)
     raise ValueError(f"unknown format {name!r}: use raw, cri or json")

@@ -32,7 +32,7 @@ class Processor:
 
     def __init__(self, cfg: SourceConfig, max_line_bytes: int) -> None:
         self.parser = make_parser(cfg.format, max_bytes=max_line_bytes, metadata=cfg.json_metadata,
-                                  keep_record=cfg.json_keep_record)
+                                  keep_record=cfg.json_keep_record, exception_keys=cfg.json_exception_keys)
         self.detect_level = cfg.detect_level
         self._merge = cfg.multiline
         start = re.compile(cfg.multiline_start.encode()) if cfg.multiline_start else DEFAULT_START

@@ -171,9 +171,9 @@ LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff,
     ("[sink]\nkind = 'loki'", "unknown key sink.kind (known keys in sink: type)"),
     ("[airflow]\nlabel = []", "unknown key airflow.label (known keys in airflow: annotations_file, missing, labels, service_name)"),
     ('[[sources]]\npath = "/a"\nstream = "s"\nname = "x"',
-     "unknown key sources[0].name (known keys in sources[0]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record)"),
+     "unknown key sources[0].name (known keys in sources[0]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record, json_exception_keys)"),
     (SOURCE + '[[sources]]\npath = "/b"\nstream = "s"\nfollow = true',
-     "unknown key sources[1].follow (known keys in sources[1]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record)"),
+     "unknown key sources[1].follow (known keys in sources[1]: path, stream, format, multiline, multiline_start, multiline_max_lines, multiline_max_wait, detect_level, json_metadata, json_keep_record, json_exception_keys)"),
 ])
 def test_unknown_keys_are_named(text: str, message: str) -> None:
     assert refused(text) == message

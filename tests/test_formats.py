@@ -444,10 +444,108 @@ def test_json_exception_joins_the_event() -> None:
     line = json.dumps(record).encode()
     expected = ("Task failed with exception\n" + EXC_TEXT[EXC_TEXT.rindex("Traceback"):]).encode()
     assert JsonParser().parse(line) == Record(expected, A3_TS, None, (), "error")
-    assert JsonParser(exception_key=None).parse(line).line == b"Task failed with exception"
+    assert JsonParser(exception_keys=()).parse(line).line == b"Task failed with exception"
     assert JsonParser(keep_record=True).parse(line).line == line
     assert JsonParser().parse(json.dumps(record | {"event": ""}).encode()).line.startswith(b"Traceback")
     assert JsonParser().parse(json.dumps(record | {"exception": 5}).encode()).line == b"Task failed with exception"
+
+
+def structlog_stacks(exc: BaseException) -> list[dict[str, object]]:
+    """What structlog's ExceptionDictTransformer makes of `exc` (structlog.tracebacks.extract,
+    followed here with the source line of each frame, which Python prints too)."""
+    import traceback
+    stacks: list[dict[str, object]] = []
+    is_cause = False
+    current: BaseException | None = exc
+    while current is not None:
+        stack: dict[str, object] = {
+            "exc_type": type(current).__name__, "exc_value": str(current), "exc_notes": list(getattr(current, "__notes__", [])),
+            "syntax_error": None, "is_cause": is_cause, "is_group": False, "exceptions": [],
+            "frames": [{"filename": f.filename, "lineno": f.lineno, "name": f.name, "line": f.line}
+                       for f in traceback.extract_tb(current.__traceback__)]}
+        if isinstance(current, BaseExceptionGroup):
+            stack["is_group"] = True
+            stack["exceptions"] = [{"stacks": structlog_stacks(e)} for e in current.exceptions]
+        stacks.append(stack)
+        if current.__cause__ is not None:
+            current, is_cause = current.__cause__, True
+        elif current.__context__ is not None and not current.__suppress_context__:
+            current, is_cause = current.__context__, False
+        else:
+            current = None
+    return stacks
+
+
+def raised(code: str) -> BaseException:
+    try:
+        exec(compile(code, "/opt/airflow/dags/t.py", "exec"), {})
+    except BaseException as e:  # noqa: BLE001
+        return e
+    raise AssertionError("no exception")
+
+
+RAISED_LINE = raised.__code__.co_firstlineno + 2  # its exec() line
+
+
+@pytest.mark.parametrize("code", [
+    "def f():\n    raise ValueError('boom')\nf()",
+    "try:\n    raise KeyError('k')\nexcept KeyError as e:\n    raise ValueError('boom') from e",
+    "try:\n    raise KeyError('k')\nexcept KeyError:\n    raise ValueError('boom')",
+    "try:\n    raise KeyError('k')\nexcept KeyError:\n    raise ValueError('boom') from None",
+    "e = ValueError('noted')\ne.add_note('a note')\ne.add_note('another')\nraise e",
+    "raise ValueError('')",
+    "raise ExceptionGroup('eg', [ValueError('a'), TypeError('b')])",
+    "def g():\n    raise TypeError('b')\ntry:\n    g()\nexcept TypeError as t:\n    raise ExceptionGroup('eg', "
+    "[ValueError('a'), ExceptionGroup('inner', [t, KeyError('c')])]) from t",
+    "try:\n    raise ExceptionGroup('eg', [ValueError('a')])\nexcept Exception as e:\n    raise RuntimeError('x') from e",
+])
+def test_rendered_exception_is_what_python_prints(code: str) -> None:
+    """Item 2 of issue 13: an exception structlog stored as dicts reads exactly as Python prints it
+    (these raise whole-line statements, so Python 3.11 prints no ^^^^ markers, which structlog has no data for)."""
+    import traceback
+    exc = raised(code)
+    printed = "".join(traceback.format_exception(exc)).rstrip("\n")
+    assert render_exception(structlog_stacks(exc)) == printed
+
+
+def test_json_error_detail_of_airflow_3_3_is_rendered_with_its_level() -> None:
+    exc = raised("try:\n    raise KeyError('k')\nexcept KeyError as e:\n    raise ValueError('boom') from e")
+    stacks = structlog_stacks(exc)
+    for s in stacks:  # Airflow 3.3's frames carry no source line
+        for f in s["frames"]:  # type: ignore[attr-defined]
+            del f["line"]
+    record = {"timestamp": "2025-04-01T12:00:00.123456Z", "level": "error", "event": "Task failed with exception",
+              "logger": "task", "error_detail": stacks}
+    rendered = JsonParser().parse(json.dumps(record).encode())
+    assert rendered.level == "error"
+    assert rendered.line.decode() == f"""Task failed with exception
+Traceback (most recent call last):
+  File "/opt/airflow/dags/t.py", line 2, in <module>
+KeyError: 'k'
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "{__file__}", line {RAISED_LINE}, in raised
+  File "/opt/airflow/dags/t.py", line 4, in <module>
+ValueError: boom"""
+    # error_detail first, then exception; a configured key instead; a key whose value is no traceback is skipped.
+    both = record | {"exception": "Traceback (most recent call last):\nX: y"}
+    assert JsonParser().parse(json.dumps(both).encode()).line == rendered.line
+    assert JsonParser(exception_keys=["exception"]).parse(json.dumps(both).encode()).line == (
+        b"Task failed with exception\nTraceback (most recent call last):\nX: y")
+    custom = {k: v for k, v in record.items() if k != "error_detail"} | {"err": stacks, "error_detail": 5}
+    assert JsonParser(exception_keys=["error_detail", "err"]).parse(json.dumps(custom).encode()).line == rendered.line
+
+
+def test_render_syntax_error() -> None:
+    stack = {"exc_type": "SyntaxError", "exc_value": "'(' was never closed (t.py, line 1)", "frames": [],
+             "syntax_error": {"offset": 4, "filename": "t.py", "line": "foo(\n", "lineno": 1,
+                              "msg": "'(' was never closed"}}
+    assert render_exception([stack]) == """  File "t.py", line 1
+    foo(
+       ^
+SyntaxError: '(' was never closed"""
 
 
 def test_json_event_line_longer_than_max_bytes_ships_the_record_whole() -> None:
