@@ -19,7 +19,7 @@ from collections.abc import Sequence
 from shipper import levels
 from shipper.config import SourceConfig
 from shipper.formats import RawParser, Record, make_parser, record_new
-from shipper.multiline import DEFAULT_START, Merger
+from shipper.multiline import Merger
 
 # One log entry ready for the accumulator: a format's Record, its level filled
 # in where detection found one. (Its metadata does not hold the level: the
@@ -35,7 +35,8 @@ class Processor:
                                   keep_record=cfg.json_keep_record, exception_keys=cfg.json_exception_keys)
         self.detect_level = cfg.detect_level
         self._merge = cfg.multiline
-        start = re.compile(cfg.multiline_start.encode()) if cfg.multiline_start else DEFAULT_START
+        # No multiline_start: the merger's grammar per format (None); a custom one: Promtail's firstline rule.
+        start = re.compile(cfg.multiline_start.encode()) if cfg.multiline_start else None
         self._merger_args = (start, cfg.multiline_max_lines, cfg.multiline_max_wait, max_line_bytes)
         # One merger per stream: a CRI file interleaves stdout and stderr.
         self._mergers: dict[str | None, Merger] = {}

@@ -19,6 +19,8 @@ from shipper import levels
 from shipper.multiline import DEFAULT_START, Merger
 
 BIG = 256 * 1024
+# A custom start that matches nothing: the first line begins an entry every later one continues.
+NEVER = re.compile(rb"(?!)")
 
 
 @dataclass(frozen=True)
@@ -94,33 +96,157 @@ JSON1 = b'{"timestamp":"2025-04-01T12:00:00.123456Z","level":"info","event":"one
 JSON2 = b'{"timestamp":"2025-04-01T12:00:01.000000Z","level":"error","event":"two","logger":"airflow.task"}'
 
 
+# structlog's console format, as Airflow 3 local runs print it (events padded to 30).
+SC1 = b"2026-01-05T10:00:00.123456Z [info     ] Task started                   [airflow.task] loc=task_runner.py:12"
+SC_ERR = (b"2026-01-05T10:00:01.000000Z [error    ] Task failed with exception     [task] "
+          b"dag_id=etl loc=task_runner.py:900")
+SC2 = b"2026-01-05T10:00:02.000000Z [info     ] ::endgroup::                   [airflow.task] loc=x.py:3"
+SC_OPEN = b"2026-01-05T10:00:03.000000Z [warning  ] first line of a message"
+SC_CLOSE = b"its last line                  [airflow.task] loc=x.py:4"
+SC_COLOUR = (b"\x1b[2m2026-01-05T10:00:04.000000Z\x1b[0m [\x1b[31m\x1b[1merror    \x1b[0m] \x1b[1mboom\x1b[0m "
+             b"[\x1b[0m\x1b[1m\x1b[34mairflow.task\x1b[0m]\x1b[0m \x1b[36mloc\x1b[0m=\x1b[35mx.py:5\x1b[0m")
+# Plain Python logging.
+PY_ERR = b"2024-01-01 12:00:00,123 ERROR root: bad"
+PY_OK = b"2024-01-01 12:00:01,000 INFO root: ok"
+CAUSE = [
+    b"Traceback (most recent call last):",
+    b'  File "/a.py", line 3, in f',
+    b"    d[k]",
+    b"    ~^^^",
+    b"KeyError: 'k'",
+    b"",
+    b"The above exception was the direct cause of the following exception:",
+    b"",
+    b"Traceback (most recent call last):",
+    b'  File "/a.py", line 5, in f',
+    b"    raise ValueError('boom') from e",
+    b"ValueError: boom",
+]
+GROUP = [
+    b"  + Exception Group Traceback (most recent call last):",
+    b'  |   File "/tmp/eg.py", line 2, in f',
+    b'  |     raise ExceptionGroup("eg", [ValueError("a"), TypeError("b")])',
+    b"  | ExceptionGroup: eg (2 sub-exceptions)",
+    b"  +-+---------------- 1 ----------------",
+    b"    | ValueError: a",
+    b"    +---------------- 2 ----------------",
+    b"    | TypeError: b",
+    b"    +------------------------------------",
+]
+PRINT = b"hello from print()"
+
+
+def j(*lines: bytes | list[bytes]) -> bytes:
+    """The entry of these lines (lists spliced in)."""
+    flat: list[bytes] = []
+    for line in lines:
+        flat += line if isinstance(line, list) else [line]
+    return b"\n".join(flat)
+
+
 @pytest.mark.parametrize("lines, expected", [
     ([], []),
     ([A1], [A1]),
     ([A1, A2, A3], [A1, A2, A3]),
-    # A traceback after a start line belongs to it.
-    ([A1, A2, *TRACEBACK, A3], [A1, b"\n".join([A2, *TRACEBACK]), A3]),
-    ([A2, *CHAINED], [b"\n".join([A2, *CHAINED])]),
-    # Lines before any start line begin an entry of their own.
-    (TRACEBACK, [b"\n".join(TRACEBACK)]),
-    ([b"hello", b"world", A1], [b"hello\nworld", A1]),
-    ([b"", b"", A1, b""], [b"\n", A1 + b"\n"]),
-    # Airflow 3 JSON records are starts; so is a bare-timestamp or basicConfig line.
-    ([JSON1, JSON2], [JSON1, JSON2]),
-    ([JSON1, *TRACEBACK, JSON2], [b"\n".join([JSON1, *TRACEBACK]), JSON2]),
-    ([b"2024-01-01 12:00:00,123 - root - ERROR - bad", *TRACEBACK, b"2024-01-01 12:00:01,000 - root - INFO - ok"],
-     [b"\n".join([b"2024-01-01 12:00:00,123 - root - ERROR - bad", *TRACEBACK]),
-      b"2024-01-01 12:00:01,000 - root - INFO - ok"]),
-    ([b"ERROR:root:bad", *TRACEBACK, b"INFO:root:ok"], [b"\n".join([b"ERROR:root:bad", *TRACEBACK]), b"INFO:root:ok"]),
+    # Airflow 2: every unprefixed line continues the record (prints are prefixed records).
+    ([A1, A2, *TRACEBACK, A3], [A1, j(A2, TRACEBACK), A3]),
+    ([A2, *CHAINED], [j(A2, CHAINED)]),
+    ([A1, b"second line of the message", b"", b"third", A3], [j(A1, b"second line of the message", b"", b"third"), A3]),
+    ([A2, *TRACEBACK, b"rest of a multi-line exception message", A3],
+     [j(A2, TRACEBACK, b"rest of a multi-line exception message"), A3]),
+    ([b"", b"", A1, b""], [b"", b"", A1 + b"\n"]),
     # Airflow with a space separator, and colored_console_log's ANSI codes.
     ([b"[2022-06-12 13:00:00,123] {x.py:1} INFO - a", b"[\x1b[34m2022-06-12T13:00:00.123+0000\x1b[0m] {x.py:1} I - b"],
      [b"[2022-06-12 13:00:00,123] {x.py:1} INFO - a", b"[\x1b[34m2022-06-12T13:00:00.123+0000\x1b[0m] {x.py:1} I - b"]),
     # Not starts: a bracket without a timestamp, an indented timestamp.
     ([A1, b"[not a timestamp]", b" [2022-06-12T13:00:00] indented"],
-     [b"\n".join([A1, b"[not a timestamp]", b" [2022-06-12T13:00:00] indented"])]),
+     [j(A1, b"[not a timestamp]", b" [2022-06-12T13:00:00] indented")]),
+    # structlog console: a record ends at its ` [logger] key=value` line; then only a traceback joins it.
+    ([SC1, PRINT, SC2], [SC1, PRINT, SC2]),
+    ([SC1, SC_ERR, *TRACEBACK, b"", PRINT, SC2], [SC1, j(SC_ERR, TRACEBACK, b""), PRINT, SC2]),
+    ([SC_ERR, PRINT, b"  an indented print", b""], [SC_ERR, PRINT, b"  an indented print", b""]),
+    ([SC2, b"x" * 20_000, b"last line"], [SC2, b"x" * 20_000, b"last line"]),
+    ([SC_OPEN, b"middle", b"", SC_CLOSE, PRINT], [j(SC_OPEN, b"middle", b"", SC_CLOSE), PRINT]),
+    ([SC_OPEN, SC1], [SC_OPEN, SC1]),  # a record whose suffix never came still ends at the next record
+    ([SC_COLOUR, *TRACEBACK, PRINT], [j(SC_COLOUR, TRACEBACK), PRINT]),
+    ([SC1, PRINT, *TRACEBACK], [SC1, PRINT, j(TRACEBACK)]),  # a print between: the traceback is not the record's
+    # Plain Python logging: indented lines and a traceback join a record; a print does not.
+    ([PY_ERR, *TRACEBACK, PY_OK], [j(PY_ERR, TRACEBACK), PY_OK]),
+    ([PY_OK, b"  detail: 1", b"  detail: 2", PRINT, PY_OK], [j(PY_OK, b"  detail: 1", b"  detail: 2"), PRINT, PY_OK]),
+    ([b"2024-01-01 12:00:00,123 - root - ERROR - bad", *TRACEBACK, PRINT],
+     [j(b"2024-01-01 12:00:00,123 - root - ERROR - bad", TRACEBACK), PRINT]),
+    ([b"ERROR:root:bad", *CAUSE, b"INFO:root:ok"], [j(b"ERROR:root:bad", CAUSE), b"INFO:root:ok"]),
+    # JSON: one record per line; nothing joins it.
+    ([JSON1, JSON2], [JSON1, JSON2]),
+    ([JSON1, *TRACEBACK, JSON2], [JSON1, j(TRACEBACK), JSON2]),
+    ([JSON1, PRINT, b"  indented", b"", JSON2], [JSON1, PRINT, b"  indented", b"", JSON2]),
+    # Tracebacks on their own: the grammar decides where one ends.
+    (TRACEBACK, [j(TRACEBACK)]),
+    ([*TRACEBACK, PRINT, b"another print"], [j(TRACEBACK), PRINT, b"another print"]),
+    ([*CHAINED, PRINT], [j(CHAINED), PRINT]),
+    ([*CAUSE, b"", PRINT], [j(CAUSE, b""), PRINT]),
+    ([*TRACEBACK, *TRACEBACK], [j(TRACEBACK), j(TRACEBACK)]),  # no separator: two tracebacks
+    ([*GROUP, PRINT], [j(GROUP), PRINT]),
+    ([*GROUP, b"", CAUSE[6], b"", *TRACEBACK, PRINT], [j(GROUP, b"", CAUSE[6], b"", TRACEBACK), PRINT]),
+    ([*TRACEBACK[:2], b"", *TRACEBACK[2:], PRINT], [j(TRACEBACK[:2], b"", TRACEBACK[2:]), PRINT]),
+    # A chained exception printed without frames is its `ExcType: message` alone.
+    ([*TRACEBACK, b"", CHAINED[4], b"", b"RuntimeError: no frames", PRINT],
+     [j(TRACEBACK, b"", CHAINED[4], b"", b"RuntimeError: no frames"), PRINT]),
+    # Anything else alone is an entry of its own: every print.
+    ([b"hello", b"world", A1], [b"hello", b"world", A1]),
+    ([CHAINED[4], b"  x", b""], [CHAINED[4], b"  x", b""]),
 ])
 def test_default_rule(lines: list[bytes], expected: list[bytes]) -> None:
     assert entries_of(lines) == expected
+
+
+def python_traceback(code: str) -> list[bytes]:
+    """The lines Python itself prints for the exception `code` raises."""
+    import sys
+    import traceback
+    limit = sys.getrecursionlimit()
+    try:
+        exec(compile(code, "/opt/airflow/dags/t.py", "exec"), {})
+    except BaseException as e:  # noqa: BLE001  # whatever it raised
+        return "".join(traceback.format_exception(e)).encode().rstrip(b"\n").split(b"\n")
+    finally:
+        sys.setrecursionlimit(limit)
+    raise AssertionError("no exception")
+
+
+@pytest.mark.parametrize("code", [
+    "def f():\n    return {}['k']\nf()",
+    "try:\n    {}['k']\nexcept KeyError as e:\n    raise ValueError('boom') from e",
+    "try:\n    {}['k']\nexcept KeyError:\n    raise ValueError('boom')",
+    "def f(x):\n    return x.a.b\nf(None)",
+    "raise ExceptionGroup('eg', [ValueError('a'), ExceptionGroup('inner', [TypeError('b')])])",
+    "try:\n    raise ExceptionGroup('eg', [ValueError('a')])\nexcept Exception as e:\n    raise RuntimeError('x') from e",
+    "import sys\nsys.setrecursionlimit(60)\ndef f():\n    f()\nf()",
+])
+@pytest.mark.parametrize("before", [A2, SC_ERR, PY_ERR, None])
+def test_what_python_prints_is_one_entry_and_the_next_print_is_not(code: str, before: bytes | None) -> None:
+    traceback_lines = python_traceback(code)
+    head = [before] if before is not None else []
+    assert entries_of([*head, *traceback_lines, JSON1]) == [j(*head, traceback_lines), JSON1]
+    if before != A2:  # (in Airflow 2 output an unprefixed line continues the record)
+        assert entries_of([*head, *traceback_lines, PRINT]) == [j(*head, traceback_lines), PRINT]
+
+
+def test_known_limit_unindented_lines_after_the_final_line_outside_airflow_2() -> None:
+    """A multi-line exception message or a 3.11 note reads like a print after the traceback:
+    outside Airflow 2 (where prints are prefixed, so such a line continues the record) it is cut off."""
+    lines = python_traceback("e = ValueError('first line\\nsecond line')\ne.add_note('a note')\nraise e")
+    assert lines[-3:] == [b"ValueError: first line", b"second line", b"a note"]
+    assert entries_of([SC_ERR, *lines]) == [j(SC_ERR, lines[:-2]), b"second line", b"a note"]
+    assert entries_of([A2, *lines]) == [j(A2, lines)]
+
+
+def test_levels_of_merged_entries() -> None:
+    """A traceback's entry keeps its record's level; a print after an error record is not an error."""
+    entries = entries_of([SC1, SC_ERR, *TRACEBACK, b"", PRINT, SC2])
+    assert [levels.detect(e) for e in entries] == ["info", "error", None, "info"]
+    entries = entries_of([JSON1, *TRACEBACK, JSON2])
+    assert [levels.detect(e) for e in entries] == ["info", "error", "error"]
 
 
 def test_airflow_traceback_is_one_error_entry() -> None:
@@ -204,7 +330,7 @@ def test_max_lines_full_entry_is_returned_at_once() -> None:
     (3, [b"a", b"", b"", b""], [b"a\n\n", b""], 1),
 ])
 def test_max_bytes(max_bytes: int, lines: list[bytes], expected: list[bytes], split: int) -> None:
-    result = merge_all_ways(lines, max_bytes=max_bytes)
+    result = merge_all_ways(lines, start=NEVER, max_bytes=max_bytes)
     assert result.entries == expected
     assert result.counters[4] == split  # split_max_bytes
     assert all(len(e) <= max_bytes or b"\n" not in e for e in result.entries)
@@ -289,7 +415,7 @@ def test_rejects_bad_bounds(kw: dict[str, float]) -> None:
 
 
 def test_pending() -> None:
-    m = Merger(None, 100, 1.0, BIG)
+    m = Merger(NEVER, 100, 1.0, BIG)
     m.feed([b"ab", b"cde"], 0.0)
     assert (m.pending_lines, m.pending_bytes) == (2, 6)
 
