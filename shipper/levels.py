@@ -14,17 +14,21 @@ Recognised, in this order (the first hit wins):
    at in a JSON record: words in its message do not count.
 2. Airflow 2's `} LEVEL - `: `[ts] {file.py:12} ERROR - msg` (the fast path:
    one scan).
-3. At the start of the line: `<LEVEL>:` any case (`logging.basicConfig`'s
+3. After a timestamp at the start of the line: structlog's console format
+   `2026-01-05T10:00:00.123456Z [error    ] msg` (Airflow 3 local runs; the
+   bracketed word, any case) and `%(asctime)s %(levelname)s ...`
+   (`2024-01-01 12:00:00,123 ERROR root: msg`, upper case).
+4. At the start of the line: `<LEVEL>:` any case (`logging.basicConfig`'s
    `ERROR:root:msg`, CLI style `error: ...`), or an upper-case `<LEVEL>`
    followed by a space (`%(levelname)s %(message)s`).
-4. `<LEVEL> - ` after a space: Airflow 2 `simple_log_format`
+5. `<LEVEL> - ` after a space: Airflow 2 `simple_log_format`
    `2024-01-01 12:00:00,123 ERROR - msg`, the logging cookbook's
    `%(asctime)s - %(name)s - %(levelname)s - %(message)s`, `%(levelname)-8s`
    padding, and Airflow's `colored_console_log` ANSI colours.
-5. `[<LEVEL>]` or `| <LEVEL> |`, padding allowed (`[%(levelname)s]`,
+6. `[<LEVEL>]` or `| <LEVEL> |`, padding allowed (`[%(levelname)s]`,
    `[%(levelname)-8s]`, loguru's `| ERROR    |`).
-6. logfmt `level=<LEVEL>` (or `level="<LEVEL>"`), not `loglevel=`.
-7. A bare Python traceback (`Traceback (most recent call last):` at the
+7. logfmt `level=<LEVEL>` (or `level="<LEVEL>"`), not `loglevel=`.
+8. A bare Python traceback (`Traceback (most recent call last):` at the
    start) is `error`: an uncaught exception printed by the interpreter.
 
 Level words, any of UPPER, lower or Title case: TRACE; DEBUG; INFO;
@@ -74,6 +78,9 @@ _WORD_BYTES = frozenset(b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz01
 # The byte before " - " when the level is padded (space) or coloured (the "m" of an ANSI reset).
 _PAD_OR_COLOUR = frozenset(b" m")
 _TRACEBACK = b"Traceback (most recent call last):"
+# A timestamp at the line start, then `[level]` (structlog console) or an upper-case LEVEL.
+_STAMPED = re.compile(rb"(?:\x1b\[[0-9;]*m)?\d{4}-\d\d-\d\d[T ]\d\d:\d\d(?::\d\d)?[.,\d]*(?:Z|[+-]\d\d:?\d\d)?"
+                      rb"(?:\x1b\[[0-9;]*m)? (?:\[(?:\x1b\[[0-9;]*m)*([a-z]{4,9})|([A-Z]{4,9})\b)")
 
 
 def normalize(name: str) -> str | None:
@@ -106,6 +113,12 @@ def _other_forms(line: bytes) -> str | None:
     end = line.find(b"\n", 0, HEAD)
     if end < 0:
         end = HEAD
+    if line and (0x30 <= line[0] <= 0x39 or line[0] == 0x1B):
+        m = _STAMPED.match(line, 0, end)
+        if m is not None:
+            level = _WORDS.get(m[1]) if m[1] is not None else _UPPER.get(m[2])
+            if level is not None:
+                return level
     m = _LEAD.match(line, 0, end)
     if m is not None:
         level = (_WORDS if m[2] == b":" else _UPPER).get(m[1])

@@ -55,6 +55,16 @@ LEVELS = {None, "trace", "debug", "info", "warning", "error", "critical"}
     (b'ts=1 level="error" msg=x', "error"),
     (b"ts=1 loglevel=error msg=x", None),  # a longer key is not `level`
     (b"Traceback (most recent call last):", "error"),
+    # structlog's console format (Airflow 3 local runs): the bracketed level, not words in the message.
+    (b"2026-12-01T08:20:34.845421Z [error    ] Task failed with exception     [task] loc=task_runner.py:1676", "error"),
+    (b"2026-12-01T08:20:28.829604Z [info     ] retry - ERROR - x [airflow.task] loc=a.py:1", "info"),
+    (b"2026-12-01T08:20:29.578674Z [warning  ] Using `httpx` [py.warnings] category=X lineno=1", "warning"),
+    (b"2026-12-01T08:20:29Z [debug    ] d", "debug"),
+    (b"\x1b[2m2026-01-05T10:00:04.000000Z\x1b[0m [\x1b[31m\x1b[1merror    \x1b[0m] \x1b[1mboom\x1b[0m", "error"),
+    # `%(asctime)s %(levelname)s %(name)s: %(message)s`: upper case only after a bare time.
+    (b"2024-01-01 12:00:00,123 ERROR root: bad", "error"),
+    (b"2024-01-01T12:00:00+00:00 WARNING x", "warning"),
+    (b"2024-01-01 12:00 Error handling is on", None),
     # Trace level (structlog, Go, Rust loggers).
     (b"2024-01-01 12:00:00 [TRACE] x", "trace"),
     # No level.
