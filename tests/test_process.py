@@ -12,6 +12,8 @@ import signal
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_config, open_fifo_writer
 from tests.loki_receiver import LokiReceiver
 from tests.shipper_process import ShipperProcess
@@ -45,7 +47,7 @@ async def run_fifo(tmp_path: Path, receiver: LokiReceiver, data: bytes, env: dic
     fifo = tmp_path / "out"
     os.mkfifo(fifo)
     top = {k: extra.pop(k) for k in list(extra) if k == "level_labels"}
-    config = make_config(receiver.url, [], **top) + sources_toml(fifo, **extra)
+    config = make_config(receiver.url, [], **top) + sources_toml(fifo, **extra)  # type: ignore[arg-type]
     proc = await ShipperProcess.start(config, env=env)
     await proc.wait_for_log("source opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
@@ -228,3 +230,130 @@ async def test_the_same_task_output_arrives_identically_from_stdout_a_task_log_f
     }
     assert results["task-log file"] == results["stdout"]
     assert results["exec"] == results["stdout"]
+
+
+# --- multiline per format (issue 13, item 3) ---------------------------------------
+
+STRUCTLOG = [
+    "2026-12-01T08:20:34.843838Z [info     ] ::endgroup::                   [task] loc=task_runner.py:2232",
+    "a print to stdout",
+    "2026-12-01T08:20:34.845421Z [error    ] Task failed with exception     [task] loc=task_runner.py:1676",
+    "Traceback (most recent call last):",
+    '  File "/opt/airflow/dags/etl.py", line 12, in load',
+    "    raise ValueError('boom')",
+    "ValueError: boom",
+    "a print after the error",
+    "2026-12-01T08:20:34.846000Z [info     ] a log message",
+    "over two lines                 [airflow.task] loc=etl.py:20",
+    "x" * 20_000,
+    "the last line, without a newline",
+]
+PYTHON_LOGGING = [
+    "2026-12-01 08:20:34,843 INFO etl: loading",
+    "  rows: 12",
+    "a print",
+    "2026-12-01 08:20:34,845 ERROR etl: failed",
+    "Traceback (most recent call last):",
+    '  File "/opt/etl.py", line 3, in <module>',
+    "KeyError: 'k'",
+    "",
+    "The above exception was the direct cause of the following exception:",
+    "",
+    "Traceback (most recent call last):",
+    '  File "/opt/etl.py", line 5, in <module>',
+    "RuntimeError: load failed",
+    "another print",
+]
+JSON_LINES = [
+    '{"timestamp":"2026-12-01T08:20:34.843838Z","level":"info","event":"::endgroup::","logger":"task"}',
+    "Traceback (most recent call last):",
+    '  File "/opt/x.py", line 1, in <module>',
+    "SystemExit: 1",
+    "a line printed past the logging",
+    '{"timestamp":"2026-12-01T08:20:34.845421Z","level":"error","event":"failed","logger":"task"}',
+]
+# (lines, the entries a reader wants, their levels)
+FORMATS: dict[str, tuple[list[str], list[str], list[str | None]]] = {
+    "airflow2": (TASK_OUTPUT, MERGED, ["info", "error", "warning"]),
+    "structlog": (STRUCTLOG, [STRUCTLOG[0], STRUCTLOG[1], "\n".join(STRUCTLOG[2:7]), STRUCTLOG[7],
+                              "\n".join(STRUCTLOG[8:10]), STRUCTLOG[10], STRUCTLOG[11]],
+                  ["info", None, "error", None, "info", None, None]),
+    "python": (PYTHON_LOGGING, ["\n".join(PYTHON_LOGGING[:2]), PYTHON_LOGGING[2], "\n".join(PYTHON_LOGGING[3:13]),
+                                PYTHON_LOGGING[13]], ["info", None, "error", None]),
+    "json": (JSON_LINES, [JSON_LINES[0], "\n".join(JSON_LINES[1:4]), JSON_LINES[4], JSON_LINES[5]],
+             ["info", "error", None, "error"]),
+}
+
+
+def output_of(lines: list[str], newline_at_end: bool) -> bytes:
+    return ("\n".join(lines) + ("\n" if newline_at_end else "")).encode()
+
+
+def processed(chunks: list[bytes]) -> list[tuple[bytes, str | None]]:
+    """Entries (line, level) of the bytes `chunks` through LineSplitter and the Processor of a
+    `multiline = true, detect_level = true` source, one read per chunk, then end of input."""
+    from shipper.config import SourceConfig
+    from shipper.framing import LineSplitter
+    from shipper.process import Processor
+    processor = Processor(SourceConfig("/x", "stdout", multiline=True, detect_level=True), 262_144)
+    splitter = LineSplitter(262_144)
+    entries = []
+    for chunk in chunks:
+        entries += processor.feed(splitter.feed(chunk), 1.0, 5)
+    entries += processor.feed(splitter.flush(), 1.0, 5) + processor.flush(1.0, 5)
+    assert processor.pending == 0
+    return [(e.line, e.level) for e in entries]
+
+
+@pytest.mark.parametrize("name", FORMATS)
+def test_each_format_splits_as_a_reader_would_however_the_bytes_are_read(name: str) -> None:
+    lines, want, want_levels = FORMATS[name]
+    data = output_of(lines, newline_at_end=name != "structlog")
+    expected = [(e.encode(), level) for e, level in zip(want, want_levels)]
+    assert processed([data]) == expected
+    step = max(1, len(data) // 300)  # every split point of the short ones; ~300 of the 20 kB one
+    for i in range(0, len(data) + 1, step):
+        assert processed([data[:i], data[i:]]) == expected, f"split at {i}"
+    if len(data) < 5000:
+        assert processed([data[i:i + 1] for i in range(len(data))]) == expected
+
+
+@pytest.mark.parametrize("name", FORMATS)
+async def test_the_real_shipper_splits_each_format_as_a_reader_would(
+        name: str, tmp_path: Path, receiver: LokiReceiver) -> None:
+    lines, want, want_levels = FORMATS[name]
+    proc = await run_fifo(tmp_path, receiver, output_of(lines, newline_at_end=name != "structlog"),
+                          multiline=True, detect_level=True)
+    entries = receiver.entries(stream="stdout")
+    assert [e.line for e in entries] == want
+    assert [dict(e.metadata).get("level") for e in entries] == want_levels
+    summary = proc.summary()
+    assert (summary["lines_read"], summary["lines_sent"]) == (len(lines), len(want))
+
+
+async def test_the_real_shipper_renders_airflow_3_3_error_detail(tmp_path: Path, receiver: LokiReceiver) -> None:
+    log = tmp_path / "attempt=1.log"
+    _, day = recent_second()
+    detail = [{"exc_type": "RuntimeError", "exc_value": "failed", "is_cause": False, "is_group": False,
+               "frames": [{"filename": "/opt/airflow/dags/etl.py", "lineno": 9, "name": "load"}]},
+              {"exc_type": "KeyError", "exc_value": "'k'", "is_cause": True, "is_group": False,
+               "frames": [{"filename": "/opt/airflow/dags/etl.py", "lineno": 5, "name": "lookup"}]}]
+    log.write_text(json.dumps({"timestamp": f"{day}.5Z", "level": "error", "event": "Task failed with exception",
+                               "logger": "task", "error_detail": detail}) + "\n")
+    config = make_config(receiver.url, []) + sources_toml(log, format="json")
+    proc = await ShipperProcess.start(config)
+    await receiver.wait_for_entries(1)
+    proc.signal(signal.SIGTERM)
+    assert await proc.wait() == 0
+    (entry,) = receiver.entries(stream="stdout")
+    assert entry.line == """Task failed with exception
+Traceback (most recent call last):
+  File "/opt/airflow/dags/etl.py", line 5, in lookup
+KeyError: 'k'
+
+The above exception was the direct cause of the following exception:
+
+Traceback (most recent call last):
+  File "/opt/airflow/dags/etl.py", line 9, in load
+RuntimeError: failed"""
+    assert dict(entry.metadata)["level"] == "error"
