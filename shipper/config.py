@@ -142,11 +142,12 @@ class SourceConfig:
     # "raw" lines; "cri" Kubernetes node log lines (<time> <stream> <P|F> msg);
     # "json" Airflow 3 records (timestamp -> entry time, event -> line).
     format: str = "raw"
-    # Merge continuation lines (tracebacks) into the entry they belong to. Off
-    # by default: merging arbitrary output (print()s without a timestamp) into
-    # the previous entry would surprise; the Airflow pod template turns it on.
+    # One entry per record, split per format as a reader would (shipper.multiline:
+    # tracebacks and multi-line messages with their record, every print alone).
+    # Off by default: it doubles the per-line CPU of a plain source and holds a
+    # record up to multiline_max_wait; the Airflow pod template turns it on.
     multiline: bool = False
-    multiline_start: str = ""  # regex a new entry starts with; "" = Airflow 2/3 lines
+    multiline_start: str = ""  # regex a new entry starts with instead (firstline); "" = the per-format rules
     multiline_max_lines: int = DEFAULT_MULTILINE_MAX_LINES
     multiline_max_wait: float = DEFAULT_MULTILINE_MAX_WAIT
     detect_level: bool = False  # send the level as structured metadata `level`
