@@ -45,6 +45,21 @@ used when it can be fetched; without it plain `pip install apache-airflow==<v>`
 plus `apache-airflow-providers-cncf-kubernetes` (pip took 10.10.0 for 2.10.5 and
 10.25.0 for 3.3.2); this imports and runs on Python 3.11, nothing else pinned.
 
+Where this differs from a real pod (and what it changes in the fixtures):
+  - No Kubernetes, no apache/airflow image: the commands run on this machine, so
+    paths are /tmp/... not /opt/airflow, the hostname is the machine's.
+  - The scheduler's part is QUEUE_HELPER, not a scheduler; `[core] executor` is
+    left at its default, and the cncf provider's pod_generator, finding no
+    pod_template_file, logs `WARNING - Model file  does not exist` in every 2.x
+    task (a real pod has a template; that line would be absent).
+  - SQLite, not Postgres. The 3.x supervisor reaches the api-server on
+    127.0.0.1 instead of a Service.
+  - `log.debug` does not show (default level INFO), as in a default pod.
+  - A write without a final newline never ends a pod's output: Airflow 2 logs it
+    as a `logging_mixin` record, Airflow 3 as a `task.stdout` record, both with a
+    newline. Only the console format (`tasks test`) prints it raw, and there the
+    next record's line follows it on the same line.
+
 Output, per task instance, under <out>/<version>/<task>[-<map_index>]/:
   stdout, stderr   the command's bytes, exactly
   task.log         {AIRFLOW_HOME}/logs/dag_id=.../attempt=N.log, exactly
@@ -69,6 +84,7 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 DAG_ID = "shipper_fixtures"
 DAG_FILE = "shipper_fixtures.py"
@@ -194,9 +210,10 @@ def log(msg: str) -> None:
     print(f"[airflow_fixtures] {msg}", file=sys.stderr, flush=True)
 
 
-def run(cmd: list[str], env: dict[str, str], **kw: object) -> subprocess.CompletedProcess[str]:
+def run(cmd: list[str], env: dict[str, str], **kw: Any) -> subprocess.CompletedProcess[str]:
     log("$ " + " ".join(cmd if len(" ".join(cmd)) < 300 else [*cmd[:4], "..."]))
-    return subprocess.run(cmd, env=env, check=True, text=True, **kw)  # type: ignore[call-overload]
+    done: subprocess.CompletedProcess[str] = subprocess.run(cmd, env=env, check=True, text=True, **kw)
+    return done
 
 
 def constraints_url(version: str) -> str | None:
@@ -237,7 +254,7 @@ def make_venv(workdir: Path, version: str) -> Path:
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        return int(s.getsockname()[1])
 
 
 def base_env(venv: Path, home: Path) -> dict[str, str]:
@@ -265,7 +282,7 @@ def prepare_home(workdir: Path, version: str) -> Path:
     return home
 
 
-def trigger_and_queue(venv: Path, env: dict[str, str], home: Path) -> list[dict[str, object]]:
+def trigger_and_queue(venv: Path, env: dict[str, str], home: Path) -> list[dict[str, Any]]:
     airflow = str(venv / "bin" / "airflow")
     run([airflow, "db", "migrate"], env, stdout=subprocess.DEVNULL)
     run([airflow, "dags", "reserialize"], env, stdout=subprocess.DEVNULL)
@@ -273,21 +290,22 @@ def trigger_and_queue(venv: Path, env: dict[str, str], home: Path) -> list[dict[
     helper = home / "queue_helper.py"
     helper.write_text(QUEUE_HELPER)
     done = run([str(venv / "bin" / "python"), str(helper), DAG_ID], env, capture_output=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    items: list[dict[str, Any]] = json.loads(done.stdout.strip().splitlines()[-1])
+    return items
 
 
-def fixture_name(item: dict[str, object]) -> str:
-    m = int(item["map_index"])  # type: ignore[arg-type]
+def fixture_name(item: dict[str, Any]) -> str:
+    m = int(item["map_index"])
     return str(item["task_id"]) + (f"-{m}" if m >= 0 else "")
 
 
-def log_relpath(item: dict[str, object]) -> str:
-    m = int(item["map_index"])  # type: ignore[arg-type]
+def log_relpath(item: dict[str, Any]) -> str:
+    m = int(item["map_index"])
     return (f"dag_id={item['dag_id']}/run_id={item['run_id']}/task_id={item['task_id']}/"
             + (f"map_index={m}/" if m >= 0 else "") + f"attempt={item['try_number']}.log")
 
 
-def record(out: Path, item: dict[str, object], cmd: list[str], env: dict[str, str], home: Path,
+def record(out: Path, item: dict[str, Any], cmd: list[str], env: dict[str, str], home: Path,
            version: str, *, task_log: bool = True, timeout: float = 300) -> None:
     target = out / fixture_name(item)
     if target.exists():
@@ -298,7 +316,7 @@ def record(out: Path, item: dict[str, object], cmd: list[str], env: dict[str, st
     with open(target / "stdout", "wb") as so, open(target / "stderr", "wb") as se:
         proc = subprocess.run(cmd, env=env, stdout=so, stderr=se, stdin=subprocess.DEVNULL,
                               cwd=home, timeout=timeout)
-    meta: dict[str, object] = {k: item[k] for k in ("dag_id", "task_id", "run_id", "try_number", "map_index")}
+    meta: dict[str, Any] = {k: item[k] for k in ("dag_id", "task_id", "run_id", "try_number", "map_index")}
     meta["exit_code"] = proc.returncode
     meta["command"] = shown
     meta["airflow"] = version
@@ -326,7 +344,7 @@ def airflow2(workdir: Path, out: Path, version: str) -> None:
     for item in items:
         cmd = ["airflow", "tasks", "run", str(item["dag_id"]), str(item["task_id"]), str(item["run_id"]),
                "--local", "--subdir", f"DAGS_FOLDER/{DAG_FILE}"]
-        if int(item["map_index"]) >= 0:  # type: ignore[arg-type]
+        if int(item["map_index"]) >= 0:
             cmd += ["--map-index", str(item["map_index"])]
         record(out / version, item, cmd, pod_env, home, version)
 
@@ -379,7 +397,7 @@ def airflow3(workdir: Path, out: Path, version: str) -> None:
     # Local runs: the console format (`airflow tasks test`), for the structlog console fixture.
     for item in items:
         cmd = ["airflow", "tasks", "test", str(item["dag_id"]), str(item["task_id"])]
-        if int(item["map_index"]) >= 0:  # type: ignore[arg-type]
+        if int(item["map_index"]) >= 0:
             cmd += ["--map-index", str(item["map_index"])]
         # `tasks test` runs the task in this process against a temporary run of its own
         # (`__airflow_temporary_run_<time>__`, named in the output) and writes no task log.
