@@ -292,7 +292,8 @@ async def test_summary_in_loki_matches_the_last_scrape_before_sigterm(
         assert await proc.wait() == 0
         os.close(fd)
         (entry,) = receiver.entries(job="shipper")
-        key = (("cluster", "prod"), ("dag_id", DAG_ID), ("job", "shipper"), ("task_id", TASK_ID))
+        key = (("cluster", "prod"), ("dag_id", DAG_ID), ("job", "shipper"), ("service_name", "shipper"),
+               ("task_id", TASK_ID))
         assert receiver.streams()[key] == [entry]
         record = json.loads(entry.line)
         assert record["lines_sent"] == value(last, "shipper_lines_sent_total") == len(lines)

@@ -40,8 +40,10 @@ async def test_fifo_lines_arrive_in_order_with_labels_and_metadata(tmp_path: Pat
     os.close(fd)
     assert await proc.wait() == 0
     streams = receiver.streams()
-    task_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("stream", "stdout"), ("task_id", "load"))
-    summary_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("job", "shipper"), ("task_id", "load"))
+    task_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("service_name", "airflow"), ("stream", "stdout"),
+                ("task_id", "load"))
+    summary_key = (("cluster", "prod"), ("dag_id", "etl_daily"), ("job", "shipper"), ("service_name", "shipper"),
+                   ("task_id", "load"))
     assert sorted(streams) == sorted([task_key, summary_key])
     entries = streams[task_key]
     assert [e.line for e in entries] == lines
