@@ -199,6 +199,10 @@ class TryRead:
                             f"{lr.rfc3339(self.window[0])} to {lr.rfc3339(self.window[1])}")
         if not self.metadata:
             self.sources.append(lr.fallback_note(self.window))
+        if self.running and not self._first and not self._summaries and self._pager_done():
+            # said here, not as a line: a later poll would have to take a line back
+            self.sources.append(lr.no_lines_text(self.key, self.query, self.window, finished=False,
+                                                 labels_only_hits=self.probe == "no metadata"))
         return self
 
     def _pager_done(self) -> bool:
@@ -266,8 +270,6 @@ class TryRead:
             text = lr.no_lines_text(self.key, self.query, self.window, finished=finished, labels_only_hits=hits)
             if finished or hits:
                 yield ("message", text, "warning", None)
-            else:
-                self.sources.append(text)  # running, nothing yet: no line that a later poll would have to take back
             return
         summary = self._summaries[-1] if self._summaries else None
         view = lr.summarize(summary, finished=finished)
