@@ -60,9 +60,15 @@ _early_signals: list[int] = []
 
 
 def catch_early_signals() -> None:
-    """Until run() takes over, record SIGTERM/SIGINT instead of dying of them."""
+    """Until run() takes over, record SIGTERM/SIGINT instead of dying of them.
+
+    Through the loop, as run()'s own handlers: a signal is dispatched once,
+    to whichever handler is installed when the loop reads it (a Python-level
+    handler here would race the loop's wakeup fd and deliver one signal twice).
+    """
+    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda signum, frame: _early_signals.append(signum))
+        loop.add_signal_handler(sig, _early_signals.append, sig)
 
 
 @dataclass
