@@ -15,6 +15,7 @@ import asyncio
 import http.server
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -404,3 +405,254 @@ def test_the_sidecar_never_imports_shipper_airflow(tmp_path: Path) -> None:
     modules = next(line for line in err.splitlines() if line.startswith("MODULES ")).split()[1:]
     assert "shipper.pipeline" in modules and "one" in out, (out, err[-2000:])
     assert not [m for m in modules if m.startswith("shipper.airflow")]
+
+
+# -- a real Airflow reads the try through its own log reader ------------------------------------------
+#
+# The Airflow venvs are tools/airflow_fixtures.py's (`--workdir DIR` keeps DIR/venv-<version>):
+# SHIPPER_TEST_AIRFLOW_VENVS=DIR, or SHIPPER_TEST_AIRFLOW3 / SHIPPER_TEST_AIRFLOW2 = a venv's python.
+
+AIRFLOW_VERSIONS = {"3": "3.3.2", "2": "2.10.5"}
+
+# The logging config modules of docs/airflow-ui.md, as the api-server / webserver import them.
+LOGGING_MODULE = {
+    "3": '''import os
+from copy import deepcopy
+
+from airflow.config_templates.airflow_local_settings import DEFAULT_LOGGING_CONFIG
+
+from shipper.airflow.airflow3 import LokiRemoteLogIO
+
+LOGGING_CONFIG = deepcopy(DEFAULT_LOGGING_CONFIG)
+REMOTE_TASK_LOG = LokiRemoteLogIO.from_config_file(os.environ.get("SHIPPER_READ_CONFIG", "/etc/shipper/read.toml"))
+''',
+    "2": '''import os
+from copy import deepcopy
+
+from airflow.config_templates.airflow_local_settings import BASE_LOG_FOLDER, DEFAULT_LOGGING_CONFIG
+
+LOGGING_CONFIG = deepcopy(DEFAULT_LOGGING_CONFIG)
+LOGGING_CONFIG["handlers"]["task"] = {
+    "class": "shipper.airflow.airflow2.LokiTaskHandler",
+    "formatter": "airflow",
+    "base_log_folder": os.path.expanduser(BASE_LOG_FOLDER),
+    "filters": ["mask_secrets"],
+    "config_file": os.environ.get("SHIPPER_READ_CONFIG", "/etc/shipper/read.toml"),
+}
+''',
+}
+
+# Run in the Airflow venv after `dags trigger`: give each task instance the try the test shipped
+# (times, state; `fail` has a try 1 in TaskInstanceHistory and a current try 2), then read every try
+# through Airflow's TaskLogReader (what the UI's log endpoint calls) and print, per try, what it
+# returned, and what Airflow makes of the pod's own output read as a local log file (the oracle).
+PROBE = r'''
+import json, sys
+from datetime import datetime
+import airflow
+from airflow.models.taskinstance import TaskInstance
+from airflow.utils.session import create_session
+from airflow.utils.log.log_reader import TaskLogReader
+major = int(airflow.__version__.split(".")[0])
+if major >= 3:
+    from airflow.utils.log.file_task_handler import _interleave_logs, _stream_lines_by_chunk
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+else:
+    from airflow.utils.log.file_task_handler import _interleave_logs
+    from airflow.models.taskinstancehistory import TaskInstanceHistory
+plan = json.loads(open(sys.argv[1]).read())
+ts = lambda s: datetime.fromisoformat(s)
+out = []
+with create_session() as session:
+    for item in plan:
+        ti = session.query(TaskInstance).filter_by(dag_id=item["dag_id"], task_id=item["task_id"],
+                                                   run_id=item["run_id"], map_index=item["map_index"]).one()
+        for t in item["tries"]:
+            ti.try_number = t["try_number"]
+            ti.state = t["state"]
+            ti.start_date, ti.end_date = ts(t["start"]), ts(t["end"])
+            session.merge(ti)
+            session.flush()
+            if t is not item["tries"][-1]:
+                if major >= 3:
+                    TaskInstanceHistory.record_ti(ti, session=session)
+                else:
+                    TaskInstanceHistory.record_ti(ti, session=session)
+                session.flush()
+    session.commit()
+reader = TaskLogReader()
+with create_session() as session:
+    for item in plan:
+        ti = session.query(TaskInstance).filter_by(dag_id=item["dag_id"], task_id=item["task_id"],
+                                                   run_id=item["run_id"], map_index=item["map_index"]).one()
+        for t in item["tries"]:
+            if t["try_number"] != ti.try_number:
+                ti_try = session.query(TaskInstanceHistory).filter_by(
+                    dag_id=ti.dag_id, task_id=ti.task_id, run_id=ti.run_id, map_index=ti.map_index,
+                    try_number=t["try_number"]).one()
+            else:
+                ti_try = ti
+            if major >= 3:
+                ti_arg = ti_try  # the log route passes the TI or TaskInstanceHistory of the try
+                stream, meta = reader.read_log_chunks(ti_arg, t["try_number"], {})
+                got = [m.model_dump(mode="json") for m in stream]
+                oracle = [m.model_dump(mode="json") for m in
+                          _interleave_logs(_stream_lines_by_chunk(open(t["stdout_file"], encoding="utf-8")))]
+            else:
+                logs, metas = reader.read_log_chunks(ti, t["try_number"], {})
+                got, meta = logs[0][0][1], metas
+                oracle = "\n".join(_interleave_logs(open(t["stdout_file"], encoding="utf-8").read()))
+            out.append({"task_id": ti.task_id, "map_index": ti.map_index, "try_number": t["try_number"],
+                        "got": got, "oracle": oracle, "end_of_log": meta.get("end_of_log")})
+print("PROBE " + json.dumps(out))
+'''
+
+
+def airflow_python(major: str) -> str | None:
+    explicit = os.environ.get(f"SHIPPER_TEST_AIRFLOW{major}")
+    if explicit:
+        return explicit
+    venvs = os.environ.get("SHIPPER_TEST_AIRFLOW_VENVS")
+    if venvs:
+        py = Path(venvs) / f"venv-{AIRFLOW_VERSIONS[major]}" / "bin" / "python"
+        if py.exists():
+            return str(py)
+    return None
+
+
+def require_airflow(major: str) -> str:
+    py = airflow_python(major)
+    if py is None:
+        pytest.skip(f"no Airflow {AIRFLOW_VERSIONS[major]}: run `python tools/airflow_fixtures.py --workdir DIR` "
+                    f"(it installs Airflow 2.10.5 and 3.3.2 in DIR/venv-<version>), then set "
+                    f"SHIPPER_TEST_AIRFLOW_VENVS=DIR (or SHIPPER_TEST_AIRFLOW{major}=/path/to/venv/bin/python)")
+    return py
+
+
+def airflow_home(tmp: Path, major: str, py: str, loki: RealLoki, run: str, run_id: str) -> dict[str, str]:
+    """An AIRFLOW_HOME (SQLite) with the fixture DAG triggered as `run_id`, our logging config module."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("airflow_fixtures", REPO / "tools" / "airflow_fixtures.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    home = tmp / f"home-{major}"
+    (home / "dags").mkdir(parents=True)
+    (home / "dags" / tool.DAG_FILE).write_text(tool.DAG_SOURCE)
+    (home / "config").mkdir()
+    (home / "config" / "loki_log_config.py").write_text(LOGGING_MODULE[major])
+    read_toml = home / "read.toml"
+    read_toml.write_text(f'[loki]\nurl = "{loki.push_url}"\ntenant_id = "default"\n[labels]\ntest_run = "{run}"\n')
+    venv_bin = str(Path(py).parent)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PYTHON", "VIRTUAL_ENV"))}
+    env.update({
+        "PATH": f"{venv_bin}:{env.get('PATH', '/usr/bin:/bin')}", "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+        "AIRFLOW__LOGGING__LOGGING_CONFIG_CLASS": "loki_log_config.LOGGING_CONFIG",
+        "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(home / "logs"),
+        "PYTHONPATH": f"{home / 'config'}:{REPO}", "SHIPPER_READ_CONFIG": str(read_toml),
+        "TZ": "UTC", "LANG": "C.UTF-8"})
+    airflow = str(Path(venv_bin) / "airflow")
+    for cmd in ([airflow, "db", "migrate"], [airflow, "dags", "reserialize"],
+                [airflow, "dags", "trigger", tool.DAG_ID, "--run-id", run_id]):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=home)
+        assert done.returncode == 0, (cmd, done.stdout[-3000:], done.stderr[-3000:])
+    return env
+
+
+def run_probe(py: str, env: dict[str, str], plan: list[dict[str, Any]], tmp: Path) -> list[dict[str, Any]]:
+    (tmp / "plan.json").write_text(json.dumps(plan))
+    (tmp / "probe.py").write_text(PROBE)
+    done = subprocess.run([py, str(tmp / "probe.py"), str(tmp / "plan.json")], env=env, capture_output=True,
+                          text=True, timeout=300, cwd=tmp)
+    line = next((x for x in done.stdout.splitlines() if x.startswith("PROBE ")), None)
+    assert done.returncode == 0 and line, (done.stdout[-3000:], done.stderr[-5000:])
+    return json.loads(line[len("PROBE "):])
+
+
+TASKS = [("log_exception", -1), ("fail", -1), ("prints", -1), ("mapped", 0), ("mapped", 1)]
+
+
+async def ship_for_airflow(major: str, tmp: Path, loki: RealLoki, procs: list[ShipperProcess], run: str,
+                           run_id: str) -> list[dict[str, Any]]:
+    """Ship each fixture task's pod output as a try of `run_id`; `fail` twice (try 1 failed, try 2)."""
+    version = AIRFLOW_VERSIONS[major]
+    plan = []
+    for task_id, map_index in TASKS:
+        name = task_id + (f"-{map_index}" if map_index >= 0 else "")
+        stdout, stderr, meta = fixture(version, name)
+        tries = []
+        for try_number in ((1, 2) if task_id == "fail" else (1,)):
+            if task_id == "fail":  # each try its own last line (a second after the pod's last), to tell them apart
+                last = max(datetime.fromisoformat(m[0].replace("Z", "+00:00")) for m in
+                           (re.findall(r'^\{"timestamp":"([^"]+)"' if major == "3" else r"^\[([^\]]+)\]",
+                                       line) for line in stdout.decode().splitlines()) if m)
+                at = datetime.fromtimestamp(last.timestamp() + try_number, timezone.utc)
+                marker = (f'{{"timestamp":"{at.strftime("%Y-%m-%dT%H:%M:%S.%fZ")}","level":"info",'
+                          f'"event":"this is try {try_number}"}}\n' if major == "3" else
+                          f"[{at.strftime('%Y-%m-%dT%H:%M:%S.')}{at.microsecond // 1000:03d}+0000] {{test.py:1}} "
+                          f"INFO - this is try {try_number}\n")
+                out = stdout + marker.encode()
+            else:
+                out = stdout
+            f = tmp / f"{name}-{try_number}.stdout"
+            f.write_bytes(out)
+            start = now()
+            await ship_files(procs, loki, tmp, run,
+                             ctx_of(meta["dag_id"], task_id, run_id, try_number, map_index), out, stderr)
+            tries.append({"try_number": try_number, "state": "failed" if (task_id, try_number) == ("fail", 1)
+                          else "success", "start": start.isoformat(), "end": now().isoformat(),
+                          "stdout_file": str(f)})
+        plan.append({"dag_id": meta["dag_id"], "task_id": task_id, "run_id": run_id, "map_index": map_index,
+                     "tries": tries})
+    return plan
+
+
+async def test_airflow3_log_reader_shows_each_try_from_loki_as_it_shows_the_pods_own_log(
+        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess]) -> None:
+    py = require_airflow("3")
+    run, run_id = unique(), f"manual__loki_{unique()}"
+    env = airflow_home(tmp_path, "3", py, loki3, run, run_id)
+    plan = await ship_for_airflow("3", tmp_path, loki3, procs, run, run_id)
+    results = run_probe(py, env, plan, tmp_path)
+    assert len(results) == 6
+    for r in results:
+        got = r["got"]
+        # Airflow's header: the source details group, naming Loki and the query
+        end = next(i for i, m in enumerate(got) if m["event"] == "::endgroup::")
+        assert got[0]["event"] == "::group::Log message source details"
+        assert any("Loki http://127.0.0.1:" in m["event"] and f'try_number="{r["try_number"]}"' in m["event"]
+                   for m in got[1:end]), got[:end + 1]
+        body = got[end + 1:]
+        assert body[:-1] == r["oracle"], (r["task_id"], r["map_index"], r["try_number"])
+        assert body[-1]["logger"] == "shipper" and body[-1]["event"].startswith(
+            "shipper: every line of this try was delivered"), body[-1]
+        assert r["end_of_log"] is True
+        if r["task_id"] == "fail":
+            assert [m["event"] for m in body if m["event"].startswith("this is try")] == [
+                f"this is try {r['try_number']}"]
+        if r["task_id"] == "log_exception":  # the traceback, structured, whole
+            exc = [m for m in body if m.get("error_detail")]
+            assert exc and [d["exc_type"] for d in exc[0]["error_detail"]] == ["ValueError", "KeyError"]
+
+
+async def test_airflow2_log_reader_shows_each_try_from_loki_as_it_shows_the_pods_own_log(
+        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess]) -> None:
+    py = require_airflow("2")
+    run, run_id = unique(), f"manual__loki_{unique()}"
+    env = airflow_home(tmp_path, "2", py, loki3, run, run_id)
+    plan = await ship_for_airflow("2", tmp_path, loki3, procs, run, run_id)
+    results = run_probe(py, env, plan, tmp_path)
+    assert len(results) == 6
+    for r in results:
+        text: str = r["got"]
+        head, sep, body = text.partition(" INFO - ::endgroup::\n")
+        assert sep and "Loki http://127.0.0.1:" in head and f'try_number="{r["try_number"]}"' in head, head
+        lines = body.split("\n")
+        assert "\n".join(lines[:-1]) == r["oracle"], (r["task_id"], r["map_index"], r["try_number"])
+        assert " {shipper} INFO - shipper: every line of this try was delivered" in lines[-1]
+        if r["task_id"] == "fail":
+            assert [x for x in lines if x.endswith("- this is try 1") or x.endswith("- this is try 2")] == [
+                x for x in lines if x.endswith(f"this is try {r['try_number']}")]
+            assert "Traceback (most recent call last):" in body
