@@ -98,3 +98,11 @@ def test_inprocess_runs_every_content_through_the_real_path() -> None:
     assert done.returncode == 0, done.stderr
     assert [line.split()[0] for line in done.stdout.splitlines()] == ["airflow2", "cri", "json", "multiline"]
     assert all(line.endswith(" us/line") for line in done.stdout.splitlines())
+
+
+def test_push_cost_pushes_through_the_receiver_and_prints_its_figure() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.push_cost", "--pushes", "20"],
+        cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    assert " us of CPU per push (20 pushes of 5 lines; " in done.stdout
