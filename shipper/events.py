@@ -83,6 +83,7 @@ class Counters:
         self.last_push_failed = False  # the latest push attempt failed (for /ready)
         self.body_bytes_sent = 0    # compressed bodies acknowledged
         self.lines_spooled_at_exit = 0  # undelivered at exit but safe in the spool
+        self.exec_pipes_cut = 0  # exec: output pipes descendants still held at the drain limit
         self.push_duration = Histogram(PUSH_DURATION_BOUNDS)
         self.batch_size = Histogram(BATCH_SIZE_BOUNDS)
 

@@ -7,8 +7,8 @@ have shown) and the lines are shipped. Signals are forwarded to the child;
 when the child exits the shipper reads both pipes to their end, flushes, and
 exits with the child's exit code (128+N when a signal N ended it).
 
-Spawned with `os.posix_spawn` and watched with a pidfd: no `subprocess`
-import, no child-watcher thread (memory budget).
+Started with fork + exec (see `spawn`) and watched with a pidfd: no
+`subprocess` import, no child-watcher thread (memory budget).
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import errno
 import os
 import signal
 from dataclasses import dataclass
+from typing import NoReturn
 
 # Signals a container runtime or a user sends that the task must see. SIGKILL
 # and SIGSTOP cannot be caught; SIGCHLD is ours.
@@ -25,6 +26,11 @@ FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
 # What shells answer for a command that cannot be run.
 EXIT_NOT_FOUND = 127
 EXIT_NOT_EXECUTABLE = 126
+# After the command exited, its descendants' output is still read for at most
+# this long (as base's capture wrapper waits, k8s/pod-template-configmap.yaml).
+DRAIN_SECONDS = 5.0
+# prctl(2) option: the signal the child gets when its parent thread dies.
+PR_SET_PDEATHSIG = 1
 
 
 class SpawnError(Exception):
@@ -92,7 +98,18 @@ def which(name: str, path: str | None = None) -> str | None:
 
 
 def spawn(argv: list[str]) -> Child:
-    """Start `argv` with its stdout/stderr on fresh pipes; stdin is inherited."""
+    """Start `argv` with its stdout/stderr on fresh pipes; stdin is inherited.
+
+    The command starts as a shell would start it: every signal at its default
+    disposition (Python ignores SIGPIPE and SIGXFSZ, and ignored signals stay
+    ignored across exec: `yes | head -1` would never end) and an empty signal
+    mask. It gets PR_SET_PDEATHSIG (SIGKILL): a shipper killed with SIGKILL
+    does not leave the task running with nobody reading its output.
+
+    fork + exec, because posix_spawn cannot call prctl. Between the two the
+    child runs only the few calls of `_child`; signals are blocked across the
+    fork so no Python handler (asyncio's wakeup fd) runs in the child.
+    """
     path = argv[0] if "/" in argv[0] else which(argv[0])
     if path is None:
         raise SpawnError(f"exec: {argv[0]}: command not found", EXIT_NOT_FOUND)
@@ -102,21 +119,80 @@ def spawn(argv: list[str]) -> Child:
         raise SpawnError(f"exec: {path}: not an executable file", EXIT_NOT_EXECUTABLE)
     out_r, out_w = os.pipe2(os.O_CLOEXEC)
     err_r, err_w = os.pipe2(os.O_CLOEXEC)
+    report_r, report_w = os.pipe2(os.O_CLOEXEC)  # the child writes errno here if exec fails
+    parent = os.getpid()
+    env = dict(os.environ)
+    old_mask = signal.pthread_sigmask(signal.SIG_BLOCK, signal.valid_signals())
     try:
-        # posix_spawn's dup2 clears O_CLOEXEC on fds 1 and 2 in the child only.
-        # The child gets default signal dispositions (we install handlers later).
-        pid = os.posix_spawn(path, argv, os.environ, file_actions=[
-            (os.POSIX_SPAWN_DUP2, out_w, 1),
-            (os.POSIX_SPAWN_DUP2, err_w, 2),
-        ], setsigdef=FORWARDED)
-    except OSError as e:
-        for fd in (out_r, out_w, err_r, err_w):
+        pid = os.fork()
+        if pid == 0:  # pragma: no cover - the child, until exec
+            _child(path, argv, env, out_w, err_w, report_w, parent)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old_mask)
+        for fd in (out_w, err_w, report_w):
             os.close(fd)
-        code = EXIT_NOT_FOUND if e.errno == errno.ENOENT else EXIT_NOT_EXECUTABLE
-        raise SpawnError(f"exec: {path}: {e.strerror}", code) from None
-    os.close(out_w)
-    os.close(err_w)
+    report = _read_report(report_r)
+    os.close(report_r)
+    if report:
+        os.waitpid(pid, 0)
+        os.close(out_r)
+        os.close(err_r)
+        code = EXIT_NOT_FOUND if report == errno.ENOENT else EXIT_NOT_EXECUTABLE
+        raise SpawnError(f"exec: {path}: {os.strerror(report)}", code)
     return Child(pid, os.pidfd_open(pid), out_r, err_r)
+
+
+def _child(path: str, argv: list[str], env: dict[str, str], out_w: int, err_w: int,
+           report_w: int, parent: int) -> NoReturn:  # pragma: no cover - runs in the child
+    """Between fork and exec: reset signals, ask to die with the parent, exec."""
+    err = errno.EINVAL
+    try:
+        for sig in signal.valid_signals():
+            if sig not in (signal.SIGKILL, signal.SIGSTOP):
+                try:
+                    signal.signal(sig, signal.SIG_DFL)
+                except (OSError, ValueError):
+                    pass  # signals glibc reserves (32, 33)
+        import ctypes  # here, not in the shipper: its ~0.4 MiB is gone at exec
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0) != 0:
+            err = ctypes.get_errno()
+            raise OSError(err, os.strerror(err))
+        if os.getppid() != parent:
+            os._exit(128 + signal.SIGKILL)  # the shipper died before prctl took effect
+        os.dup2(out_w, 1)  # dup2 clears O_CLOEXEC on the copy
+        os.dup2(err_w, 2)
+        signal.pthread_sigmask(signal.SIG_SETMASK, ())
+        os.execve(path, argv, env)
+    except OSError as e:
+        err = e.errno or err
+    except BaseException:
+        pass
+    try:
+        os.write(report_w, err.to_bytes(4, "little"))
+    finally:
+        os._exit(EXIT_NOT_EXECUTABLE)
+
+
+def _read_report(fd: int) -> int:
+    """The child's errno if its exec failed; 0 when the pipe closed at exec (success)."""
+    data = b""
+    while len(data) < 4:
+        chunk = os.read(fd, 4 - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return int.from_bytes(data, "little") if len(data) == 4 else 0
+
+
+def hung_up(fd: int) -> bool:
+    """True when every writer of the pipe `fd` has closed it (POLLHUP), read to its end or not."""
+    import select  # asyncio has loaded it already
+
+    poller = select.poll()
+    poller.register(fd, select.POLLIN)
+    return any(ev & select.POLLHUP for _, ev in poller.poll(0))
 
 
 def copy_all(fd: int, data: bytes) -> None:

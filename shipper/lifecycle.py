@@ -252,7 +252,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
 
     def on_signal(signum: int) -> None:
         name = signal.Signals(signum).name
-        if child is not None:
+        if child is not None and child.status is None:
             events.log("info", "signal forwarded to the command", signal=name, pid=child.pid)
             child.send(signum)
             return
@@ -312,13 +312,40 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         child.close()
         events.log("info", "command exited: reading its output to the end, flushing",
                    code=child.status, shutdown_timeout=config.shutdown_timeout)
-        if not state.deadline:
-            begin_shutdown(f"command exited with {child.status}")
+        if state.deadline:
+            changed.set()
+            return
+        state.reason = f"command exited with {child.status}"
+        held = still_written()
+        if held:
+            # A process the command started (a daemon, a `cmd &`) still holds
+            # its stdout/stderr: read on, passing through and shipping, until
+            # the pipes close (intake then ends by itself) or the drain limit.
+            events.log("warn", "the command exited but a process it started still holds its output open: "
+                       "reading on until it closes", pipes=held, drain_seconds=DRAIN_SECONDS)
+            loop.call_later(DRAIN_SECONDS, drain_expired)
+        else:
+            begin_shutdown(state.reason)
+        changed.set()
+
+    def still_written() -> list[str]:
+        # A pipe with a writer left: no POLLHUP (which every writer's close sets).
+        return [s.path for s in sources if s.fd is not None and not s.finished and not hung_up(s.fd)]
+
+    def drain_expired() -> None:
+        if state.deadline or intake.done():
+            return
+        held = still_written()
+        events.COUNTERS.exec_pipes_cut += len(held)
+        events.log("warn", "drain limit passed: no longer reading the output the command's descendants "
+                   "still write (what they write from now on is neither passed through nor shipped)",
+                   pipes=held, drain_seconds=DRAIN_SECONDS)
+        begin_shutdown(state.reason)
         changed.set()
 
     handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
     if child is not None:
-        from shipper.exec import FORWARDED
+        from shipper.exec import DRAIN_SECONDS, FORWARDED, hung_up
 
         handled = FORWARDED
     for sig in handled:
@@ -411,6 +438,7 @@ def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
         "lines_read": sum(c.lines_read.values()), "bytes_read": sum(c.bytes_read.values()),
         "lines_sent": c.lines_sent, "bytes_sent": c.bytes_sent, "batches_sent": c.batches_sent,
         "retries": c.retries, "lines_resent_uncertain": c.lines_resent_uncertain, "dropped": dict(c.dropped), "lines_spooled": c.lines_spooled_at_exit,
+        "exec_pipes_cut": c.exec_pipes_cut,
         "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
         "lines_merged": c.lines_merged,
         "timestamps_replaced": dict(c.timestamps_replaced),

@@ -7,6 +7,8 @@ line, and its exit code (or 128+signal) must become the shipper's.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import json
 import os
 import signal
@@ -159,3 +161,127 @@ def test_which_finds_what_shutil_which_finds(tmp_path: Path, monkeypatch: pytest
         for name in ("tool", "absent"):
             assert which(name, path) == shutil.which(name, path=path), (name, path)
     assert which("tool", f"{directory}:{executable}") == str(executable / "tool")
+
+
+async def test_the_command_starts_with_default_signals_and_an_empty_mask(receiver: LokiReceiver) -> None:
+    # Python ignores SIGPIPE and SIGXFSZ, and ignored signals stay ignored
+    # across exec: before the fix `yes | head -1` under the shipper never ended.
+    script = ("grep -E '^Sig(Blk|Ign)' /proc/self/status; yes | head -1; "
+              "while :; do echo x; done | head -1")
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), "sh", "-c", script)
+    try:
+        # A guard, not a threshold: before the fix this never ended.
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+    assert (proc.returncode, out) == (0, b"SigBlk:\t0000000000000000\nSigIgn:\t0000000000000000\ny\nx\n")
+    assert receiver.lines(stream="stdout") == [
+        "SigBlk:\t0000000000000000", "SigIgn:\t0000000000000000", "y", "x"]
+
+
+async def test_the_command_does_not_outlive_a_shipper_killed_with_sigkill(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    pid_file = tmp_path / "pid"
+    task = f"import os, signal; open({str(pid_file)!r} + '.tmp', 'w').write(str(os.getpid())); " \
+           f"os.rename({str(pid_file)!r} + '.tmp', {str(pid_file)!r}); signal.pause()"
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", task)
+    while not pid_file.exists():
+        await asyncio.sleep(0.02)
+    pidfd = os.pidfd_open(int(pid_file.read_text()))
+    try:
+        proc.kill()
+        await proc.communicate()
+        # The command's pidfd becomes readable when it exits (PR_SET_PDEATHSIG).
+        # Before the fix it ran on, orphaned, and this wait failed.
+        exited = asyncio.Event()
+        asyncio.get_running_loop().add_reader(pidfd, exited.set)
+        await asyncio.wait_for(exited.wait(), 30)
+        asyncio.get_running_loop().remove_reader(pidfd)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            signal.pidfd_send_signal(pidfd, signal.SIGKILL)
+        os.close(pidfd)
+
+
+# A descendant that outlives the command: it holds the command's stdout and
+# stderr (inherited) and writes once the test, having seen the shipper say it
+# reads on after the command's exit, opens the FIFO `go`.
+LATE_WRITER = r"""
+import os, sys
+go = sys.argv[1]
+with open(go) as f:
+    f.read()
+os.write(1, b"written after the command exited\n")
+os.write(2, b"late stderr\n")
+if sys.argv[2] == "hold":
+    with open(go) as f:  # keeps the pipes open until the test opens the FIFO again
+        f.read()
+"""
+
+
+def release(fifo: Path, *, wait: bool = True) -> None:
+    """Let LATE_WRITER go on: open its FIFO for writing once it waits there, and close it.
+
+    `wait=False` (cleanup after a failure): only if it is waiting there now.
+    """
+    try:
+        fd = os.open(fifo, os.O_WRONLY | (0 if wait else os.O_NONBLOCK))
+    except OSError as e:
+        if e.errno != errno.ENXIO:
+            raise
+        return
+    os.close(fd)
+
+
+async def test_output_its_descendants_write_after_the_command_exits_is_passed_through_and_shipped(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    writer = tmp_path / "late.py"
+    writer.write_text(LATE_WRITER)
+    script = f"{sys.executable} {writer} {go} exit & echo command done; exit 3"
+    config = make_config(receiver.url, [("/unused", "x")])
+    proc = await run_exec(config, "sh", "-c", script)
+    assert proc.stderr is not None and proc.stdout is not None
+    # The shipper's own records come on stderr once the command is gone.
+    try:
+        record = json.loads(await proc.stderr.readline())
+        assert record["msg"] == "the command exited but a process it started still holds its output open: " \
+                                "reading on until it closes"
+        assert record["pipes"] == ["exec:stdout", "exec:stderr"]
+        release(go)  # the descendant writes now
+        out, err = await proc.communicate()
+    finally:
+        release(go, wait=False)  # before the fix the shipper is gone and the descendant waits
+    assert (proc.returncode, out) == (3, b"command done\nwritten after the command exited\n")
+    assert err.startswith(b"late stderr\n")
+    summary = json.loads(err.splitlines()[-1])
+    assert (summary["msg"], summary["exec_pipes_cut"]) == ("exit", 0)
+    assert receiver.lines(stream="stdout") == ["command done", "written after the command exited"]
+    assert receiver.lines(stream="stderr") == ["late stderr"]
+
+
+async def test_descendants_holding_the_output_open_are_cut_after_the_drain_limit_and_counted(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    go = tmp_path / "go"
+    os.mkfifo(go)
+    writer = tmp_path / "late.py"
+    writer.write_text(LATE_WRITER)
+    script = f"{sys.executable} {writer} {go} hold & exit 0"
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), "sh", "-c", script)
+    assert proc.stderr is not None
+    try:
+        record = json.loads(await proc.stderr.readline())
+        assert record["msg"].startswith("the command exited but a process it started")
+        release(go)  # it writes its lines, then waits on the FIFO again with the pipes open
+        out, err = await proc.communicate()
+    finally:
+        release(go, wait=False)  # let the descendant end
+    assert (proc.returncode, out) == (0, b"written after the command exited\n")
+    records = [json.loads(line) for line in err.splitlines()[1:]]
+    assert records[0]["msg"].startswith("drain limit passed")
+    assert records[0]["pipes"] == ["exec:stdout", "exec:stderr"]
+    assert (records[-1]["msg"], records[-1]["exec_pipes_cut"]) == ("exit", 2)
+    assert receiver.lines(stream="stdout") == ["written after the command exited"]
+    assert receiver.lines(stream="stderr") == ["late stderr"]
