@@ -358,10 +358,11 @@ class Pipeline:
 
         Memory holds the open batch and queued batches up to buffer_max_bytes.
         With a spool that has room, queued batches beyond that live on disk
-        only, so only the open batch counts.
+        only, so only the open batch counts. A spool whose last write failed
+        (disk full, I/O error, read-only) has no room (shipper.spool).
         """
         cfg = self.config
-        if self.spool is not None and self.spool.used < self.spool.max_bytes:
+        if self.spool is not None and self.spool.has_room():
             return cfg.buffer_max_bytes - self.acc.open_bytes
         return cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
 
@@ -423,7 +424,7 @@ class Pipeline:
     def _enqueue(self, item: Sealed) -> None:
         assert item.body is not None
         spool = self.spool
-        if spool is not None and spool.used < spool.max_bytes:
+        if spool is not None and spool.has_room():
             try:
                 item.spooled = spool.write(item.lines, item.line_bytes, item.marks, item.body)
             except OSError as e:

@@ -16,11 +16,17 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from dataclasses import dataclass
 
 from shipper.checkpoint import Position, write_atomically
 
 SUFFIX = ".batch"
+# After a write fails (disk full, I/O error, read-only filesystem) the spool
+# counts as full, so the memory cap (buffer_max_bytes) applies again, until a
+# batch is removed from it (room came back) or this many seconds passed: one
+# failed try per interval, never one per batch.
+RETRY_AFTER = 10.0
 
 
 @dataclass
@@ -46,6 +52,7 @@ class Spool:
         self.directory = directory
         self.max_bytes = max_bytes
         self.used = 0
+        self.failed_at: float | None = None  # monotonic time of the last failed write
         self.corrupt: list[str] = []  # files set aside at load (named in the log)
         try:
             os.makedirs(directory, exist_ok=True)
@@ -77,6 +84,28 @@ class Spool:
         self._names = []
         return entries
 
+    def has_room(self) -> bool:
+        """True when the next batch may be written here (under max_bytes, no recent write error)."""
+        if self.used >= self.max_bytes:
+            return False
+        if self.failed_at is not None:
+            if time.monotonic() - self.failed_at < RETRY_AFTER:
+                return False
+            self.failed_at = None
+        return True
+
+    def _write(self, path: str, data: bytes) -> None:
+        """write_atomically; on failure no partial file is left and the spool counts as full."""
+        try:
+            write_atomically(path, data)
+        except OSError:
+            self.failed_at = time.monotonic()
+            try:
+                os.unlink(f"{path}.tmp")
+            except OSError:
+                pass  # never created, or the filesystem refuses even that
+            raise
+
     def write(self, lines: int, line_bytes: int, marks: dict[str, Position], body: bytes) -> SpoolEntry:
         """Write one batch durably; returns its entry."""
         seq = self._next_seq
@@ -86,7 +115,7 @@ class Spool:
             "marks": [[p, m.dev, m.ino, m.offset] for p, m in marks.items()],
         }, separators=(",", ":")).encode() + b"\n"
         path = os.path.join(self.directory, f"{seq:012d}{SUFFIX}")
-        write_atomically(path, header + body)
+        self._write(path, header + body)
         size = len(header) + len(body)
         self.used += size
         return SpoolEntry(seq, path, lines, line_bytes, dict(marks), size)
@@ -101,7 +130,7 @@ class Spool:
             "lines": lines, "line_bytes": line_bytes,
             "marks": [[p, m.dev, m.ino, m.offset] for p, m in entry.marks.items()],
         }, separators=(",", ":")).encode() + b"\n"
-        write_atomically(entry.path, header + body)
+        self._write(entry.path, header + body)
         size = len(header) + len(body)
         self.used += size - entry.file_bytes
         return SpoolEntry(entry.seq, entry.path, lines, line_bytes, dict(entry.marks), size)
@@ -119,6 +148,7 @@ class Spool:
         except FileNotFoundError:
             pass
         self.used -= entry.file_bytes
+        self.failed_at = None  # room came back: the next batch may try again
 
 
 def _read_header(path: str) -> SpoolEntry:
