@@ -99,7 +99,11 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
     from shipper.sources import Source, SourceError, check_path, is_glob
 
     if argv_child:
-        events.quiet()  # stderr is the command's: only warnings, errors, the summary
+        # stderr is the command's (what `kubectl logs` shows): the shipper's own
+        # diagnostics go where exec_diagnostics says, by default nowhere.
+        failed = _route_exec_diagnostics(config.exec_diagnostics)
+        if failed is not None:
+            return _config_error(failed)
     ctx = lifecycle.airflow_context(config, os.environ)
     sources = []
     if argv_child:
@@ -171,7 +175,8 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
             try:
                 child = spawn(argv_child)
             except SpawnError as e:
-                events.log("error", "cannot run the command", error=str(e))
+                # The task did not run: its log must say why, whatever the routing.
+                events.announce("error", "cannot run the command", error=str(e))
                 return e.code
             events.log("info", "command started", pid=child.pid, argv=argv_child)
             for fd, name, stream, out in ((child.stdout, "stdout", streams[0], 1),
@@ -183,6 +188,24 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         return await lifecycle.run(config, sources, sink, ctx, child, durable, watchers)
 
     return asyncio.run(go())
+
+
+def _route_exec_diagnostics(where: str) -> str | None:
+    """exec mode: send the shipper's diagnostics where `exec_diagnostics` says; an error message or None."""
+    from shipper import events
+
+    if where == "none":
+        events.silence()
+    elif where == "stderr":
+        events.quiet()  # warnings, errors and the summary after the command's bytes
+    else:
+        try:
+            # Line-buffered, append (several runs may share it); not inherited by the command.
+            f = open(where, "a", encoding="utf-8", errors="replace", buffering=1)
+        except OSError as e:
+            return f"exec_diagnostics: cannot open {where} for appending: {e.strerror or e}"
+        events.to_file(f)
+    return None
 
 
 def _vector_text(config_path: str | None) -> tuple[str, str] | None:

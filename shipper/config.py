@@ -79,15 +79,23 @@ DEFAULT_ANNOTATIONS_FILE = "/etc/podinfo/annotations"
 DEFAULT_MISSING = "unknown"
 # Per-task values become labels; per-run values never do (FACTS §4, cardinality).
 DEFAULT_CONTEXT_LABELS = ("dag_id", "task_id")
-# The metrics/health endpoint. 9337 is free in Prometheus' port registry
-# neighbourhood used by log shippers (Promtail 9080, Vector 9598, Fluent Bit 2020).
-DEFAULT_METRICS_LISTEN = "0.0.0.0:9337"
-# TLS and auth for [loki] (all off by default; every secret comes from a file,
 # The `service_name` label of the task's streams: Loki 3 would otherwise derive
 # "unknown_service" (none of its discover_service_name labels is set), and
 # Grafana's Logs Drilldown lists services by it. The exit-summary stream gets
 # SUMMARY_SERVICE_NAME (shipper.labels) instead: the shipper's record, not the task's.
 DEFAULT_SERVICE_NAME = "airflow"
+# exec mode: where the shipper's own diagnostics and exit summary go. Its stderr
+# is the task's (what `kubectl logs` shows), so by default nothing of the
+# shipper's is added to it ("none": the summary goes to Loki's {job="shipper"}
+# stream only); "stderr" adds warnings, errors and the summary there (the
+# command's bytes stay unchanged around them); an absolute path gets every
+# diagnostic (info and above) appended, one JSON object per line.
+DEFAULT_EXEC_DIAGNOSTICS = "none"
+EXEC_DIAGNOSTICS_CHOICES = ("none", "stderr")
+# The metrics/health endpoint. 9337 is free in Prometheus' port registry
+# neighbourhood used by log shippers (Promtail 9080, Vector 9598, Fluent Bit 2020).
+DEFAULT_METRICS_LISTEN = "0.0.0.0:9337"
+# TLS and auth for [loki] (all off by default; every secret comes from a file,
 # a Kubernetes secret mount, never from the config text, so check-config and
 # the logs can show the whole config). Certificate verification is always on
 # unless insecure_skip_verify says otherwise; "" for ca_file means the
@@ -222,6 +230,8 @@ class Config:
     # seed's "conditional routing"), e.g. ["error", "critical"]. Needs
     # detect_level on the source. Few values: every one is a stream per task.
     level_labels: tuple[str, ...] = ()
+    # exec mode only: "none", "stderr" or an absolute file path (DEFAULT_EXEC_DIAGNOSTICS says why).
+    exec_diagnostics: str = DEFAULT_EXEC_DIAGNOSTICS
 
 
 def load(*, path: str | None, env: dict[str, str] | os._Environ[str]) -> tuple[Config, str]:
@@ -374,6 +384,9 @@ def _validate(c: Config) -> None:
             raise ConfigError(f"level_labels: unknown level {level!r} (known: {', '.join(LEVEL_NAMES)})")
     if c.level_labels and not any(s.detect_level or s.format == "json" for s in c.sources):
         raise ConfigError("level_labels: no source detects levels (set detect_level = true on one)")
+    if c.exec_diagnostics not in EXEC_DIAGNOSTICS_CHOICES and not c.exec_diagnostics.startswith("/"):
+        raise ConfigError(f'exec_diagnostics: must be "none", "stderr" or an absolute file path, '
+                          f'got "{c.exec_diagnostics}"')
     if c.when_full not in WHEN_FULL_CHOICES:
         raise ConfigError(f'when_full: must be "drop_oldest" or "block", got "{c.when_full}"')
     if c.sink.type not in ("loki", "console"):
@@ -528,7 +541,7 @@ def dump(c: Config) -> str:
     lines = []
     for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "when_full",
                  "spool_dir", "spool_max_bytes", "checkpoint_file", "file_poll_interval",
-                 "stop_file", "level_labels"):
+                 "stop_file", "level_labels", "exec_diagnostics"):
         lines.append(f"{name} = {_toml(getattr(c, name))}")
     for table in ("loki", "sink", "airflow", "metrics"):
         lines.append(f"\n[{table}]")

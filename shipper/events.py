@@ -12,7 +12,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Final, TextIO
 
 # Every reason a line can be lost, initialised to 0 so dashboards and the exit
 # summary always show all of them. A new reason must be added here.
@@ -93,28 +93,64 @@ COUNTERS = Counters()
 
 _LEVELS = {"debug": 0, "info": 1, "warn": 2, "error": 3}
 _min_level = 1
+# Where diagnostics go: the shipper's stderr (`run`; looked up at each write),
+# an open file (`exec_diagnostics = "<path>"`), or nowhere (exec mode's default).
+_STDERR: Final = "stderr"
+_dest: TextIO | str | None = _STDERR
 
 
 def quiet() -> None:
-    """Only warnings, errors and the exit summary from now on.
+    """Only warnings, errors and the exit summary from now on, still on stderr.
 
-    exec mode: stderr carries the command's own output, which `kubectl logs`
-    must show as it would have without the shipper.
+    exec mode with `exec_diagnostics = "stderr"`: stderr carries the command's
+    own output too, so the shipper adds only what needs a reader.
     """
-    global _min_level
-    _min_level = _LEVELS["warn"]
+    global _min_level, _dest
+    _min_level, _dest = _LEVELS["warn"], _STDERR
+
+
+def silence() -> None:
+    """No diagnostic anywhere from now on (exec mode's default): the task's stderr,
+    what `kubectl logs` shows, stays exactly the command's. The exit summary
+    still goes to Loki ({job="shipper"}); `announce` still reaches stderr."""
+    global _dest
+    _dest = None
+
+
+def to_file(f: TextIO) -> None:
+    """Every diagnostic (info and above, the exit summary) to `f` instead of stderr."""
+    global _min_level, _dest
+    _min_level, _dest = _LEVELS["info"], f
 
 
 def log(level: str, msg: str, **fields: Any) -> None:
-    """Write one JSON diagnostic line to stderr."""
-    if _LEVELS.get(level, 3) < _min_level and msg != "exit":
+    """Write one JSON diagnostic line where diagnostics go (stderr unless routed)."""
+    if _dest is None or (_LEVELS.get(level, 3) < _min_level and msg != "exit"):
         return
-    record = {"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}
+    _write(_dest, _record(level, msg, fields))
+
+
+def announce(level: str, msg: str, **fields: Any) -> None:
+    """`log`, and on stderr whatever the routing: for what the task's own log must
+    say because the task did not run (exec: the command could not be started)."""
+    line = _record(level, msg, fields)
+    if _dest is not None and _dest != _STDERR:
+        _write(_dest, line)
+    _write(_STDERR, line)
+
+
+def _record(level: str, msg: str, fields: dict[str, Any]) -> str:
+    return json.dumps({"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}, default=str) + "\n"
+
+
+def _write(dest: TextIO | str, line: str) -> None:
+    out = sys.stderr if dest == _STDERR else dest
+    assert not isinstance(out, str)
     try:
-        sys.stderr.write(json.dumps(record, default=str) + "\n")
-        sys.stderr.flush()
+        out.write(line)
+        out.flush()
     except (OSError, ValueError):
-        pass  # stderr closed: diagnostics must never take the shipper down
+        pass  # stderr (or the file) closed or full: diagnostics must never take the shipper down
 
 
 def lines_read(source: str, n: int, nbytes: int) -> None:

@@ -16,7 +16,7 @@ from shipper import __version__
 from shipper.cli import USAGE
 from shipper.config import Config, dump, parse
 
-TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file, level_labels"
+TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file, level_labels, exec_diagnostics"
 NO_ANNOTATIONS = '[airflow]\nannotations_file = "/nonexistent/annotations"\n'
 
 

@@ -61,11 +61,9 @@ async def test_output_passes_through_unchanged_and_is_shipped(receiver: LokiRece
     bare = await run_bare(sys.executable, "-c", TASK)
     proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), sys.executable, "-c", TASK)
     out, err = await proc.communicate()
-    assert (proc.returncode, out) == (bare[0], bare[1]) == (3, bare[1])
-    records = split_diagnostics(err, bare[2])
-    # exec mode is quiet on stderr: only the exit summary follows the command's bytes.
-    assert [r["msg"] for r in records] == ["exit"]
-    assert records[0]["reason"] == "command exited with 3"
+    # stdout and stderr are the command's, byte for byte: by default (exec_diagnostics = "none")
+    # the shipper adds nothing of its own, not even its summary (tests/test_exec_diagnostics.py).
+    assert (proc.returncode, out, err) == (bare[0], bare[1], bare[2]) == (3, bare[1], bare[2])
     assert receiver.lines(stream="stdout") == [
         "[2026-11-24T10:00:00.000+0000] {task.py:1} INFO - start", "half a line", "last without newline"]
     assert receiver.lines(stream="stderr") == ["warning: \ufffd bytes", "err end"]
@@ -241,7 +239,7 @@ async def test_output_its_descendants_write_after_the_command_exits_is_passed_th
     writer = tmp_path / "late.py"
     writer.write_text(LATE_WRITER)
     script = f"{sys.executable} {writer} {go} exit & echo command done; exit 3"
-    config = make_config(receiver.url, [("/unused", "x")])
+    config = make_config(receiver.url, [("/unused", "x")], exec_diagnostics="stderr")  # its records, after the task's
     proc = await run_exec(config, "sh", "-c", script)
     assert proc.stderr is not None and proc.stdout is not None
     # The shipper's own records come on stderr once the command is gone.
@@ -269,7 +267,7 @@ async def test_descendants_holding_the_output_open_are_cut_after_the_drain_limit
     writer = tmp_path / "late.py"
     writer.write_text(LATE_WRITER)
     script = f"{sys.executable} {writer} {go} hold & exit 0"
-    proc = await run_exec(make_config(receiver.url, [("/unused", "x")]), "sh", "-c", script)
+    proc = await run_exec(make_config(receiver.url, [("/unused", "x")], exec_diagnostics="stderr"), "sh", "-c", script)
     assert proc.stderr is not None
     try:
         record = json.loads(await proc.stderr.readline())
