@@ -35,6 +35,8 @@ if TYPE_CHECKING:  # imported at run time only by sources that use it
     from shipper.formats import Metadata
     from shipper.process import Entry
 
+# Lines given to Accumulator.add at once (see _add).
+ADD_SLICE = 4096
 # Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
 MIN_READ_INTERVAL = 0.02
 
@@ -262,7 +264,16 @@ class Pipeline:
             self._add_entries(source, source.processor.feed(lines, now, time.time_ns()), now)
             return
         marked = (source.path, mark) if mark is not None else None
-        for batch in self.acc.add(source.stream, lines, now, time.time_ns(), marked):
+        wall_ns = time.time_ns()
+        # In slices: the encoder's transient objects are per line (~72 bytes
+        # each), so one add() of 32,768 one-byte lines would peak at 2.4 MB.
+        # The mark goes with the last slice; earlier slices may seal earlier
+        # batches, which are answered first.
+        for start in range(0, len(lines) - ADD_SLICE, ADD_SLICE):
+            for batch in self.acc.add(source.stream, lines[start:start + ADD_SLICE], now, wall_ns):
+                self._queue(batch)
+        last = lines if len(lines) <= ADD_SLICE else lines[(len(lines) - 1) // ADD_SLICE * ADD_SLICE:]
+        for batch in self.acc.add(source.stream, last, now, wall_ns, marked):
             self._queue(batch)
 
     def _add_entries(self, source: Source, entries: list[Entry], now: float) -> None:

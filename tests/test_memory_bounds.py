@@ -1,0 +1,50 @@
+"""Memory bounds of the real shipper under hostile input shapes (README "Footprint").
+
+Each test holds the process to MEMORY_BOUND_KIB of VmHWM, read from /proc
+while the shipper is still running, after it has read the whole input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import launch, make_config
+from tests.loki_receiver import Action, LokiReceiver
+from tests.shipper_process import ShipperProcess
+from tests.test_spool_faults import MEMORY_BOUND_KIB, vm_hwm_kib
+
+
+async def feed(fifo: Path, data: bytes, repeat: int) -> None:
+    def write() -> None:
+        fd = os.open(fifo, os.O_WRONLY)
+        try:
+            for _ in range(repeat):
+                os.write(fd, data)
+        finally:
+            os.close(fd)
+    await asyncio.get_running_loop().run_in_executor(None, write)
+
+
+@pytest.mark.parametrize("loki", ["up", "down"])
+async def test_a_million_one_byte_lines_stay_as_bounded_as_long_ones(
+        tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess], loki: str) -> None:
+    if loki == "down":
+        receiver.add_actions(*[Action.status(503, "down\n")] * 1_000_000)
+    fifo = tmp_path / "task.fifo"
+    os.mkfifo(fifo)
+    proc = await launch(procs, make_config(receiver.url, [(fifo, "stdout")], shutdown_timeout=1.0))
+    await proc.wait_for_log("source opened", path=str(fifo))
+    await feed(fifo, b"x\n" * 10_000, 100)  # 1,000,000 lines of one byte
+    await proc.wait_for_log("source reached end of input", path=str(fifo))
+    peak = vm_hwm_kib(proc.proc.pid)
+    proc.signal()
+    await proc.wait()
+    summary = proc.summary()
+    assert summary["lines_read"] == 1_000_000
+    assert summary["lines_sent"] + sum(summary["dropped"].values()) == 1_000_000
+    print(f"VmHWM {peak} KiB")
+    assert peak < MEMORY_BOUND_KIB, f"VmHWM {peak} KiB"
