@@ -782,3 +782,21 @@ def test_every_logql_expression_parses() -> None:
     assert done.returncode == 0, done.stderr
     bad = json.loads(done.stdout)
     assert not bad, "LogQL syntax errors (expression, offset): " + json.dumps(bad, indent=1)
+
+
+def test_no_query_looks_for_what_a_task_pod_never_prints() -> None:
+    # FACTS §2: `TaskInstance Finished` / `DagRun Finished` come from the scheduler; Airflow 3 never
+    # prints `Marking task as FAILED` (and Airflow 2 prints it besides `Task failed with exception`,
+    # so counting both counts one failure twice); `ERROR` in the text misses Airflow 3's
+    # `"level": "error"` and finds prints. Errors are found by the `level` metadata.
+    exprs = _dashboard_exprs() + [r["expr"] for r in _rules()]
+    for expr in exprs:
+        for never in ("TaskInstance Finished", "DagRun Finished", "Marking task as FAILED", '"ERROR', "ERROR|"):
+            assert never not in expr, (never, expr)
+    failures = [e for e in exprs if "Task failed with exception" in e]
+    assert len(failures) == 2  # the "Failed task tries" panel and the AirflowTaskFailed alert
+    for expr in failures:
+        assert '| level="error" |= "Task failed with exception"' in " ".join(expr.split())
+    for expr in exprs:  # task streams by their service_name, summaries by job
+        for sel in _selectors(expr):
+            assert sel.get("service_name") == ("=", "airflow") or sel.get("job") == ("=", "shipper"), expr
