@@ -104,7 +104,10 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         failed = _route_exec_diagnostics(config.exec_diagnostics)
         if failed is not None:
             return _config_error(failed)
-    ctx = lifecycle.airflow_context(config, os.environ)
+    try:
+        ctx = lifecycle.airflow_context(config, os.environ)
+    except ConfigError as e:  # the annotations file: a directory, a FIFO, a device, too large
+        return _config_error(str(e))
     sources = []
     if argv_child:
         # exec: the command's own stdout/stderr are the sources; [[sources]] paths are not

@@ -342,8 +342,26 @@ def _kind(value: Any) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
+_PATH_KEYS = ("path", "_file", "_dir", "exec_diagnostics", "url")
+
+
+def _refuse_nul(obj: object, prefix: str) -> None:
+    """No path may hold a NUL (the OS takes C strings: open() would raise ValueError, a traceback)."""
+    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
+        value = getattr(obj, f.name)
+        key = f"{prefix}{f.name}"
+        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
+        for i, item in items:
+            name = key if i is None else f"{key}[{i}]"
+            if isinstance(item, str) and "\0" in item and f.name.endswith(_PATH_KEYS):
+                raise ConfigError(f"{name}: must not contain a NUL character")
+            if dataclasses.is_dataclass(item):
+                _refuse_nul(item, f"{name}.")
+
+
 def _validate(c: Config) -> None:
     """Checks that go beyond types; each message names the key."""
+    _refuse_nul(c, "")
     parse_url(c.loki.url)
     for key, value in (
         ("loki.batch_wait", c.loki.batch_wait),
@@ -412,6 +430,9 @@ def _validate(c: Config) -> None:
                 re.compile(s.multiline_start.encode())
             except re.error as e:
                 raise ConfigError(f"sources[{i}].multiline_start: not a valid regular expression: {e}") from None
+            except (RecursionError, OverflowError, MemoryError) as e:  # thousands of nested groups
+                raise ConfigError(f"sources[{i}].multiline_start: regular expression too complex to compile "
+                                  f"({type(e).__name__})") from None
         if s.multiline_max_lines < 1:
             raise ConfigError(f"sources[{i}].multiline_max_lines: must be at least 1, got {s.multiline_max_lines}")
         if not 0 < s.multiline_max_wait < float("inf"):
@@ -513,8 +534,29 @@ def parse_listen(listen: str) -> tuple[str, int]:
     return host, int(port)
 
 
+def redact_url(url: str) -> str:
+    """`url` with the password of a `user:password@` part replaced by `***` (messages never show it)."""
+    scheme, sep, rest = url.partition("://")
+    authority, slash, path = rest.partition("/")
+    if not sep or "@" not in authority:
+        return url
+    userinfo, _, host = authority.rpartition("@")
+    user = userinfo.split(":", 1)[0]
+    return f"{scheme}://{user}:***@{host}{slash}{path}"
+
+
 def parse_url(url: str, key: str = "loki.url") -> Url:
     """Parse and check an http(s) URL; ConfigError names the key and what is wrong."""
+    try:
+        return _parse_url(url, key)
+    except ConfigError as e:
+        shown = redact_url(url)
+        if shown == url:
+            raise
+        raise ConfigError(str(e).replace(url, shown).replace(repr(url), repr(shown))) from None
+
+
+def _parse_url(url: str, key: str) -> Url:
     m = _URL.match(url)
     if m is None:
         if "://" not in url:

@@ -8,7 +8,9 @@ Loki's length limit (property-tested in tests/test_labels.py).
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from collections.abc import Mapping
 
 # Loki's default max_label_value_length (bytes, pkg/validation/limits.go).
@@ -140,13 +142,43 @@ def parse_annotations(text: str) -> dict[str, str]:
     return out
 
 
+# The downward-API annotations file holds a pod's annotations: Kubernetes caps
+# them at 256 KiB in all. Anything larger is not that file.
+MAX_ANNOTATIONS_BYTES = 256 * 1024
+
+
 def read_annotations(path: str) -> dict[str, str]:
-    """`parse_annotations` of the file at `path`; {} when it does not exist."""
+    """`parse_annotations` of the file at `path`; {} when it does not exist.
+
+    Only a regular file of at most MAX_ANNOTATIONS_BYTES is read (opened
+    without blocking, so a FIFO or a device never hangs the start, and read
+    with a bound, so /dev/zero or a huge file never fills memory); anything
+    else is a ValueError saying why.
+    """
     try:
-        with open(path, encoding="utf-8", errors="replace") as f:
-            return parse_annotations(f.read())
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         return {}
+    except OSError as e:
+        raise ValueError(f"cannot open {path}: {e.strerror}") from None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise ValueError(f"{path} is not a regular file (the downward-API annotations file is one)")
+        data = b""
+        while len(data) <= MAX_ANNOTATIONS_BYTES:
+            chunk = os.read(fd, MAX_ANNOTATIONS_BYTES + 1 - len(data))
+            if not chunk:
+                break
+            data += chunk
+        if len(data) > MAX_ANNOTATIONS_BYTES:
+            raise ValueError(f"{path} is larger than {MAX_ANNOTATIONS_BYTES} bytes "
+                             "(a pod's annotations are at most 256 KiB)")
+    except OSError as e:
+        raise ValueError(f"cannot read {path}: {e.strerror}") from None
+    finally:
+        os.close(fd)
+    return parse_annotations(data.decode("utf-8", "replace"))
 
 
 _UNESCAPES = {"a": "\a", "b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t",

@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from shipper import __version__, checkpoint, encoder, events
 from shipper.batch import Stream
-from shipper.config import CONTEXT_KEYS, Config, SourceConfig, parse_listen
+from shipper.config import CONTEXT_KEYS, Config, ConfigError, SourceConfig, parse_listen
 from shipper.labels import (SUMMARY_SERVICE_NAME, clean_value, context_from_env, context_from_log_path,
                             label_string, read_annotations, with_service_name)
 from shipper.pipeline import Pipeline, Sink
@@ -120,7 +120,11 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
 def airflow_context(config: Config, env: Mapping[str, str]) -> dict[str, str]:
     """Context from AIRFLOW_CTX_* env vars, completed from the annotations file."""
     ctx = context_from_env(env)
-    for key, value in read_annotations(config.airflow.annotations_file).items():
+    try:
+        annotations = read_annotations(config.airflow.annotations_file)
+    except ValueError as e:
+        raise ConfigError(f"airflow.annotations_file: {e}") from None
+    for key, value in annotations.items():
         ctx.setdefault(key, value)
     return ctx
 
