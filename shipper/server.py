@@ -1,19 +1,26 @@
 """The metrics and health endpoint: GET /metrics, /healthz, /ready.
 
-HTTP is read and written by shipper.http1 (sans-IO), with keep-alive as
-Prometheus uses it: a new TCP connection per scrape would cost the shipper
-about 1 ms of CPU, several times the scrape itself. Requests are size- and
-time-limited and never touch the shipping path: a bad or slow client costs
-one short-lived task and is answered 400 or dropped; idle connections close
-after KEEPALIVE_IDLE, and at most MAX_CONNECTIONS are open at once.
+HTTP is read and written by shipper.http1 (sans-IO), with keep-alive for
+requests that come back to back. Requests are size- and time-limited and
+never touch the shipping path: a bad or slow client costs one short-lived
+task and is answered 400 or dropped. At most MAX_CONNECTIONS are open at
+once, and a new connection is always served: the kubelet's probe opens one
+per probe, and a probe turned away three times restarts the sidecar in the
+middle of the task. When every slot is taken, the connection idle the
+longest is closed to make room, else the one whose request has been
+incomplete the longest (a slowloris client, or one that does not read its
+answer); idle connections close after KEEPALIVE_IDLE anyway.
 Nothing here exposes log content or secrets.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import socket
+import struct
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from shipper import events, http1, metrics
 
@@ -21,10 +28,16 @@ from shipper import events, http1, metrics
 MAX_REQUEST_BYTES = 8 * 1024
 # A client that has not sent its request after this long is dropped.
 REQUEST_TIMEOUT = 5.0
-# An idle kept-alive connection is closed after this (Prometheus scrapes every
-# 15-60 s and reconnects when needed).
-KEEPALIVE_IDLE = 120.0
-# Scrapers and probes are a handful; more connections than this are refused.
+# An idle kept-alive connection is closed after this. A few seconds cover the
+# requests that do come back to back (a scrape's retry, one client asking
+# /healthz then /ready); Prometheus scrapes every 15-60 s, so it reconnects per
+# scrape (~1 ms of CPU: 0.07 millicores at 15 s) and, the server's FIN long
+# gone by then, never sends a scrape on a connection being closed. Longer
+# would buy nothing but idle connections holding descriptors and slots.
+KEEPALIVE_IDLE = 5.0
+# Scrapers and probes are a handful. More connections than this are not
+# refused: the oldest idle (else the slowest incomplete) one is closed for
+# the newcomer, so a probe is served whatever holds the other slots.
 MAX_CONNECTIONS = 16
 TEXT = b"text/plain; charset=utf-8"
 # After refusing a request, what the client still sends is read and dropped for
@@ -45,14 +58,23 @@ class Status:
     sources_open: int
 
 
+@dataclass(eq=False)
+class _Connection:
+    """One open connection: what it is doing and since when (loop time)."""
+
+    writer: asyncio.StreamWriter
+    task: asyncio.Task[None] | None
+    idle: bool = False  # between requests, answered, nothing of the next read
+    since: float = field(default=0.0)  # accepted, last answered, or its request begun
+
+
 class MetricsServer:
     """Serves the endpoint on `host:port` until `close()`."""
 
     def __init__(self, status: Callable[[], Status]) -> None:
         self._status = status
         self._server: asyncio.Server | None = None
-        self._active = 0
-        self._clients: dict[asyncio.StreamWriter, asyncio.Task[None] | None] = {}
+        self._clients: dict[asyncio.StreamWriter, _Connection] = {}
 
     async def start(self, host: str, port: int) -> int:
         """Listen; returns the bound port (useful with port 0)."""
@@ -72,26 +94,48 @@ class MetricsServer:
             self._server = None
         for writer in self._clients:
             writer.close()
-        handlers = {t for t in self._clients.values() if t is not None}
+        handlers = {c.task for c in self._clients.values() if c.task is not None}
         if handlers:
             await asyncio.wait(handlers, timeout=1.0)
 
+    def _make_room(self) -> None:
+        """Close one connection so a new one fits: the idle one idle longest, else the
+        one whose request (or answer) has been pending longest."""
+        victim = min(self._clients.values(), key=lambda c: (not c.idle, c.since))
+        del self._clients[victim.writer]
+        # A reset (SO_LINGER 0, then abort()): close() would first wait to flush
+        # what a client that does not read never takes, and a reset leaves no
+        # FIN_WAIT/TIME_WAIT behind. The handler then sees the connection lost.
+        sock = victim.writer.get_extra_info("socket")
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        victim.writer.transport.abort()
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._active >= MAX_CONNECTIONS or self._server is None:
+        if self._server is None:
             writer.close()
             return
-        self._active += 1
-        self._clients[writer] = asyncio.current_task()
+        loop = asyncio.get_running_loop()
+        while len(self._clients) >= MAX_CONNECTIONS:
+            self._make_room()
+        conn = _Connection(writer, asyncio.current_task(), since=loop.time())
+        self._clients[writer] = conn
         requests = http1.RequestReader(MAX_REQUEST_BYTES)
         try:
             timeout = REQUEST_TIMEOUT
             while True:
-                async with asyncio.timeout(timeout):
+                async with asyncio.timeout(timeout) as deadline:
                     while (request := requests.next_request()) is None:
                         data = await reader.read(MAX_REQUEST_BYTES)
                         if not data:
-                            return  # the client closed (between requests, or mid-head)
+                            return  # the client closed (between requests, or mid-head), or was closed
+                        if conn.idle:
+                            # The next request has begun: it gets REQUEST_TIMEOUT from now.
+                            conn.idle, conn.since = False, loop.time()
+                            deadline.reschedule(conn.since + REQUEST_TIMEOUT)
                         requests.feed(data)
+                conn.idle = False
                 status, ctype, body = self._answer(request)
                 close = not request.keep_alive  # a request body is never read: answer, then close
                 writer.write(http1.response_head(status, ctype, len(body), close))
@@ -101,11 +145,12 @@ class MetricsServer:
                     await writer.drain()
                 if close:
                     return
-                # Keep-alive, as Prometheus scrapes: a new TCP connection per
-                # scrape costs the shipper about 1 ms of CPU, more than the scrape.
+                # Keep-alive, for requests that come back to back.
+                conn.idle, conn.since = True, loop.time()
                 timeout = KEEPALIVE_IDLE
         except http1.BadRequest as e:
             # Malformed (400) or oversized (431): answered, then closed.
+            conn.idle = False
             message = f"bad request: {e}\n".encode()
             try:
                 writer.write(http1.response_head(e.status, TEXT, len(message), close=True) + message)
@@ -123,10 +168,10 @@ class MetricsServer:
             except (TimeoutError, OSError):
                 pass
         except (TimeoutError, OSError):
-            pass  # slow or vanished client: just drop it
+            pass  # slow, vanished or evicted client: just drop it
         finally:
-            self._active -= 1
-            del self._clients[writer]
+            if self._clients.get(writer) is conn:
+                del self._clients[writer]
             writer.close()
 
     def _answer(self, request: http1.Request) -> tuple[int, bytes, bytes]:

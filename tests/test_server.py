@@ -11,12 +11,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import resource
 import signal
 import socket
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from shipper import events
@@ -346,37 +349,40 @@ async def test_a_client_connected_at_exit_does_not_garble_stderr(tmp_path: Path,
         await proc.kill()
 
 
-async def test_connections_over_the_limit_are_closed_and_the_limit_frees_up(
+async def how_it_ends(reader: asyncio.StreamReader) -> str:
+    """Await the server's end of a connection: "reset" (evicted: aborted) or "eof" (closed)."""
+    try:
+        async with asyncio.timeout(GIVE_UP):
+            while await reader.read(65536):
+                pass  # answers to earlier requests
+    except ConnectionResetError:
+        return "reset"
+    return "eof"
+
+
+async def test_at_the_limit_a_probe_is_served_and_the_connection_idle_longest_is_closed(
         tmp_path: Path, receiver: LokiReceiver) -> None:
     from shipper.server import MAX_CONNECTIONS
 
     proc, fifo, port = await start_on_fifo(tmp_path, receiver)
     idle = []
     try:
+        # Every slot held by a kept-alive connection, answered and idle, oldest first.
         for _ in range(MAX_CONNECTIONS):
-            idle.append(await asyncio.open_connection("127.0.0.1", port))
-        # The server accepts connections in order: all idle ones hold a slot now.
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        writer.write(request_bytes("GET", "/healthz"))
-        async with asyncio.timeout(GIVE_UP):
-            try:
-                data = await reader.read()
-            except ConnectionResetError:
-                data = b""
-        assert data == b""  # closed without an answer
-        writer.close()
-        for _, w in idle:
-            w.close()
-        idle.clear()
-        # Slots free up as the server sees the idle clients go.
-        async with asyncio.timeout(GIVE_UP):
-            while True:
-                try:
-                    reply = await get(port, "/healthz")
-                    break
-                except (AssertionError, ConnectionResetError):
-                    await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            async with asyncio.timeout(GIVE_UP):
+                head = await reader.readuntil(b"\r\n\r\n")
+                assert head.startswith(b"HTTP/1.1 200 ") and b"connection: close" not in head.lower()
+                assert await reader.readexactly(3) == b"ok\n"
+            idle.append((reader, writer))
+        # A probe is served all the same ...
+        reply = await get(port, "/healthz")
         assert (reply.status, reply.body) == (200, b"ok\n")
+        # ... by closing (aborting) the connection idle longest; the others are
+        # closed (FIN) once idle for KEEPALIVE_IDLE, never having sent another request.
+        ends = await asyncio.gather(*(how_it_ends(r) for r, _ in idle))
+        assert ends == ["reset"] + ["eof"] * (MAX_CONNECTIONS - 1)
         fd = open_fifo_writer(fifo)
         os.write(fd, b"still shipping\n")
         os.close(fd)
@@ -386,6 +392,107 @@ async def test_connections_over_the_limit_are_closed_and_the_limit_frees_up(
         for _, w in idle:
             w.close()
         await proc.kill()
+
+
+async def test_with_no_idle_connection_the_slowest_incomplete_request_makes_room(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    from shipper.server import MAX_CONNECTIONS
+
+    proc, fifo, port = await start_on_fifo(tmp_path, receiver)
+    slow = []
+    try:
+        async def slowloris() -> None:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"GET /metrics HTTP/1.1\r\nHost: x\r\n")  # a head never finished
+            await writer.drain()
+            slow.append((reader, writer))
+
+        # Every slot held by a request that never completes, oldest first.
+        for _ in range(MAX_CONNECTIONS):
+            await slowloris()
+        reply = await get(port, "/healthz")
+        assert (reply.status, reply.body) == (200, b"ok\n")
+        # The probe's slot is free again once answered: one more slowloris
+        # takes it, and the next probe closes the (now) oldest for its own.
+        await slowloris()
+        reply = await get(port, "/healthz")
+        assert (reply.status, reply.body) == (200, b"ok\n")
+        ends = await asyncio.gather(*(how_it_ends(r) for r, _ in slow))
+        # The rest are dropped unanswered by REQUEST_TIMEOUT.
+        assert ends == ["reset"] * 2 + ["eof"] * (MAX_CONNECTIONS - 1)
+        fd = open_fifo_writer(fifo)
+        os.close(fd)
+        assert await proc.wait() == 0
+    finally:
+        for _, w in slow:
+            w.close()
+        await proc.kill()
+
+
+@pytest.mark.filterwarnings("always::UserWarning")
+async def test_healthz_answers_every_probe_under_1000_idle_and_many_slowloris_clients(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    # The kubelet restarts the sidecar after failureThreshold (3) failed probes:
+    # before, 16 idle keep-alive connections failed every probe for 120 s.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want_idle, want_slow, rounds, wave = 1000, 300, 40, 10
+    wanted = want_idle + want_slow + 2 * wave * rounds
+    reserve = 256  # the test's own descriptors: the receiver, pipes, the probes
+    limit = wanted + reserve if hard == resource.RLIM_INFINITY else min(hard, wanted + reserve)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, limit), hard))
+    scale = min(1.0, (limit - reserve) / wanted)
+    n_idle, n_slow, wave = int(want_idle * scale), int(want_slow * scale), max(1, int(wave * scale))
+    if scale < 1.0:
+        warnings.warn(f"RLIMIT_NOFILE hard limit {hard} is low: {n_idle} idle and {n_slow} slowloris "
+                      f"clients, waves of {wave}, instead of {want_idle}, {want_slow} and 10", UserWarning)
+    proc, fifo, port = await start_on_fifo(tmp_path, receiver)
+    clients: list[asyncio.StreamWriter] = []
+    slowloris: list[asyncio.StreamWriter] = []
+
+    async def connect(head: bytes) -> asyncio.StreamWriter | None:
+        try:
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+        except ConnectionResetError:
+            return None  # evicted by the server before open_connection returned
+        writer.write(head)
+        clients.append(writer)
+        return writer
+
+    async def open_many(n: int, head: bytes) -> list[asyncio.StreamWriter]:
+        opened: list[asyncio.StreamWriter] = []
+        for start in range(0, n, 50):  # in steps: the listen backlog is 100
+            got = await asyncio.gather(*(connect(head) for _ in range(start, min(n, start + 50))))
+            opened += [w for w in got if w is not None]
+        return opened
+
+    keep_alive = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"  # answered, then idle; never read
+    begun = b"GET /metrics HTTP/1.1\r\nHost: x\r\n"  # a head never finished
+    try:
+        idle = await open_many(n_idle, keep_alive)
+        slowloris += await open_many(n_slow, begun)
+        assert idle and slowloris
+        answers = []
+        for _ in range(rounds):
+            # Fresh contenders for the slots, then one more header line from every
+            # slowloris client (those the server closed take it without complaint).
+            await open_many(wave, keep_alive)
+            slowloris += await open_many(wave, begun)
+            for w in slowloris:
+                if not w.is_closing():
+                    w.write(b"X-Slow: 1\r\n")
+            reply = await get(port, "/healthz")
+            answers.append((reply.status, reply.body))
+        assert answers == [(200, b"ok\n")] * rounds
+        fd = open_fifo_writer(fifo)
+        os.write(fd, b"shipped all along\n")
+        os.close(fd)
+        assert await proc.wait() == 0
+        assert receiver.lines(stream="stdout") == ["shipped all along"]
+    finally:
+        for w in clients:
+            w.close()
+        await proc.kill()
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
 
 
 async def test_listen_on_a_port_in_use_exits_2_naming_the_setting(tmp_path: Path, receiver: LokiReceiver) -> None:
