@@ -24,7 +24,7 @@ import os
 import signal
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -57,18 +57,29 @@ EXIT_SPOOLED = 4  # lines left undelivered are safe in the spool; the next run s
 # the metrics endpoint starting): without this, the default action would kill
 # the process with no flush and no summary. run() then acts on them in order.
 _early_signals: list[int] = []
+# Where a signal goes when the loop dispatches it: looked up at dispatch time,
+# so a signal the loop read before run() took over, but whose callback runs
+# after, still reaches run()'s handler (replacing the loop's handler would
+# leave such a callback calling the old one, and the signal would be lost).
+_signal_target: Callable[[int], None] = _early_signals.append
+
+
+def _dispatch(signum: int) -> None:
+    _signal_target(signum)
 
 
 def catch_early_signals() -> None:
     """Until run() takes over, record SIGTERM/SIGINT instead of dying of them.
 
-    Through the loop, as run()'s own handlers: a signal is dispatched once,
-    to whichever handler is installed when the loop reads it (a Python-level
-    handler here would race the loop's wakeup fd and deliver one signal twice).
+    Through the loop, as run()'s own handlers: a signal is dispatched once
+    (a Python-level handler here would race the loop's wakeup fd and deliver
+    one signal twice).
     """
+    global _signal_target
+    _signal_target = _early_signals.append
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, _early_signals.append, sig)
+        loop.add_signal_handler(sig, _dispatch, sig)
 
 
 @dataclass
@@ -352,8 +363,10 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         from shipper.exec import DRAIN_SECONDS, FORWARDED, hung_up
 
         handled = FORWARDED
+    global _signal_target
     for sig in handled:
-        loop.add_signal_handler(sig, on_signal, sig)
+        loop.add_signal_handler(sig, _dispatch, sig)
+    _signal_target = on_signal
     early, _early_signals[:] = list(_early_signals), []
     for sig in early:
         on_signal(sig)

@@ -41,20 +41,23 @@ async def test_signal_mid_stream_delivers_everything_already_written(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("moment", ["starting", "source opened", "metrics endpoint listening"])
 async def test_a_signal_while_sources_open_is_a_shutdown_not_a_kill(
-        tmp_path: Path, receiver: LokiReceiver, sig: signal.Signals) -> None:
+        tmp_path: Path, receiver: LokiReceiver, sig: signal.Signals, moment: str) -> None:
     """Before the pipeline runs (file sources opening, the metrics endpoint starting) a
-    signal is recorded and acted on once it runs: every line shipped, exit 0, a summary."""
+    signal is recorded and acted on once it runs, exactly once: every line shipped, exit 0,
+    a summary. Each moment is a log record on the way there (the signal lands around it)."""
     out = tmp_path / "stdout.log"
     lines = [f"line {i}" for i in range(2000)]
     out.write_text("\n".join(lines) + "\n")
     proc = await ShipperProcess.start(make_config(receiver.url, [(out, "stdout")]))
-    await proc.wait_for_log("starting")  # logged before the sources open
+    await proc.wait_for_log(moment)
     proc.signal(sig)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == lines
     summary = proc.summary()
     assert (summary["code"], summary["reason"], summary["lines_sent"]) == (0, sig.name, 2000)
+    assert proc.logs("second signal: exiting now") == []
 
 
 async def test_loki_down_at_shutdown_exits_1_after_the_deadline(tmp_path: Path, receiver: LokiReceiver) -> None:
