@@ -17,6 +17,7 @@ import fcntl
 import os
 import re
 import stat
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
@@ -46,6 +47,46 @@ MAX_READ_PER_CALL = 256 * 1024
 # allocations per line in Accumulator.add; one-byte lines read 256 KiB at a
 # time peaked at 34 MiB of VmHWM, tests/test_memory_bounds.py).
 LINE_COST = 64
+
+# A regular file read to its end and idle this long is closed ("parked"): a
+# task-log directory of 1,000 finished attempts must not hold 1,000
+# descriptors. A parked file costs one stat() per poll (less than an open one:
+# fstat and stat); when it grows under the same identity (st_dev, st_ino) it is
+# reopened and read on from where it was left. The price: a parked file that
+# is renamed away is not followed (what was appended to it after it was
+# parked and before the rename, within one poll, is not read).
+IDLE_CLOSE_SECONDS = 10.0
+# After running out of descriptors (EMFILE/ENFILE), files at their end are
+# parked at once, for this long, so the rest of the sources (and the push
+# connection) get descriptors.
+SHORTAGE_SECONDS = 10.0
+_OUT_OF_DESCRIPTORS = (errno.EMFILE, errno.ENFILE)
+
+
+class _Descriptors:
+    """Process-wide: failed opens for want of descriptors, and whether that is recent."""
+
+    shortages = 0  # opens that failed with EMFILE/ENFILE (each retried later)
+    short_until = 0.0  # monotonic time until which idle files are parked at once
+
+    @classmethod
+    def ran_out(cls, path: str, error: OSError) -> None:
+        now = time.monotonic()
+        if now >= cls.short_until:  # one warning per episode, not one per retry
+            events.log("warn", "out of file descriptors: closing idle files, retrying the open",
+                       path=path, error=error.strerror, shortages=cls.shortages + 1)
+        cls.shortages += 1
+        cls.short_until = now + SHORTAGE_SECONDS
+
+    @classmethod
+    def short(cls, now: float) -> bool:
+        return now < cls.short_until
+
+
+def descriptor_shortages() -> int:
+    """How many opens failed for want of descriptors (EMFILE/ENFILE) in this process."""
+    return _Descriptors.shortages
+
 
 _PROC_FD = re.compile(r"/proc/(self|thread-self|\d+)(?:/task/\d+)?/fd/(\d+)\Z")
 
@@ -163,6 +204,8 @@ class Source:
         self.had_writer = False  # a FIFO's empty read is EOF only once a writer was seen
         self.pipe_size = 0
         self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
+        self.parked = False  # a regular file at its end, closed while idle (fd None)
+        self._active_at = 0.0  # monotonic time of the last read that got data (or the open)
         self.read_rate = 0.0  # bytes/s over the last read interval (paces pipe reads)
         self._last_read_at = 0.0
         # exec mode: every chunk read is first copied here (our own stdout/stderr).
@@ -207,8 +250,18 @@ class Source:
         except OSError as e:
             raise SourceError(f"source {self.path}: cannot stat: {e.strerror}") from None
         mode = st.st_mode
+        try:
+            return self._open_as(st, mode)
+        except OSError as e:
+            if e.errno not in _OUT_OF_DESCRIPTORS:
+                raise
+            _Descriptors.ran_out(self.path, e)
+            return False  # still waiting: the next read tries again
+
+    def _open_as(self, st: os.stat_result, mode: int) -> bool:
         if stat.S_ISREG(mode):
             self.fd = self._open(os.O_RDONLY)
+            self._active_at = time.monotonic()
             fst = os.fstat(self.fd)
             self._ident = (fst.st_dev, fst.st_ino)
             self._pos = self._line_end = 0
@@ -239,6 +292,8 @@ class Source:
         try:
             return os.open(self.path, flags | os.O_CLOEXEC)
         except OSError as e:
+            if e.errno in _OUT_OF_DESCRIPTORS:
+                raise  # not the source's fault: try_open retries it
             if e.errno == errno.ENXIO:
                 raise SourceError(f"source {self.path} is a socket; the shipper cannot read sockets") from None
             raise SourceError(f"source {self.path}: cannot open: {e.strerror}") from None
@@ -252,14 +307,22 @@ class Source:
         `readiness` says the event loop reported the pipe readable (so an empty
         read means a writer came and went: end of input).
         """
-        if self.fd is None:
-            return [], 0, False
         lines: list[bytes] = []
+        if self.fd is None:
+            if not self.parked:
+                return [], 0, False
+            old_end = self._mark(self._pos)
+            reopened = self._unpark(lines)
+            if lines:
+                self.last_mark = old_end  # truncated or replaced while parked: the old content's end
+            if not reopened or lines or self.fd is None:
+                return lines, 0, reopened
+        fd = self.fd
         total = 0
         budget = min(budget, MAX_READ_PER_CALL)
         while total + LINE_COST * len(lines) < budget:
             try:
-                data = os.read(self.fd, CHUNK)
+                data = os.read(fd, CHUNK)
             except BlockingIOError:
                 return lines, total, False
             if data:
@@ -328,11 +391,60 @@ class Source:
             return self.try_open()
         return False
 
+    def _unpark(self, out: list[bytes]) -> bool:
+        """A parked file: reopen it if it grew (same identity), was truncated or
+        replaced; True once there is an fd to read from. Appends to `out` the
+        last partial line of content that ended meanwhile."""
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            return False  # renamed away or deleted, no new file yet: nothing to read
+        if (st.st_dev, st.st_ino) != self._ident:
+            out += self.splitter.flush()
+            self.parked = False
+            self.kind = "waiting"
+            events.source_rotated(self.path, "replaced")
+            return self.try_open()
+        if st.st_size == self._pos:
+            return False  # still idle: stays closed
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except OSError as e:
+            if e.errno in _OUT_OF_DESCRIPTORS:
+                _Descriptors.ran_out(self.path, e)
+                return False
+            if e.errno == errno.ENOENT:
+                return False
+            raise SourceError(f"source {self.path}: cannot reopen: {e.strerror}") from None
+        fst = os.fstat(fd)
+        if (fst.st_dev, fst.st_ino) != self._ident:
+            os.close(fd)  # replaced between the stat and the open: seen as such next time
+            return False
+        self.fd, self.parked = fd, False
+        self._active_at = time.monotonic()
+        if fst.st_size < self._pos:
+            out += self.splitter.flush()
+            self._pos = self._line_end = 0
+            events.source_rotated(self.path, "truncated")
+        else:
+            os.lseek(fd, self._pos, os.SEEK_SET)
+        return True
+
     def note_read(self, nbytes: int, now: float) -> None:
-        """Record a read of `nbytes` at monotonic `now`, for the read rate."""
+        """Record a read of `nbytes` at monotonic `now`, for the read rate.
+
+        A regular file whose read found nothing new, idle IDLE_CLOSE_SECONDS
+        (at once while descriptors are short), is parked: closed until it grows.
+        """
         elapsed = now - self._last_read_at
         self._last_read_at = now
         self.read_rate = nbytes / elapsed if elapsed > 0 else 0.0
+        if nbytes:
+            self._active_at = now
+        elif (self.kind == "file" and self.fd is not None
+              and (now - self._active_at >= IDLE_CLOSE_SECONDS or _Descriptors.short(now))):
+            self._close()
+            self.parked = True
 
     def flush(self) -> list[bytes]:
         """The last unterminated line (shutdown)."""
@@ -350,6 +462,7 @@ class Source:
         self._close()
 
     def _close(self) -> None:
+        self.parked = False
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
