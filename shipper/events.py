@@ -78,6 +78,8 @@ class Counters:
         # Entries pushed again though Loki may hold them (a per-entry rate-limit
         # answer that named only 10 of more refusals); Loki's dedup drops the copies.
         self.lines_resent_uncertain = 0
+        # Opens that failed for want of descriptors (EMFILE/ENFILE), each retried later.
+        self.descriptor_shortages = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_push_ok = 0.0     # epoch seconds of the last 2xx
         self.last_push_failed = False  # the latest push attempt failed (for /ready)
@@ -236,6 +238,17 @@ def push_stored_part(outcome: str, stored: int, stored_bytes: int, again: int, u
     c.lines_resent_uncertain += uncertain
     log("warn", "Loki stored part of a push; pushing the rest again", outcome=outcome, cause=cause,
         stored=stored, again=again, uncertain=uncertain)
+
+
+def descriptor_shortage(path: str, error: str, first_of_episode: bool) -> None:
+    """An open of `path` failed for want of descriptors; it is retried at the next poll.
+
+    Logged once per episode (the first failure after a calm spell), counted each time.
+    """
+    COUNTERS.descriptor_shortages += 1
+    if first_of_episode:
+        log("warn", "out of file descriptors: closing idle files, retrying the open",
+            path=path, error=error, shortages=COUNTERS.descriptor_shortages)
 
 
 def lines_dropped(reason: str, n: int, **detail: Any) -> None:

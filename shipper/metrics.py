@@ -119,6 +119,9 @@ def render(c: Counters, gauges: Mapping[str, float], process: ProcessSample | No
            "Push attempts by outcome: HTTP status code, or the transport error.",
            [({"status": k}, v) for k, v in sorted(c.requests.items())])
     one("shipper_push_retries_total", "counter", "Pushes that failed and were retried.", c.retries)
+    one("shipper_descriptor_shortages_total", "counter",
+        "Opens that failed for want of file descriptors (EMFILE/ENFILE), each retried.",
+        c.descriptor_shortages)
     one("shipper_lines_resent_uncertain_total", "counter",
         "Lines pushed again though Loki may already hold them (its dedup drops such copies).",
         c.lines_resent_uncertain)

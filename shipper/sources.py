@@ -72,9 +72,8 @@ class _Descriptors:
     @classmethod
     def ran_out(cls, path: str, error: OSError) -> None:
         now = time.monotonic()
-        if now >= cls.short_until:  # one warning per episode, not one per retry
-            events.log("warn", "out of file descriptors: closing idle files, retrying the open",
-                       path=path, error=error.strerror, shortages=cls.shortages + 1)
+        # One warning per episode, not one per retry; every failure counted.
+        events.descriptor_shortage(path, error.strerror or str(error), now >= cls.short_until)
         cls.shortages += 1
         cls.short_until = now + SHORTAGE_SECONDS
 

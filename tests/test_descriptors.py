@@ -63,6 +63,7 @@ async def test_150_task_log_files_under_a_100_descriptor_limit_are_all_shipped(
         samples = await scrape_until(port, lambda s: value(s, "shipper_sources_open") == 0, "every file parked")
         assert value(samples, "process_open_fds") < 30, samples
         assert value(samples, "process_max_fds") == NOFILE
+        assert value(samples, "shipper_descriptor_shortages_total") >= warning["shortages"]
 
         # Parked files that grow are reopened by identity and read on from where they were left.
         for i in range(0, FILES, 10):

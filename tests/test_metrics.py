@@ -103,6 +103,7 @@ def test_every_family_renders_exactly() -> None:
         ("shipper_push_requests_total", L(status="timeout")): 1,
         ("shipper_push_retries_total", ()): 3,
         ("shipper_lines_resent_uncertain_total", ()): 0,
+        ("shipper_descriptor_shortages_total", ()): 0,
         **{("shipper_push_duration_seconds_bucket", L(le=le)): n
            for le, n in zip(["0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"],
                             duration_cumulative)},
@@ -143,6 +144,7 @@ def test_every_family_renders_exactly() -> None:
         "shipper_push_requests": "counter",
         "shipper_push_retries": "counter",
         "shipper_lines_resent_uncertain": "counter",
+        "shipper_descriptor_shortages": "counter",
         "shipper_push_duration_seconds": "histogram",
         "shipper_batch_size_bytes": "histogram",
         "shipper_pending_lines": "gauge",
