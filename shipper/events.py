@@ -225,6 +225,12 @@ def push_failed(outcome: str, message: str, retry_in: float | None, seconds: flo
         log("error", "push refused by Loki, batch dropped", outcome=outcome, error=message[:512])
 
 
+def entries_stored(n: int, line_bytes: int) -> None:
+    """`n` entries of a push Loki answered with a refusal of the others were stored: sent."""
+    COUNTERS.lines_sent += n
+    COUNTERS.bytes_sent += line_bytes
+
+
 def push_stored_part(outcome: str, stored: int, stored_bytes: int, again: int, uncertain: int,
                      cause: str) -> None:
     """Loki stored `stored` entries of a push and refused `again` for now: those go out again.

@@ -529,12 +529,14 @@ class Pipeline:
             if decision.action == delivery.ACK:
                 self._done(item)
                 stored = max(0, decision.stored - item.counted)
-                if stored:
-                    events.batch_sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
-                                      outcome if isinstance(outcome, int) else 0)
+                # One request, counted once: by its refusal when it refused any.
                 if decision.refused:
                     events.push_failed(label, answer.message, None, seconds)
+                    events.entries_stored(stored, _share(item.line_bytes, stored, item.lines))
                     events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+                elif stored:
+                    events.batch_sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
+                                      outcome if isinstance(outcome, int) else 0)
                 continue
             # RETRY: all of it, or what Loki did not store.
             self._failing = True
