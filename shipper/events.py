@@ -225,6 +225,18 @@ def push_failed(outcome: str, message: str, retry_in: float | None, seconds: flo
         log("error", "push refused by Loki, batch dropped", outcome=outcome, error=message[:512])
 
 
+def push_cut(lines: int, pieces: int, cause: str) -> None:
+    """A push Loki refused whole, larger than a second of the rate it named, goes again in `pieces`."""
+    log("warn", "Loki refused a push whole: pushing it in pieces of its named rate",
+        lines=lines, pieces=pieces, cause=cause)
+
+
+def stored_asked(uncertain: int, resolved: bool) -> None:
+    """Loki was asked which of `uncertain` entries it holds (an answer that named too few)."""
+    log("info", "asked Loki which entries of a partly refused push it holds",
+        uncertain=uncertain, resolved=resolved)
+
+
 def entries_stored(n: int, line_bytes: int) -> None:
     """`n` entries of a push Loki answered with a refusal of the others were stored: sent."""
     COUNTERS.lines_sent += n

@@ -517,8 +517,7 @@ class Pipeline:
                 groups = delivery.chunked(range(item.lines), facts, decision.max_push_bytes)
                 if len(groups) > 1:
                     self._replace_head(item, body, facts, groups, item.counted)
-                    events.log("warn", "Loki refused a push whole: pushing it in pieces of its named rate",
-                               lines=item.lines, pieces=len(groups), cause=decision.cause)
+                    events.push_cut(item.lines, len(groups), decision.cause)
                     events.push_failed(label, answer.message, 0.0, seconds)
                     continue
             if decision.action == delivery.SPLIT:
@@ -563,8 +562,7 @@ class Pipeline:
         times = [facts[i][0] for i in decision.resend]
         held = await self.sink.stored_times(labels.decode(), min(times), max(times))
         resolved = delivery.resolve(decision, facts, held)
-        events.log("info", "asked Loki which entries of a partly refused push it holds",
-                   uncertain=decision.uncertain, resolved=resolved.uncertain == 0)
+        events.stored_asked(decision.uncertain, resolved.uncertain == 0)
         return resolved
 
     def _keep_part(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
