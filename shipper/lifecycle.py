@@ -379,7 +379,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     tasks += [intake, sender]
     if config.stop_file:
         tasks.append(asyncio.create_task(watch_stop_file(), name="stop_file"))
-    code = EXIT_OK
+    ending, lost = "delivered", 0  # how the wait below ended, and what that gave up
     try:
         while True:
             if intake.done() and not state.deadline and (child is None or child.status is not None):
@@ -398,20 +398,19 @@ async def run(config: Config, sources: list[Source], sink: Sink,
                     exc = t.exception()
                     events.log("error", "internal error: a pipeline task died", task=t.get_name(),
                                error=f"{type(exc).__name__}: {exc}")
-                code = EXIT_INTERNAL
+                ending = "internal_error"
                 _give_up(pipeline, "internal_error")
                 break
             if sender.done() and (child is None or child.status is not None):
                 break  # intake finished and everything queued was answered
             if state.signals > 1:
-                code = EXIT_UNDELIVERED if _give_up(pipeline, "forced_exit") else EXIT_OK
+                ending, lost = "forced_exit", _give_up(pipeline, "forced_exit")
                 break
             if deadline and time.monotonic() >= deadline:
-                lost = _give_up(pipeline, "shutdown_deadline")
+                ending, lost = "shutdown_deadline", _give_up(pipeline, "shutdown_deadline")
                 if lost:
                     events.log("error", "shutdown deadline reached with lines undelivered",
                                lines=lost, shutdown_timeout=config.shutdown_timeout)
-                    code = EXIT_UNDELIVERED
                 break
     finally:
         for t in tasks:
@@ -419,10 +418,7 @@ async def run(config: Config, sources: list[Source], sink: Sink,
         await asyncio.gather(*tasks, return_exceptions=True)
         for source in sources:
             source.close()
-    if code == EXIT_OK and any(n for reason, n in events.COUNTERS.dropped.items() if reason != "rejected"):
-        code = EXIT_UNDELIVERED  # e.g. buffer_full drops while Loki was down
-    if code == EXIT_OK and events.COUNTERS.lines_spooled_at_exit:
-        code = EXIT_SPOOLED
+    code = exit_code(ending, lost, events.COUNTERS.dropped, events.COUNTERS.lines_spooled_at_exit)
     try:
         summary = _summary(code, state.reason, time.monotonic() - started)
         events.log("info", "exit", **summary)
@@ -500,6 +496,22 @@ class _State:
     signals = 0
     deadline = 0.0  # monotonic; 0 until shutdown begins
     reason = "end of input"
+
+
+def exit_code(ending: str, lost: int, dropped: Mapping[str, int], spooled: int) -> int:
+    """The run's exit code from how it ended and what it lost. No IO.
+
+    `ending`: "delivered" (everything queued was answered), "shutdown_deadline",
+    "forced_exit" (a second signal) or "internal_error" (a task died: 3);
+    `lost`: lines that ending gave up; `dropped`: every line given up by reason
+    (a refusal by Loki, "rejected", is an answer: it does not fail the run);
+    `spooled`: lines left safe in the spool for the next run (4).
+    """
+    if ending == "internal_error":
+        return EXIT_INTERNAL
+    if lost or any(n for reason, n in dropped.items() if reason != "rejected"):
+        return EXIT_UNDELIVERED
+    return EXIT_SPOOLED if spooled else EXIT_OK
 
 
 def _give_up(pipeline: Pipeline, reason: str) -> int:

@@ -121,3 +121,21 @@ async def test_bad_input_lines_are_cleaned_and_counted(tmp_path: Path, receiver:
     assert got[7:] == ["emoji \U0001f600 \"q\" \\"]
     summary = proc.summary()
     assert (summary["lines_split"], summary["lines_invalid_utf8"]) == (3, 1)
+
+
+@pytest.mark.parametrize(("ending", "lost", "dropped", "spooled", "code"), [
+    ("delivered", 0, {}, 0, 0),
+    ("delivered", 0, {"rejected": 7}, 0, 0),          # Loki's refusal is an answer, counted
+    ("delivered", 0, {"buffer_full": 3}, 0, 1),       # dropped while Loki was down
+    ("delivered", 0, {}, 12, 4),                      # safe in the spool for the next run
+    ("delivered", 0, {"buffer_full": 3}, 12, 1),      # a loss outweighs the spool
+    ("shutdown_deadline", 5, {"shutdown_deadline": 5}, 0, 1),
+    ("shutdown_deadline", 0, {}, 20, 4),
+    ("forced_exit", 0, {}, 0, 0),                      # a second signal with nothing pending
+    ("forced_exit", 2, {"forced_exit": 2}, 0, 1),
+    ("internal_error", 0, {}, 0, 3),
+    ("internal_error", 9, {"internal_error": 9}, 5, 3),
+])
+def test_exit_code(ending: str, lost: int, dropped: dict[str, int], spooled: int, code: int) -> None:
+    from shipper.lifecycle import exit_code
+    assert exit_code(ending, lost, dropped, spooled) == code
