@@ -110,10 +110,7 @@ class Spool:
         """Write one batch durably; returns its entry."""
         seq = self._next_seq
         self._next_seq += 1
-        header = json.dumps({
-            "lines": lines, "line_bytes": line_bytes,
-            "marks": [[p, m.dev, m.ino, m.offset] for p, m in marks.items()],
-        }, separators=(",", ":")).encode() + b"\n"
+        header = _header(lines, line_bytes, marks)
         path = os.path.join(self.directory, f"{seq:012d}{SUFFIX}")
         self._write(path, header + body)
         size = len(header) + len(body)
@@ -126,10 +123,7 @@ class Spool:
         A restart then replays only what Loki has not stored. Atomic: a crash
         leaves the old file or the new one, never half of either.
         """
-        header = json.dumps({
-            "lines": lines, "line_bytes": line_bytes,
-            "marks": [[p, m.dev, m.ino, m.offset] for p, m in entry.marks.items()],
-        }, separators=(",", ":")).encode() + b"\n"
+        header = _header(lines, line_bytes, entry.marks)
         self._write(entry.path, header + body)
         size = len(header) + len(body)
         self.used += size - entry.file_bytes
@@ -149,6 +143,14 @@ class Spool:
             pass
         self.used -= entry.file_bytes
         self.failed_at = None  # room came back: the next batch may try again
+
+
+def _header(lines: int, line_bytes: int, marks: dict[str, Position]) -> bytes:
+    """A batch file's first line (read back by _read_header)."""
+    return json.dumps({
+        "lines": lines, "line_bytes": line_bytes,
+        "marks": [[p, m.dev, m.ino, m.offset] for p, m in marks.items()],
+    }, separators=(",", ":")).encode() + b"\n"
 
 
 def _read_header(path: str) -> SpoolEntry:

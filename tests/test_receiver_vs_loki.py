@@ -30,8 +30,9 @@ import aiohttp
 import pytest
 import snappy
 
-from tests.loki_receiver import Entry, Limits, LokiReceiver, load_push_pb2
+from tests.loki_receiver import Entry, Limits, LokiReceiver
 from tests.real_loki import RealLoki, loki3, loki27, real_lokis  # noqa: F401 (fixtures)
+from tests.test_loki_receiver import serialize
 
 MINUTE = 60 * 10**9
 HOUR = 60 * MINUTE
@@ -56,16 +57,7 @@ Row = tuple[tuple[tuple[str, str], ...], int, str, tuple[tuple[str, str], ...]]
 
 
 def push_body(*streams: tuple[str, Sequence[Entry]]) -> bytes:
-    pb2 = load_push_pb2()
-    request = pb2.PushRequest()
-    for labels, entries in streams:
-        stream = request.streams.add(labels=labels)
-        for entry in entries:
-            pb_entry = stream.entries.add(line=entry.line)
-            pb_entry.timestamp.seconds, pb_entry.timestamp.nanos = divmod(entry.ts_ns, 10**9)
-            for name, value in entry.metadata:
-                pb_entry.structuredMetadata.add(name=name, value=value)
-    compressed: bytes = snappy.compress(request.SerializeToString())  # block format, what Loki reads
+    compressed: bytes = snappy.compress(serialize(streams))  # block format, what Loki reads
     return compressed
 
 
