@@ -23,7 +23,7 @@ import time
 
 from benchmarks.lines import CONTENTS, make_content
 from benchmarks.workloads import SOURCE_KEYS
-from shipper import encoder, lifecycle
+from shipper import encoder, labels, lifecycle
 from shipper.config import parse
 from shipper.framing import LineSplitter
 from shipper.loki import Answer
@@ -50,7 +50,7 @@ async def measure(content: str, lines: int, profile: bool) -> float:
     """Best-of-5 CPU seconds per line for `content`."""
     config = parse(f'[[sources]]\npath = "/bench"\nstream = "stdout"\n{SOURCE_KEYS[content]}')
     source = lifecycle.new_source(config, config.sources[0], "/bench",
-                                  lifecycle.task_stream(config, CONTEXT, "stdout"))
+                                  labels.task_stream(config, CONTEXT, "stdout"))
     pipeline = Pipeline(config, [source], NullSink())
     pipeline._queue = lambda batch: encoder.compress(batch.body())  # type: ignore[method-assign,assignment]
     data = make_content(content, 0, lines, time.time_ns())

@@ -1,4 +1,4 @@
-"""Labels and structured metadata: escaping, the label-set string, Airflow context.
+"""Labels and structured metadata: a config and an Airflow context in, label sets, streams and escaped label strings out.
 
 Pure functions, no IO except `read_annotations()`, which takes a path. A value
 from the environment or a log line can never break the label string: values
@@ -11,7 +11,15 @@ from __future__ import annotations
 import os
 import re
 import stat
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+from shipper import encoder
+from shipper.config import CONTEXT_KEYS
+
+if TYPE_CHECKING:
+    from shipper.batch import Stream
+    from shipper.config import Config
 
 # Loki's default max_label_value_length (bytes, pkg/validation/limits.go).
 MAX_LABEL_VALUE_BYTES = 2048
@@ -97,6 +105,48 @@ def with_service_name(labels: Mapping[str, str], service: str) -> dict[str, str]
     if service:
         out[SERVICE_NAME_LABEL] = clean_value(service)
     return out
+
+
+def task_labels(config: Config, ctx: Mapping[str, str]) -> dict[str, str]:
+    """Static labels plus the context keys configured as labels (`dag_id`, `task_id`)."""
+    air = config.airflow
+    labels = {k: clean_value(v) for k, v in config.labels.items()}
+    for key in air.labels:
+        labels[key] = clean_value(ctx.get(key) or air.missing)
+    return labels
+
+
+def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
+    """Per-run context (`run_id`, `try_number`, ...) as encoded structured metadata."""
+    return encoder.encode_metadata(
+        (key, clean_value(ctx[key])) for key in CONTEXT_KEYS
+        if key not in config.airflow.labels and ctx.get(key))
+
+
+def task_stream(config: Config, ctx: Mapping[str, str], name: str) -> Stream:
+    """A source's stream: task labels + `stream` + `service_name`; per-run values as metadata."""
+    from shipper.batch import Stream  # here, not at the top: batch.py imports label_string from this module
+
+    labels = with_service_name(task_labels(config, ctx), config.airflow.service_name)
+    labels["stream"] = clean_value(name)
+    return Stream(label_string(labels), run_metadata(config, ctx), name, labels)
+
+
+def build_streams(config: Config, ctx: Mapping[str, str],
+                  names: Sequence[str] | None = None) -> list[Stream]:
+    """One Stream per [[sources]] entry (or per name given: exec's "stdout", "stderr")."""
+    return [task_stream(config, ctx, name)
+            for name in (names if names is not None else [s.stream for s in config.sources])]
+
+
+def summary_labels(config: Config, ctx: Mapping[str, str]) -> dict[str, str]:
+    """The exit summary's labels: {job="shipper", <task labels>}, service_name="shipper"
+    (unless airflow.service_name is "": then Loki's discovery names it)."""
+    labels = task_labels(config, ctx)
+    if config.airflow.service_name:
+        labels = with_service_name(labels, SUMMARY_SERVICE_NAME)
+    labels["job"] = "shipper"
+    return labels
 
 
 def context_from_env(env: Mapping[str, str]) -> dict[str, str]:

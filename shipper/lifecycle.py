@@ -1,13 +1,18 @@
-"""Lifecycle: start, supervise, and shut down in sequence.
+"""Lifecycle: a config, sources and a sink in; one supervised run out, ending in an exit code and the run's records.
 
-Shutdown (first SIGTERM/SIGINT, or every source at end of input):
+The supervisor (`Supervisor`, behind `run`) starts the pipeline's tasks and
+waits in one loop for what can end the run: a signal, the exec command's
+exit, the stop file, every source at end of input, the shutdown deadline, a
+supervised task dying. Shutdown, in sequence:
   1. stop intake: read every source to its current end (files to their size
      now, pipes until empty), ship unterminated last lines;
-  2. seal the open batch and push everything queued, retrying;
+  2. seal the open batch and push everything queued, retrying (acknowledged
+     file positions are checkpointed as their pushes are answered);
   3. all under one deadline, `shutdown_timeout` from the signal (or EOF);
-  4. exit 0 if every line read was acknowledged (or refused by Loki, counted),
-     1 if some were not. A second signal exits at once (1 if lines were pending).
-A supervised task that dies marks the run failed and exits 3, loudly.
+  4. exit with `exit_code(outcome)`: 0 if every line read was acknowledged (or
+     refused by Loki, counted), 1 if some were not, 4 if those are safe in the
+     spool. A second signal exits at once (1 if lines were pending).
+A supervised task that dies marks the run unhealthy and exits 3, loudly.
 
 After the exit code is known the run's story is written three ways, because a
 task pod often ends before the first scrape: the `exit` summary on stderr,
@@ -22,17 +27,17 @@ import base64
 import json
 import os
 import signal
-import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from shipper import __version__, checkpoint, encoder, events
 from shipper.batch import Stream
-from shipper.config import CONTEXT_KEYS, Config, ConfigError, SourceConfig, parse_listen
-from shipper.labels import (SUMMARY_SERVICE_NAME, clean_value, context_from_env, context_from_log_path,
-                            label_string, read_annotations, with_service_name)
+from shipper.config import Config, ConfigError, SourceConfig, parse_listen
+from shipper.labels import build_streams as build_streams  # cli.py's and the tests' name for it
+from shipper.labels import (clean_value, context_from_env, context_from_log_path, label_string,
+                            read_annotations, run_metadata, summary_labels, task_stream)
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
 from shipper.checkpoint import Position
@@ -140,36 +145,6 @@ def airflow_context(config: Config, env: Mapping[str, str]) -> dict[str, str]:
     return ctx
 
 
-def task_labels(config: Config, ctx: Mapping[str, str]) -> dict[str, str]:
-    """Static labels plus the context keys configured as labels (`dag_id`, `task_id`)."""
-    air = config.airflow
-    labels = {k: clean_value(v) for k, v in config.labels.items()}
-    for key in air.labels:
-        labels[key] = clean_value(ctx.get(key) or air.missing)
-    return labels
-
-
-def run_metadata(config: Config, ctx: Mapping[str, str]) -> bytes:
-    """Per-run context (`run_id`, `try_number`, ...) as encoded structured metadata."""
-    return encoder.encode_metadata(
-        (key, clean_value(ctx[key])) for key in CONTEXT_KEYS
-        if key not in config.airflow.labels and ctx.get(key))
-
-
-def task_stream(config: Config, ctx: Mapping[str, str], name: str) -> Stream:
-    """A source's stream: task labels + `stream` + `service_name`; per-run values as metadata."""
-    labels = with_service_name(task_labels(config, ctx), config.airflow.service_name)
-    labels["stream"] = clean_value(name)
-    return Stream(label_string(labels), run_metadata(config, ctx), name, labels)
-
-
-def build_streams(config: Config, ctx: Mapping[str, str],
-                  names: Sequence[str] | None = None) -> list[Stream]:
-    """One Stream per source (or per name given)."""
-    return [task_stream(config, ctx, name)
-            for name in (names if names is not None else [s.stream for s in config.sources])]
-
-
 def new_source(config: Config, cfg: SourceConfig, path: str, stream: Stream) -> Source:
     """A Source for `path` read as `cfg` says (with its processing chain when it has one)."""
     return process_as(config, cfg, Source(path, stream, config.max_line_bytes))
@@ -217,12 +192,8 @@ def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
 
 def summary_push(config: Config, ctx: Mapping[str, str], summary: Mapping[str, Any],
                  wall_ns: int) -> bytes:
-    """The exit summary as one compressed push: stream {job="shipper", <task labels>},
-    service_name="shipper" (unless airflow.service_name is "": then Loki's discovery)."""
-    labels = task_labels(config, ctx)
-    if config.airflow.service_name:
-        labels = with_service_name(labels, SUMMARY_SERVICE_NAME)
-    labels["job"] = "shipper"
+    """The exit summary as one compressed push to its stream (`labels.summary_labels`)."""
+    labels = summary_labels(config, ctx)
     line = json.dumps(summary, separators=(",", ":")).encode()
     entries = encoder.encode_entries([line], wall_ns, run_metadata(config, ctx))
     return encoder.compress(encoder.encode_push([(label_string(labels), entries)]))
@@ -242,6 +213,36 @@ def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:
     return path
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """How a run ended and what it gave up: everything `exit_code` needs.
+
+    `ending`: "delivered" (everything queued was answered), "shutdown_deadline",
+    "forced_exit" (a second signal) or "internal_error" (a supervised task died);
+    `lost`: lines that ending gave up; `dropped`: every line the run gave up, by
+    reason (events.DROP_REASONS); `spooled`: lines left safe in the spool.
+    """
+
+    ending: str = "delivered"
+    lost: int = 0
+    dropped: Mapping[str, int] = field(default_factory=dict)
+    spooled: int = 0
+
+
+def exit_code(outcome: Outcome) -> int:
+    """The run's exit code from its outcome. No IO.
+
+    A task that died is 3 whatever else happened; any line given up is 1,
+    except a refusal by Loki ("rejected"), which is an answer and counted; lines
+    left safe in the spool for the next run are 4; else 0.
+    """
+    if outcome.ending == "internal_error":
+        return EXIT_INTERNAL
+    if outcome.lost or any(n for reason, n in outcome.dropped.items() if reason != "rejected"):
+        return EXIT_UNDELIVERED
+    return EXIT_SPOOLED if outcome.spooled else EXIT_OK
+
+
 async def run(config: Config, sources: list[Source], sink: Sink,
               ctx: Mapping[str, str] | None = None, child: Child | None = None,
               durable: Durable | None = None, watchers: list[GlobWatcher] | None = None) -> int:
@@ -251,196 +252,307 @@ async def run(config: Config, sources: list[Source], sink: Sink,
     the shutdown, the shutdown starts when it exits, and its exit code is
     returned.
     """
-    ctx = ctx or {}
-    loop = asyncio.get_running_loop()
-    durable = durable or Durable()
-    pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
-                        checkpoint_file=durable.checkpoint_file, positions=durable.positions,
-                        watchers=watchers)
-    changed = asyncio.Event()
-    state = _State()
+    return await Supervisor(config, sources, sink, ctx or {}, child, durable or Durable(), watchers).run()
 
-    def begin_shutdown(why: str) -> None:
-        state.reason = why
-        state.deadline = time.monotonic() + config.shutdown_timeout
-        pipeline.stop()
 
-    def on_signal(signum: int) -> None:
+class Supervisor:
+    """One run: the pipeline's tasks, the one loop that waits for what ends them, the shutdown.
+
+    The callbacks (`on_signal`, `on_child_exit`, the stop file's watcher, the
+    drain limit) only record what happened and wake the loop; the loop alone
+    decides how the run ends (`_ending`).
+    """
+
+    def __init__(self, config: Config, sources: list[Source], sink: Sink, ctx: Mapping[str, str],
+                 child: Child | None, durable: Durable, watchers: list[GlobWatcher] | None) -> None:
+        self.config = config
+        self.sources = sources
+        self.sink = sink
+        self.ctx = ctx
+        self.child = child
+        self.loop = asyncio.get_running_loop()
+        self.pipeline = Pipeline(config, sources, sink, spool=durable.spool, replay=durable.replay,
+                                 checkpoint_file=durable.checkpoint_file, positions=durable.positions,
+                                 watchers=watchers)
+        self.changed = asyncio.Event()  # something a callback recorded: the loop looks again
+        self.tasks: list[asyncio.Task[None]] = []
+        self.intake: asyncio.Task[None] | None = None
+        self.sender: asyncio.Task[None] | None = None
+        self.server: MetricsServer | None = None
+        self.signals = 0
+        self.deadline = 0.0  # monotonic; 0 until shutdown begins
+        self.reason = "end of input"
+        self.started = 0.0  # monotonic, when the tasks start (the summary's `seconds`)
+        self.handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
+        if child is not None:
+            from shipper.exec import FORWARDED
+
+            self.handled = FORWARDED
+
+    async def run(self) -> int:
+        """Start, wait for the end, shut down, write the records; the exit code."""
+        if not await self._start_server():
+            return EXIT_CONFIG
+        self._take_signals()
+        self._watch_child()
+        self._start_tasks()
+        try:
+            outcome = await self._wait()
+        finally:
+            await self._stop_tasks()
+        code = exit_code(outcome)
+        try:
+            await self._write_records(code)
+        finally:
+            await self._close()
+        if self.child is not None and self.child.status is not None:
+            return self.child.status  # the task's outcome; the summary records the shipper's
+        return code
+
+    # --- start ---------------------------------------------------------------
+
+    async def _start_server(self) -> bool:
+        """The metrics endpoint, when configured; False (exit 2) when it cannot listen."""
+        listen = self.config.metrics.listen
+        if not listen:
+            return True
+        host, port = parse_listen(listen)
+        self.server = MetricsServer(self.status)
+        try:
+            bound = await self.server.start(host, port)
+        except OSError as e:
+            events.log("error", "refusing to start",
+                       error=f"metrics.listen: cannot listen on {listen}: {e.strerror or e}")
+            return False
+        events.log("info", "metrics endpoint listening", host=host or "*", port=bound)
+        return True
+
+    def _take_signals(self) -> None:
+        """From now on signals come here; those that came early are acted on, in order."""
+        global _signal_target
+        for sig in self.handled:
+            # The same callback catch_early_signals() installed: the loop's own
+            # handler is re-registered, never swapped for another (see _dispatch).
+            self.loop.add_signal_handler(sig, _dispatch, sig)
+        _signal_target = self.on_signal
+        early, _early_signals[:] = list(_early_signals), []
+        for sig in early:
+            self.on_signal(sig)
+
+    def _watch_child(self) -> None:
+        if self.child is not None:
+            self.loop.add_reader(self.child.pidfd, self.on_child_exit)
+            self.on_child_exit()  # it may have exited already
+
+    def _start_tasks(self) -> None:
+        self.started = time.monotonic()
+        self.intake = asyncio.create_task(self.pipeline.intake(), name="intake")
+        self.sender = asyncio.create_task(self.pipeline.sender(), name="sender")
+        self.tasks += [self.intake, self.sender]
+        if self.config.stop_file:
+            self.tasks.append(asyncio.create_task(self._watch_stop_file(), name="stop_file"))
+
+    # --- what can end the run: each records it and wakes the loop ------------
+
+    def begin_shutdown(self, why: str) -> None:
+        """Stop intake (it reads every source to its current end) and start the deadline."""
+        self.reason = why
+        self.deadline = time.monotonic() + self.config.shutdown_timeout
+        self.pipeline.stop()
+
+    def on_signal(self, signum: int) -> None:
+        """A signal: the command's in exec mode while it runs; else the first is a
+        shutdown, the second an exit now."""
         name = signal.Signals(signum).name
+        child = self.child
         if child is not None and child.status is None:
             events.log("info", "signal forwarded to the command", signal=name, pid=child.pid)
             child.send(signum)
             return
-        state.signals += 1
-        if state.signals == 1:
+        self.signals += 1
+        if self.signals == 1:
             events.log("info", "signal received: reading to the end, flushing",
-                       signal=name, shutdown_timeout=config.shutdown_timeout)
-            begin_shutdown(name)
+                       signal=name, shutdown_timeout=self.config.shutdown_timeout)
+            self.begin_shutdown(name)
         else:
             events.log("warn", "second signal: exiting now", signal=name)
-        changed.set()
+        self.changed.set()
 
-    async def watch_stop_file() -> None:
+    async def _watch_stop_file(self) -> None:
         # One stat per file_poll_interval, only when stop_file is configured.
-        while not os.path.exists(config.stop_file):
-            await asyncio.sleep(config.file_poll_interval)
-        if not state.deadline:
+        while not os.path.exists(self.config.stop_file):
+            await asyncio.sleep(self.config.file_poll_interval)
+        if not self.deadline:
             events.log("info", "stop file appeared: reading to the end, flushing",
-                       path=config.stop_file, shutdown_timeout=config.shutdown_timeout)
-            begin_shutdown("stop_file")
-        changed.set()
+                       path=self.config.stop_file, shutdown_timeout=self.config.shutdown_timeout)
+            self.begin_shutdown("stop_file")
+        self.changed.set()
 
-    tasks: list[asyncio.Task[None]] = []
+    def on_child_exit(self) -> None:
+        """exec: the command's pidfd is readable (or may be): once it has exited, shut down,
+        or, while its descendants still hold its output open, read on up to DRAIN_SECONDS."""
+        from shipper.exec import DRAIN_SECONDS
 
-    def status() -> Status:
-        dead = [t.get_name() for t in tasks if t.done() and not t.cancelled() and t.exception()]
-        waiting = [s.path for s in sources if s.kind == "waiting"]
+        child = self.child
+        assert child is not None
+        if child.poll() is None:
+            return
+        self.loop.remove_reader(child.pidfd)
+        child.close()
+        events.log("info", "command exited: reading its output to the end, flushing",
+                   code=child.status, shutdown_timeout=self.config.shutdown_timeout)
+        if not self.deadline:
+            self.reason = f"command exited with {child.status}"
+            held = self._still_written()
+            if held:
+                # A process the command started (a daemon, a `cmd &`) still holds
+                # its stdout/stderr: read on, passing through and shipping, until
+                # the pipes close (intake then ends by itself) or the drain limit.
+                events.log("warn", "the command exited but a process it started still holds its output open: "
+                           "reading on until it closes", pipes=held, drain_seconds=DRAIN_SECONDS)
+                self.loop.call_later(DRAIN_SECONDS, self._drain_expired)
+            else:
+                self.begin_shutdown(self.reason)
+        self.changed.set()
+
+    def _still_written(self) -> list[str]:
+        from shipper.exec import hung_up
+
+        # A pipe with a writer left: no POLLHUP (which every writer's close sets).
+        return [s.path for s in self.sources if s.fd is not None and not s.finished and not hung_up(s.fd)]
+
+    def _drain_expired(self) -> None:
+        from shipper.exec import DRAIN_SECONDS
+
+        if self.deadline or (self.intake is not None and self.intake.done()):
+            return
+        held = self._still_written()
+        events.COUNTERS.exec_pipes_cut += len(held)
+        events.log("warn", "drain limit passed: no longer reading the output the command's descendants "
+                   "still write (what they write from now on is neither passed through nor shipped)",
+                   pipes=held, drain_seconds=DRAIN_SECONDS)
+        self.begin_shutdown(self.reason)
+        self.changed.set()
+
+    # --- the wait loop -------------------------------------------------------
+
+    async def _wait(self) -> Outcome:
+        """The one wait loop: until `_ending` names how the run ends; what that gave up."""
+        while True:
+            if self._input_ended() and not self.deadline:
+                # Every source ended without a signal: the same deadline applies.
+                self.deadline = time.monotonic() + self.config.shutdown_timeout
+            # Wait, then judge, also the first time: with two early signals
+            # intake still makes its final read, and the second signal's exit
+            # counts what it read as dropped instead of leaving it unread.
+            await self._next_change()
+            ending = self._ending()
+            if ending is not None:
+                return self._give_up(ending)
+
+    def _ending(self) -> str | None:
+        """How the run ends, judged now: None while it goes on."""
+        dead = self._dead()
+        if dead:
+            for t in dead:
+                exc = t.exception()
+                events.log("error", "internal error: a pipeline task died", task=t.get_name(),
+                           error=f"{type(exc).__name__}: {exc}")
+            return "internal_error"
+        assert self.sender is not None
+        if self.sender.done() and self._command_done():
+            return "delivered"  # intake finished and everything queued was answered
+        if self.signals > 1:
+            return "forced_exit"
+        if self.deadline and time.monotonic() >= self.deadline:
+            return "shutdown_deadline"
+        return None
+
+    async def _next_change(self) -> None:
+        """Until a callback records something, a task ends, or the deadline passes."""
+        timeout = max(0.0, self.deadline - time.monotonic()) if self.deadline else None
+        # Cleared just before waiting: callbacks run only inside the wait, and
+        # what they recorded before it is in the state `_ending` reads after it.
+        self.changed.clear()
+        watch = asyncio.create_task(self.changed.wait())
+        waiting = {t for t in self.tasks if not t.done()} | {watch}
+        await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        watch.cancel()
+
+    def _input_ended(self) -> bool:
+        return self.intake is not None and self.intake.done() and self._command_done()
+
+    def _command_done(self) -> bool:
+        return self.child is None or self.child.status is not None
+
+    def _dead(self) -> list[asyncio.Task[None]]:
+        """Supervised tasks that ended with an exception (a bug)."""
+        return [t for t in self.tasks if t.done() and not t.cancelled() and t.exception() is not None]
+
+    def _give_up(self, ending: str) -> Outcome:
+        """The outcome of `ending`: lines still undelivered are dropped for it,
+        except those safe in the spool, kept for the next run."""
+        lost = kept = 0
+        if ending != "delivered":
+            lost, kept = _give_up(self.pipeline, ending)
+        if lost and ending == "shutdown_deadline":
+            events.log("error", "shutdown deadline reached with lines undelivered",
+                       lines=lost, shutdown_timeout=self.config.shutdown_timeout)
+        return Outcome(ending, lost, _run_drops(self.pipeline), kept)
+
+    # --- shut down -----------------------------------------------------------
+
+    async def _stop_tasks(self) -> None:
+        for t in self.tasks:
+            t.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        for source in self.sources:
+            source.close()
+
+    async def _write_records(self, code: int) -> None:
+        """The exit summary on stderr, then (not after a second signal) in Loki and
+        the final metrics to the Pushgateway."""
+        summary = _summary(code, self.reason, time.monotonic() - self.started)
+        events.log("info", "exit", **summary)
+        if self.signals > 1:
+            return
+        # The record of a run must not wait on a dead Loki longer than its own
+        # deadline, and gets one short try even when the deadline is spent.
+        left = max(SUMMARY_PUSH_TIMEOUT, self.deadline - time.monotonic()) if self.deadline \
+            else self.config.shutdown_timeout
+        if self.config.sink.type == "loki":
+            await _push_once("summary", self.sink, summary_push(self.config, self.ctx, summary, time.time_ns()),
+                             left)
+        if self.config.metrics.pushgateway_url:
+            await _push_metrics(self.config, self.ctx, self.pipeline, left)
+
+    async def _close(self) -> None:
+        await self.sink.close()
+        if self.server is not None:
+            await self.server.close()
+        # Only now: a SIGTERM during the exit records (a native sidecar gets
+        # one when its task ends) must not kill the process mid-push.
+        for sig in self.handled:
+            self.loop.remove_signal_handler(sig)
+
+    # --- what the endpoint reports ------------------------------------------
+
+    def status(self) -> Status:
+        """/healthz and /ready: unhealthy once a task died; not ready while a source
+        waits to appear or the last push failed."""
+        dead = [t.get_name() for t in self._dead()]
+        waiting = [s.path for s in self.sources if s.kind == "waiting"]
         reason = ""
         if dead:
             reason = f"pipeline task died: {', '.join(dead)}"
         elif waiting:
             reason = f"waiting for source {', '.join(waiting)}"
-        elif events.COUNTERS.last_push_failed:
+        elif _last_push_failed(self.pipeline):
             reason = "the last push failed; retrying"
         return Status(healthy=not dead, ready=not reason, reason=reason,
-                      pending_lines=pipeline.undelivered_lines,
-                      pending_bytes=pipeline.undelivered_line_bytes,
-                      sources_open=sum(1 for s in sources if s.fd is not None))
-
-    server: MetricsServer | None = None
-    if config.metrics.listen:
-        host, port = parse_listen(config.metrics.listen)
-        server = MetricsServer(status)
-        try:
-            bound = await server.start(host, port)
-        except OSError as e:
-            events.log("error", "refusing to start",
-                       error=f"metrics.listen: cannot listen on {config.metrics.listen}: {e.strerror or e}")
-            return EXIT_CONFIG
-        events.log("info", "metrics endpoint listening", host=host or "*", port=bound)
-
-    def on_child_exit() -> None:
-        assert child is not None
-        if child.poll() is None:
-            return
-        loop.remove_reader(child.pidfd)
-        child.close()
-        events.log("info", "command exited: reading its output to the end, flushing",
-                   code=child.status, shutdown_timeout=config.shutdown_timeout)
-        if state.deadline:
-            changed.set()
-            return
-        state.reason = f"command exited with {child.status}"
-        held = still_written()
-        if held:
-            # A process the command started (a daemon, a `cmd &`) still holds
-            # its stdout/stderr: read on, passing through and shipping, until
-            # the pipes close (intake then ends by itself) or the drain limit.
-            events.log("warn", "the command exited but a process it started still holds its output open: "
-                       "reading on until it closes", pipes=held, drain_seconds=DRAIN_SECONDS)
-            loop.call_later(DRAIN_SECONDS, drain_expired)
-        else:
-            begin_shutdown(state.reason)
-        changed.set()
-
-    def still_written() -> list[str]:
-        # A pipe with a writer left: no POLLHUP (which every writer's close sets).
-        return [s.path for s in sources if s.fd is not None and not s.finished and not hung_up(s.fd)]
-
-    def drain_expired() -> None:
-        if state.deadline or intake.done():
-            return
-        held = still_written()
-        events.COUNTERS.exec_pipes_cut += len(held)
-        events.log("warn", "drain limit passed: no longer reading the output the command's descendants "
-                   "still write (what they write from now on is neither passed through nor shipped)",
-                   pipes=held, drain_seconds=DRAIN_SECONDS)
-        begin_shutdown(state.reason)
-        changed.set()
-
-    handled: tuple[int, ...] = (signal.SIGTERM, signal.SIGINT)
-    if child is not None:
-        from shipper.exec import DRAIN_SECONDS, FORWARDED, hung_up
-
-        handled = FORWARDED
-    global _signal_target
-    for sig in handled:
-        loop.add_signal_handler(sig, _dispatch, sig)
-    _signal_target = on_signal
-    early, _early_signals[:] = list(_early_signals), []
-    for sig in early:
-        on_signal(sig)
-    if child is not None:
-        loop.add_reader(child.pidfd, on_child_exit)
-        on_child_exit()  # it may have exited already
-    started = time.monotonic()
-    intake = asyncio.create_task(pipeline.intake(), name="intake")
-    sender = asyncio.create_task(pipeline.sender(), name="sender")
-    tasks += [intake, sender]
-    if config.stop_file:
-        tasks.append(asyncio.create_task(watch_stop_file(), name="stop_file"))
-    ending, lost = "delivered", 0  # how the wait below ended, and what that gave up
-    try:
-        while True:
-            if intake.done() and not state.deadline and (child is None or child.status is not None):
-                # Every source ended without a signal: the same deadline applies.
-                state.deadline = time.monotonic() + config.shutdown_timeout
-            deadline = state.deadline
-            timeout = max(0.0, deadline - time.monotonic()) if deadline else None
-            changed.clear()
-            watch = asyncio.create_task(changed.wait())
-            waiting = {t for t in tasks if not t.done()} | {watch}
-            await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
-            watch.cancel()
-            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception()]
-            if failed:
-                for t in failed:
-                    exc = t.exception()
-                    events.log("error", "internal error: a pipeline task died", task=t.get_name(),
-                               error=f"{type(exc).__name__}: {exc}")
-                ending = "internal_error"
-                _give_up(pipeline, "internal_error")
-                break
-            if sender.done() and (child is None or child.status is not None):
-                break  # intake finished and everything queued was answered
-            if state.signals > 1:
-                ending, lost = "forced_exit", _give_up(pipeline, "forced_exit")
-                break
-            if deadline and time.monotonic() >= deadline:
-                ending, lost = "shutdown_deadline", _give_up(pipeline, "shutdown_deadline")
-                if lost:
-                    events.log("error", "shutdown deadline reached with lines undelivered",
-                               lines=lost, shutdown_timeout=config.shutdown_timeout)
-                break
-    finally:
-        for t in tasks:
-            t.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        for source in sources:
-            source.close()
-    code = exit_code(ending, lost, events.COUNTERS.dropped, events.COUNTERS.lines_spooled_at_exit)
-    try:
-        summary = _summary(code, state.reason, time.monotonic() - started)
-        events.log("info", "exit", **summary)
-        # The record of a run must not wait on a dead Loki longer than its own
-        # deadline, and gets one short try even when the deadline is spent.
-        left = max(SUMMARY_PUSH_TIMEOUT, state.deadline - time.monotonic()) if state.deadline \
-            else config.shutdown_timeout
-        if config.sink.type == "loki" and state.signals < 2:
-            await _push_once("summary", sink, summary_push(config, ctx, summary, time.time_ns()), left)
-        if config.metrics.pushgateway_url and state.signals < 2:
-            await _push_metrics(config, ctx, pipeline, left)
-    finally:
-        await sink.close()
-        if server is not None:
-            await server.close()
-        # Only now: a SIGTERM during the exit records (a native sidecar gets
-        # one when its task ends) must not kill the process mid-push.
-        for sig in handled:
-            loop.remove_signal_handler(sig)
-    if child is not None and child.status is not None:
-        return child.status  # the task's outcome; the summary records the shipper's
-    return code
+                      pending_lines=self.pipeline.undelivered_lines,
+                      pending_bytes=self.pipeline.undelivered_line_bytes,
+                      sources_open=sum(1 for s in self.sources if s.fd is not None))
 
 
 def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
@@ -490,32 +602,11 @@ async def _push_metrics(config: Config, ctx: Mapping[str, str], pipeline: Pipeli
         await client.close()
 
 
-class _State:
-    """What the signal handler tells the supervisor."""
+def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
+    """Count every line still undelivered and not spooled as dropped for `reason`.
 
-    signals = 0
-    deadline = 0.0  # monotonic; 0 until shutdown begins
-    reason = "end of input"
-
-
-def exit_code(ending: str, lost: int, dropped: Mapping[str, int], spooled: int) -> int:
-    """The run's exit code from how it ended and what it lost. No IO.
-
-    `ending`: "delivered" (everything queued was answered), "shutdown_deadline",
-    "forced_exit" (a second signal) or "internal_error" (a task died: 3);
-    `lost`: lines that ending gave up; `dropped`: every line given up by reason
-    (a refusal by Loki, "rejected", is an answer: it does not fail the run);
-    `spooled`: lines left safe in the spool for the next run (4).
+    Returns (lines dropped, lines left safe in the spool).
     """
-    if ending == "internal_error":
-        return EXIT_INTERNAL
-    if lost or any(n for reason, n in dropped.items() if reason != "rejected"):
-        return EXIT_UNDELIVERED
-    return EXIT_SPOOLED if spooled else EXIT_OK
-
-
-def _give_up(pipeline: Pipeline, reason: str) -> int:
-    """Count every line still undelivered and not spooled as dropped for `reason`; returns how many."""
     kept = pipeline.spooled_lines
     lost = pipeline.undelivered_lines - kept
     if lost:
@@ -525,4 +616,20 @@ def _give_up(pipeline: Pipeline, reason: str) -> int:
         events.log("warn", "lines left in the spool for the next run", lines=kept,
                    spool_dir=pipeline.spool.directory if pipeline.spool else None)
     pipeline.pending.clear()
-    return lost
+    return lost, kept
+
+
+# The two facts the supervisor needs that the pipeline does not keep itself yet:
+# it reports each drop and each push answer as an event, and the events count
+# them process-wide (one run per process). Read here and nowhere else in this
+# module, so that when Pipeline keeps them (issue 16, items 1 and 4) only these
+# two bodies change.
+
+def _run_drops(pipeline: Pipeline) -> dict[str, int]:
+    """Every line given up so far, by reason (the pipeline's and the ending's)."""
+    return dict(events.COUNTERS.dropped)
+
+
+def _last_push_failed(pipeline: Pipeline) -> bool:
+    """The latest push failed and is being retried (a final refusal is an answer)."""
+    return events.COUNTERS.last_push_failed

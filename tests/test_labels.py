@@ -1,4 +1,5 @@
-"""shipper.labels: quoting, the label-set string, value cleaning, Airflow context.
+"""shipper.labels: quoting, the label-set string, value cleaning, Airflow context,
+and the label sets and streams built from a config and a context.
 
 Label strings are checked with the strict parser of tests/loki_receiver.py
 (the grammar of Loki's `syntax.ParseLabels`, i.e. Prometheus' `ParseMetric`).
@@ -13,8 +14,11 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from shipper import config as config_module
+from shipper import encoder
 from shipper.labels import (
     MAX_LABEL_VALUE_BYTES,
+    build_streams,
     clean_value,
     context_from_env,
     context_from_log_path,
@@ -23,6 +27,10 @@ from shipper.labels import (
     parse_annotations,
     quote,
     read_annotations,
+    run_metadata,
+    summary_labels,
+    task_labels,
+    task_stream,
 )
 from tests.loki_receiver import LabelsSyntaxError, parse_labels
 
@@ -312,3 +320,52 @@ def test_read_annotations_reads_the_file(tmp_path: Path) -> None:
 ])
 def test_context_from_log_path(path: str, ctx: dict[str, str]) -> None:
     assert context_from_log_path(path) == ctx
+
+
+# --- label sets and streams from a config and a context ---------------------------------
+
+_URL = '[loki]\nurl = "http://127.0.0.1:1/loki/api/v1/push"\n'
+CTX = {"dag_id": "etl", "task_id": "load", "run_id": "manual__1", "try_number": "2", "logical_date": ""}
+
+
+def config(extra: str = "") -> config_module.Config:
+    return config_module.parse(_URL + extra + '\n[[sources]]\npath = "/l/out"\nstream = "stdout"\n'
+                               '[[sources]]\npath = "/l/err"\nstream = "stderr"\n')
+
+
+@pytest.mark.parametrize(("extra", "ctx", "labels"), [
+    ("", CTX, {"dag_id": "etl", "task_id": "load"}),
+    ("", {}, {"dag_id": "unknown", "task_id": "unknown"}),  # no context: airflow.missing
+    ('[airflow]\nmissing = "none"\nlabels = ["dag_id"]\n', {}, {"dag_id": "none"}),
+    ('[labels]\nteam = "data"\n', {"dag_id": "d\n"}, {"team": "data", "dag_id": "d\n", "task_id": "unknown"}),
+])
+def test_task_labels(extra: str, ctx: dict[str, str], labels: dict[str, str]) -> None:
+    assert task_labels(config(extra), ctx) == labels
+
+
+def test_run_metadata_is_the_context_that_is_not_a_label_in_context_key_order() -> None:
+    assert run_metadata(config(), CTX) == encoder.encode_metadata([("run_id", "manual__1"), ("try_number", "2")])
+    assert run_metadata(config('[airflow]\nlabels = ["dag_id"]\n'), CTX) == encoder.encode_metadata(
+        [("task_id", "load"), ("run_id", "manual__1"), ("try_number", "2")])
+    assert run_metadata(config(), {}) == b""
+
+
+def test_task_stream_is_the_task_labels_with_stream_and_service_name() -> None:
+    stream = task_stream(config(), CTX, "stderr")
+    want = {"dag_id": "etl", "task_id": "load", "service_name": "airflow", "stream": "stderr"}
+    assert (stream.label_map, parse(stream.labels), stream.name) == (want, want, "stderr")
+    assert stream.metadata == run_metadata(config(), CTX)
+    # airflow.service_name = "": no service_name label (Loki 3 derives one).
+    assert "service_name" not in task_stream(config('[airflow]\nservice_name = ""\n'), CTX, "x").label_map
+
+
+def test_build_streams_is_one_stream_per_source_or_per_name() -> None:
+    assert [s.name for s in build_streams(config(), CTX)] == ["stdout", "stderr"]
+    assert [s.label_map["stream"] for s in build_streams(config(), CTX, names=("stderr",))] == ["stderr"]
+
+
+def test_summary_labels_are_the_task_labels_under_job_shipper() -> None:
+    assert summary_labels(config(), CTX) == {"dag_id": "etl", "task_id": "load", "job": "shipper",
+                                             "service_name": "shipper"}
+    assert summary_labels(config('[airflow]\nservice_name = ""\n'), CTX) == {
+        "dag_id": "etl", "task_id": "load", "job": "shipper"}

@@ -1,14 +1,23 @@
-"""Lifecycle with real signals: read to the end, flush under a deadline, exit codes."""
+"""Lifecycle with real signals: read to the end, flush under a deadline, exit codes.
+
+Most tests run the real process; the supervisor's own rules (a task that dies,
+the exit-code table) are also driven in-process.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import signal
 from pathlib import Path
 
 import pytest
 
+from shipper import config as config_module
+from shipper import events, lifecycle
+from shipper.lifecycle import Outcome, exit_code
+from shipper.loki import Answer
 from tests.conftest import make_config, open_fifo_writer
 from tests.loki_receiver import Action, LokiReceiver
 from tests.shipper_process import ShipperProcess
@@ -137,5 +146,47 @@ async def test_bad_input_lines_are_cleaned_and_counted(tmp_path: Path, receiver:
     ("internal_error", 9, {"internal_error": 9}, 5, 3),
 ])
 def test_exit_code(ending: str, lost: int, dropped: dict[str, int], spooled: int, code: int) -> None:
-    from shipper.lifecycle import exit_code
-    assert exit_code(ending, lost, dropped, spooled) == code
+    assert exit_code(Outcome(ending, lost, dropped, spooled)) == code
+
+
+class _BuggySink:
+    """A sink whose push fails with an exception no transport raises: the sender dies of it."""
+
+    timeout = 1.0
+
+    def __init__(self) -> None:
+        self.closed = False
+
+    async def push(self, body: bytes, timeout: float | None = None) -> Answer:
+        raise KeyError("a bug in the sink")
+
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None:
+        return None
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+async def test_a_task_that_dies_is_exit_3_unhealthy_and_logged(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """In-process: the sender dies of a bug on its first push; the supervisor's loop sees it
+    at once (the file source would keep intake alive forever), exits 3 naming the task, and
+    the endpoint's health says so."""
+    monkeypatch.setattr(events, "COUNTERS", events.Counters())  # this run's counts only
+    log = tmp_path / "task.log"
+    log.write_text("one\ntwo\n")
+    cfg = config_module.parse(make_config("http://127.0.0.1:1/loki/api/v1/push", [(log, "stdout")]))
+    (stream,) = lifecycle.build_streams(cfg, {})
+    sources = [lifecycle.new_source(cfg, cfg.sources[0], str(log), stream)]
+    sink = _BuggySink()
+    supervisor = lifecycle.Supervisor(cfg, sources, sink, {}, None, lifecycle.Durable(), None)
+    async with asyncio.timeout(10):
+        assert await supervisor.run() == 3
+    status = supervisor.status()
+    assert (status.healthy, status.ready, status.reason) == (False, False, "pipeline task died: sender")
+    records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    died = [r for r in records if r["msg"] == "internal error: a pipeline task died"]
+    assert [(r["level"], r["task"], r["error"]) for r in died] == [("error", "sender", "KeyError: 'a bug in the sink'")]
+    summary = next(r for r in records if r["msg"] == "exit")
+    assert (summary["code"], summary["dropped"]["internal_error"], summary["dropped"]["rejected"]) == (3, 2, 0)
+    assert sink.closed and all(s.fd is None for s in sources)
