@@ -2,7 +2,11 @@
 
 Every key has a default (the module constants below say why). Unknown keys,
 wrong types and bad values are refused with a `ConfigError` that names the
-key; the CLI turns that into exit code 2 before anything starts.
+key; the CLI turns that into exit code 2 before anything starts. Each
+table's field types say how its values are converted and checked
+(`Annotated` rules such as `Seconds`); what relates several values is that
+table's own `_check`. Tables are checked in the order of their fields, so of
+several problems the first one found is named.
 """
 
 from __future__ import annotations
@@ -11,8 +15,9 @@ import dataclasses
 import os
 import re
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 # Loki's in-cluster gateway as the seed design deploys it.
 DEFAULT_URL = "http://loki-gateway.monitoring.svc.cluster.local:80/loki/api/v1/push"
@@ -118,46 +123,169 @@ class ConfigError(ValueError):
     """A configuration problem; the message names the key."""
 
 
+# --- field rules ------------------------------------------------------------------
+# A field's type says how it is checked: `Annotated[str, rule, ...]` runs each
+# rule on the converted value, in order, and the first problem it names is
+# refused as "<key>: <problem>" (_check_tree). What no single field can say
+# (relations between fields and tables) is each table's own `_check`.
+
+Rule = Callable[[Any], str | None]  # the problem with a value, or None
+
+
+def _positive_seconds(value: float) -> str | None:
+    if 0 < value < float("inf"):  # nan is refused too: every comparison with it is false
+        return None
+    return f"must be a positive finite number of seconds, got {value}"
+
+
+def _no_nul(value: str) -> str | None:
+    # The OS takes C strings: open() or getaddrinfo() would raise ValueError, a traceback.
+    return "must not contain a NUL character" if "\0" in value else None
+
+
+def _diagnostics_target(value: str) -> str | None:
+    if value in EXEC_DIAGNOSTICS_CHOICES or value.startswith("/"):
+        return None
+    return f'must be "none", "stderr" or an absolute file path, got "{value}"'
+
+
 @dataclass(frozen=True)
-class LokiConfig:
+class _OneOf:
+    """One of a few words."""
+
+    choices: tuple[str, ...]
+
+    def __call__(self, value: str) -> str | None:
+        if value in self.choices:
+            return None
+        *rest, last = (f'"{c}"' for c in self.choices)
+        return f'must be {", ".join(rest)} or {last}, got "{value}"'
+
+
+@dataclass(frozen=True)
+class _AtLeast:
+    """An integer no smaller than `least`."""
+
+    least: int
+
+    def __call__(self, value: int) -> str | None:
+        return None if value >= self.least else f"must be at least {self.least}, got {value}"
+
+
+@dataclass(frozen=True)
+class _NotEmpty:
+    """A non-empty string; `why` is said after the refusal."""
+
+    why: str = ""
+
+    def __call__(self, value: str) -> str | None:
+        return None if value else f"must not be empty{self.why}"
+
+
+@dataclass(frozen=True)
+class _Known:
+    """A list whose every item is one of `names` (a `what`)."""
+
+    what: str
+    names: tuple[str, ...]
+
+    def __call__(self, value: tuple[str, ...]) -> str | None:
+        for item in value:
+            if item not in self.names:
+                return f"unknown {self.what} {item!r} (known: {', '.join(self.names)})"
+        return None
+
+
+# A duration: every timer and limit of the shipper needs one positive and finite.
+Seconds = Annotated[float, _positive_seconds]
+# A path or URL: handed to the OS as a C string.
+CStr = Annotated[str, _no_nul]
+
+
+class _Table:
+    """A table of the configuration: its field types convert and check its values (`_build`, `_check_tree`)."""
+
+    def _check(self, prefix: str) -> None:
+        """Checks across this table's fields; `prefix` is its place ("loki.", "sources[0].")."""
+
+
+@dataclass(frozen=True)
+class LokiConfig(_Table):
     """Where and how batches are pushed."""
 
-    url: str = DEFAULT_URL
+    url: CStr = DEFAULT_URL
     tenant_id: str = ""
-    batch_wait: float = DEFAULT_BATCH_WAIT
+    batch_wait: Seconds = DEFAULT_BATCH_WAIT
     batch_max_bytes: int = DEFAULT_BATCH_MAX_BYTES
-    timeout: float = DEFAULT_REQUEST_TIMEOUT
-    min_backoff: float = DEFAULT_MIN_BACKOFF
-    max_backoff: float = DEFAULT_MAX_BACKOFF
+    timeout: Seconds = DEFAULT_REQUEST_TIMEOUT
+    min_backoff: Seconds = DEFAULT_MIN_BACKOFF
+    max_backoff: Seconds = DEFAULT_MAX_BACKOFF
     # Seconds; must match the cluster's Loki limits_config (DEFAULT_* above say why).
-    reject_old_samples_max_age: float = DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
-    creation_grace_period: float = DEFAULT_CREATION_GRACE_PERIOD
-    ca_file: str = ""                  # PEM CAs trusted for the server ("" = system CAs); replaces them
+    reject_old_samples_max_age: Seconds = DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
+    creation_grace_period: Seconds = DEFAULT_CREATION_GRACE_PERIOD
+    ca_file: CStr = ""                  # PEM CAs trusted for the server ("" = system CAs); replaces them
     insecure_skip_verify: bool = False  # true: no certificate check at all (logged loudly)
-    cert_file: str = ""                # client certificate (PEM), with key_file
-    key_file: str = ""                 # its private key (PEM, unencrypted)
-    bearer_token_file: str = ""        # Authorization: Bearer <file content>
-    basic_auth_user: str = ""          # Authorization: Basic, with basic_auth_password_file
-    basic_auth_password_file: str = ""
+    cert_file: CStr = ""                # client certificate (PEM), with key_file
+    key_file: CStr = ""                 # its private key (PEM, unencrypted)
+    bearer_token_file: CStr = ""        # Authorization: Bearer <file content>
+    basic_auth_user: str = ""           # Authorization: Basic, with basic_auth_password_file
+    basic_auth_password_file: CStr = ""
+
+    def _check(self, prefix: str) -> None:
+        parse_url(self.url, key=f"{prefix}url")
+        tenant = self.tenant_id
+        if tenant and (not _TENANT_ID.match(tenant) or tenant in (".", "..")):
+            # Loki refuses any other tenant ID at every push (and a CR/LF would end the header).
+            raise ConfigError(f"{prefix}tenant_id: Loki accepts at most 150 of A-Z a-z 0-9 ! - _ . * ' ( ), "
+                              f"and not '.' or '..'; got {tenant!r}")
+        if self.max_backoff < self.min_backoff:
+            raise ConfigError(f"{prefix}max_backoff: must be >= {prefix}min_backoff")
+        self._check_tls_auth(prefix)
+
+    def _check_tls_auth(self, prefix: str) -> None:
+        """TLS and credential keys: pairs complete, no contradictions, no dead keys.
+
+        Only the text is checked here; the files are read when the client is built
+        (`shipper run`), so check-config works where the secrets are not mounted.
+        """
+        if not self.url.startswith("https://"):
+            for name in HTTPS_ONLY_KEYS:
+                if getattr(self, name):
+                    raise ConfigError(f"{prefix}{name}: only used with an https:// {prefix}url, "
+                                      f"and {prefix}url is {self.url!r}")
+        if self.insecure_skip_verify and self.ca_file:
+            raise ConfigError(f"{prefix}insecure_skip_verify: cannot be combined with {prefix}ca_file "
+                              "(nothing would be verified against it)")
+        for have, need in (("cert_file", "key_file"), ("key_file", "cert_file"),
+                           ("basic_auth_user", "basic_auth_password_file"),
+                           ("basic_auth_password_file", "basic_auth_user")):
+            if getattr(self, have) and not getattr(self, need):
+                raise ConfigError(f"{prefix}{need}: needed with {prefix}{have} (both or neither)")
+        if self.bearer_token_file and self.basic_auth_user:
+            raise ConfigError(f"{prefix}bearer_token_file: cannot be combined with {prefix}basic_auth_user "
+                              "(one Authorization header; choose one)")
+        # RFC 7617: the user-id cannot contain a colon (it ends the user-id).
+        if any(ch == ":" or _is_control(ch) for ch in self.basic_auth_user):
+            raise ConfigError(f"{prefix}basic_auth_user: must not contain ':' or control characters")
 
 
 @dataclass(frozen=True)
-class SourceConfig:
+class SourceConfig(_Table):
     """One path to read; `stream` becomes the `stream` label."""
 
-    path: str
-    stream: str
+    path: Annotated[str, _no_nul, _NotEmpty()]
+    stream: Annotated[str, _NotEmpty()]
     # "raw" lines; "cri" Kubernetes node log lines (<time> <stream> <P|F> msg);
     # "json" Airflow 3 records (timestamp -> entry time, event -> line).
-    format: str = "raw"
+    format: Annotated[str, _OneOf(FORMATS)] = "raw"
     # One entry per record, split per format as a reader would (shipper.multiline:
     # tracebacks and multi-line messages with their record, every print alone).
     # Off by default: it doubles the per-line CPU of a plain source and holds a
     # record up to multiline_max_wait; the Airflow pod template turns it on.
     multiline: bool = False
     multiline_start: str = ""  # regex a new entry starts with instead (firstline); "" = the per-format rules
-    multiline_max_lines: int = DEFAULT_MULTILINE_MAX_LINES
-    multiline_max_wait: float = DEFAULT_MULTILINE_MAX_WAIT
+    multiline_max_lines: Annotated[int, _AtLeast(1)] = DEFAULT_MULTILINE_MAX_LINES
+    multiline_max_wait: Seconds = DEFAULT_MULTILINE_MAX_WAIT
     detect_level: bool = False  # send the level as structured metadata `level`
     json_metadata: tuple[str, ...] = ()  # json: record keys sent as structured metadata
     json_keep_record: bool = False  # json: ship the whole record, not just `event`
@@ -169,31 +297,68 @@ class SourceConfig:
         """True when lines need more than splitting (shipper.process, imported only then)."""
         return self.format != "raw" or self.multiline or self.detect_level
 
+    def _check(self, prefix: str) -> None:
+        json = self.format == "json"
+        if self.multiline and json:
+            raise ConfigError(f"{prefix}multiline: json records are whole entries already; "
+                              "multiline is for raw and cri sources")
+        if self.multiline_start:
+            _check_regex(self.multiline_start, f"{prefix}multiline_start")
+        if (self.json_metadata or self.json_keep_record) and not json:
+            raise ConfigError(f'{prefix}json_metadata: only for format = "json"')
+        if self.json_exception_keys != DEFAULT_JSON_EXCEPTION_KEYS and not json:
+            raise ConfigError(f'{prefix}json_exception_keys: only for format = "json"')
+        if any(not key for key in self.json_exception_keys):
+            raise ConfigError(f"{prefix}json_exception_keys: a key may not be empty")
+
+
+def _check_regex(pattern: str, key: str) -> None:
+    try:
+        re.compile(pattern.encode())
+    except re.error as e:
+        raise ConfigError(f"{key}: not a valid regular expression: {e}") from None
+    except (RecursionError, OverflowError, MemoryError) as e:  # thousands of nested groups
+        raise ConfigError(f"{key}: regular expression too complex to compile ({type(e).__name__})") from None
+
 
 @dataclass(frozen=True)
-class SinkConfig:
+class SinkConfig(_Table):
     """`loki` pushes over HTTP; `console` prints each push, decoded, as JSON."""
 
-    type: str = "loki"
+    type: Annotated[str, _OneOf(("loki", "console"))] = "loki"
 
 
 @dataclass(frozen=True)
-class AirflowConfig:
+class AirflowConfig(_Table):
     """Where the Airflow context comes from and which parts are labels."""
 
-    annotations_file: str = DEFAULT_ANNOTATIONS_FILE
-    missing: str = DEFAULT_MISSING
-    labels: tuple[str, ...] = DEFAULT_CONTEXT_LABELS
+    annotations_file: CStr = DEFAULT_ANNOTATIONS_FILE
+    missing: Annotated[str, _NotEmpty(" (Loki drops empty label values)")] = DEFAULT_MISSING
+    labels: Annotated[tuple[str, ...], _Known("context key", CONTEXT_KEYS)] = DEFAULT_CONTEXT_LABELS
     # `service_name` label of the task's streams ("" = none: Loki 3 derives one).
     service_name: str = DEFAULT_SERVICE_NAME
 
+    def _check(self, prefix: str) -> None:
+        service = self.service_name
+        if service != service.strip() or any(_is_control(ch) for ch in service):
+            raise ConfigError(f"{prefix}service_name: no control characters or surrounding spaces, "
+                              f"got {service!r}")
+        if len(service.encode()) > 2048:
+            raise ConfigError(f"{prefix}service_name: at most 2048 bytes (Loki's label value limit)")
+
 
 @dataclass(frozen=True)
-class MetricsConfig:
+class MetricsConfig(_Table):
     """The Prometheus endpoint and the exit-time Pushgateway push."""
 
     listen: str = DEFAULT_METRICS_LISTEN  # host:port; "" disables the endpoint
-    pushgateway_url: str = ""             # e.g. http://pushgateway:9091; "" = no push
+    pushgateway_url: CStr = ""            # e.g. http://pushgateway:9091; "" = no push
+
+    def _check(self, prefix: str) -> None:
+        if self.listen:
+            parse_listen(self.listen)
+        if self.pushgateway_url:
+            parse_url(self.pushgateway_url, key=f"{prefix}pushgateway_url")
 
 
 DEFAULT_SOURCES = (
@@ -203,7 +368,7 @@ DEFAULT_SOURCES = (
 
 
 @dataclass(frozen=True)
-class Config:
+class Config(_Table):
     """The whole configuration."""
 
     loki: LokiConfig = field(default_factory=LokiConfig)
@@ -212,26 +377,74 @@ class Config:
     sink: SinkConfig = field(default_factory=SinkConfig)
     airflow: AirflowConfig = field(default_factory=AirflowConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT
-    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    shutdown_timeout: Seconds = DEFAULT_SHUTDOWN_TIMEOUT
+    max_line_bytes: Annotated[int, _AtLeast(1024)] = DEFAULT_MAX_LINE_BYTES
     buffer_max_bytes: int = DEFAULT_BUFFER_MAX_BYTES
-    when_full: str = DEFAULT_WHEN_FULL
-    spool_dir: str = ""  # "" = no spool
+    when_full: Annotated[str, _OneOf(WHEN_FULL_CHOICES)] = DEFAULT_WHEN_FULL
+    spool_dir: CStr = ""  # "" = no spool
     spool_max_bytes: int = DEFAULT_SPOOL_MAX_BYTES
     # Acknowledged offsets of regular files, per (device, inode); "" = none,
     # or <spool_dir>/checkpoint.json when spool_dir is set.
-    checkpoint_file: str = ""
-    file_poll_interval: float = DEFAULT_FILE_POLL_INTERVAL
+    checkpoint_file: CStr = ""
+    file_poll_interval: Seconds = DEFAULT_FILE_POLL_INTERVAL
     # When this path exists, behave as on SIGTERM (read to the end, flush,
     # exit): how the sidecar learns the task ended on clusters without native
     # sidecars (< 1.29). Checked every file_poll_interval; "" = off.
-    stop_file: str = ""
+    stop_file: CStr = ""
     # Levels whose entries also get a `level` label (their own Loki stream, the
     # seed's "conditional routing"), e.g. ["error", "critical"]. Needs
     # detect_level on the source. Few values: every one is a stream per task.
-    level_labels: tuple[str, ...] = ()
+    level_labels: Annotated[tuple[str, ...], _Known("level", LEVEL_NAMES)] = ()
     # exec mode only: "none", "stderr" or an absolute file path (DEFAULT_EXEC_DIAGNOSTICS says why).
-    exec_diagnostics: str = DEFAULT_EXEC_DIAGNOSTICS
+    exec_diagnostics: Annotated[str, _no_nul, _diagnostics_target] = DEFAULT_EXEC_DIAGNOSTICS
+
+    def _check(self, prefix: str) -> None:
+        self._check_sizes()
+        if self.level_labels and not any(s.detect_level or s.format == "json" for s in self.sources):
+            raise ConfigError("level_labels: no source detects levels (set detect_level = true on one)")
+        if not self.sources:
+            raise ConfigError("sources: at least one [[sources]] table is needed")
+        seen: set[str] = set()
+        for i, s in enumerate(self.sources):
+            if s.path in seen:
+                raise ConfigError(f"sources[{i}].path: {s.path} is listed twice")
+            seen.add(s.path)
+        self._check_labels()
+
+    def _check_sizes(self) -> None:
+        """Each size holds the one it feeds."""
+        batch = self.loki.batch_max_bytes
+        # One batch must hold at least one full-size line plus its framing.
+        if batch < self.max_line_bytes + 1024:
+            raise ConfigError(f"loki.batch_max_bytes: must be at least max_line_bytes + 1024 "
+                              f"({self.max_line_bytes + 1024}), got {batch}")
+        if self.buffer_max_bytes < batch:
+            raise ConfigError(f"buffer_max_bytes: must be at least loki.batch_max_bytes ({batch}), "
+                              f"got {self.buffer_max_bytes}")
+        if self.spool_dir and self.spool_max_bytes < batch:
+            raise ConfigError(f"spool_max_bytes: must be at least loki.batch_max_bytes ({batch}), "
+                              f"got {self.spool_max_bytes}")
+
+    def _check_labels(self) -> None:
+        """Static label names, and how many labels a stream gets in all."""
+        context = self.airflow.labels
+        for name in self.labels:
+            if not _LABEL_NAME.match(name) or name.startswith("__"):
+                raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")
+            if name == "stream" or name in context:
+                raise ConfigError(f"labels.{name}: set by the shipper itself; choose another name")
+            if name == "service_name":
+                raise ConfigError("labels.service_name: set by the shipper itself; use airflow.service_name")
+        service = self.airflow.service_name
+        # Loki 3 does not count service_name against max_label_names_per_series; Loki 2 does.
+        count = len(self.labels) + 1 + len(context) + (1 if service else 0)
+        if count > MAX_LABELS:
+            raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, this config makes "
+                              f"{count}" + (" (service_name included: airflow.service_name)" if service else ""))
+
+
+def _is_control(ch: str) -> bool:
+    return ch < " " or ch == "\x7f"
 
 
 def load(*, path: str | None, env: dict[str, str] | os._Environ[str]) -> tuple[Config, str]:
@@ -267,74 +480,121 @@ def parse(text: str, origin: str = "<config>") -> Config:
         # tomllib parses nested arrays and inline tables recursively.
         raise ConfigError(f"{origin} is not valid TOML: arrays or tables nested too deeply") from None
     config: Config = _build(Config, raw, "")
-    _validate(config)
+    _check_tree(config, "")
     return config
 
 
+# --- from TOML values to the dataclasses, by the fields' types -----------------------
+
+def _types(cls: type) -> dict[str, Any]:
+    """Field name -> its type, `Annotated` rules stripped (what `_convert` dispatches on)."""
+    if cls not in _TYPES:
+        _TYPES[cls] = get_type_hints(cls)
+    return _TYPES[cls]
+
+
+def _rules(cls: type) -> dict[str, tuple[Rule, ...]]:
+    """Field name -> the rules its `Annotated` type carries (none for most)."""
+    if cls not in _RULES:
+        hints = get_type_hints(cls, include_extras=True)
+        _RULES[cls] = {f.name: getattr(hints[f.name], "__metadata__", ()) for f in dataclasses.fields(cls)}
+    return _RULES[cls]
+
+
+# Filled on first use: get_type_hints evaluates the annotations, which cost nothing until a config is parsed.
+_TYPES: dict[type, dict[str, Any]] = {}
+_RULES: dict[type, dict[str, tuple[Rule, ...]]] = {}
+
+
 def _build(cls: Any, raw: Any, prefix: str) -> Any:
-    """Build dataclass `cls` from a TOML table, refusing unknown keys and wrong types."""
+    """Build dataclass `cls` from a TOML table, refusing missing and unknown keys and wrong types."""
     where = prefix.rstrip(".") or "top level"
     if not isinstance(raw, dict):
         raise ConfigError(f"{where}: expected a table, got {_kind(raw)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    required = [name for name, f in fields.items()
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [name for name in required if name not in raw]
+    if missing:
+        raise ConfigError(f"{where}: missing required key {', '.join(missing)}")
     unknown = sorted(set(raw) - set(fields))
     if unknown:
         names = ", ".join(prefix + k for k in unknown)
         raise ConfigError(f"unknown key {names} (known keys in {where}: {', '.join(fields)})")
-    kwargs = {name: _convert(fields[name].type, value, prefix + name) for name, value in raw.items()}
-    return cls(**kwargs)
+    types = _types(cls)
+    return cls(**{name: _convert(types[name], value, prefix + name) for name, value in raw.items()})
 
 
 def _convert(typ: Any, value: Any, key: str) -> Any:
-    if typ in ("float",):
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {_kind(value)}")
-        try:
-            return float(value)
-        except OverflowError:  # an integer beyond the float range (about 1.8e308)
-            raise ConfigError(f"{key}: number too large") from None
-    if typ == "int":
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {_kind(value)}")
-        if not -_INT_LIMIT <= value <= _INT_LIMIT:
-            # Not printed: a hex integer may have too many digits for str().
-            raise ConfigError(f"{key}: integer out of range (beyond 2**63)")
-        return value
-    if typ == "bool":
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true or false, got {_kind(value)}")
-        return value
-    if typ == "str":
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {_kind(value)}")
-        return value
-    if typ == "dict[str, str]":
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table of strings, got {_kind(value)}")
-        for k, v in value.items():
-            if not isinstance(v, str):
-                raise ConfigError(f"{key}.{k}: expected a string, got {_kind(v)}")
-        return dict(value)
-    if typ == "tuple[str, ...]":
-        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(f"{key}: expected a list of strings, got {_kind(value)}")
-        return tuple(value)
-    if typ == "tuple[SourceConfig, ...]":
-        if not isinstance(value, list):
-            raise ConfigError(f"{key}: expected an array of tables ([[{key}]]), got {_kind(value)}")
-        out = []
-        for i, item in enumerate(value):
-            if isinstance(item, dict):
-                missing = [k for k in ("path", "stream") if k not in item]
-                if missing:
-                    raise ConfigError(f"{key}[{i}]: missing required key {', '.join(missing)}")
-            out.append(_build(SourceConfig, item, f"{key}[{i}]."))
-        return tuple(out)
-    sub = {"LokiConfig": LokiConfig, "SinkConfig": SinkConfig, "AirflowConfig": AirflowConfig,
-           "MetricsConfig": MetricsConfig}.get(typ)
-    if sub is not None:
-        return _build(sub, value, key + ".")
-    raise AssertionError(f"no converter for {typ}")  # a new field type needs a branch above
+    """`value` as the field type `typ` wants, or ConfigError naming `key` and what was found."""
+    scalar = _SCALARS.get(typ)
+    if scalar is not None:
+        return scalar(value, key)
+    if dataclasses.is_dataclass(typ):
+        return _build(typ, value, key + ".")
+    args = get_args(typ)
+    if get_origin(typ) is dict and args == (str, str):
+        return _to_string_table(value, key)
+    if get_origin(typ) is tuple and len(args) == 2 and args[1] is Ellipsis:
+        if args[0] is str:
+            return _to_strings(value, key)
+        if dataclasses.is_dataclass(args[0]):
+            return _to_tables(args[0], value, key)
+    raise AssertionError(f"no converter for {typ}")  # a new kind of field type needs one here
+
+
+def _to_float(value: Any, key: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{key}: expected a number, got {_kind(value)}")
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond the float range (about 1.8e308)
+        raise ConfigError(f"{key}: number too large") from None
+
+
+def _to_int(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigError(f"{key}: expected an integer, got {_kind(value)}")
+    if not -_INT_LIMIT <= value <= _INT_LIMIT:
+        # Not printed: a hex integer may have too many digits for str().
+        raise ConfigError(f"{key}: integer out of range (beyond 2**63)")
+    return value
+
+
+def _to_bool(value: Any, key: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key}: expected true or false, got {_kind(value)}")
+    return value
+
+
+def _to_str(value: Any, key: str) -> str:
+    if not isinstance(value, str):
+        raise ConfigError(f"{key}: expected a string, got {_kind(value)}")
+    return value
+
+
+_SCALARS: dict[Any, Callable[[Any, str], Any]] = {float: _to_float, int: _to_int, bool: _to_bool, str: _to_str}
+
+
+def _to_string_table(value: Any, key: str) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ConfigError(f"{key}: expected a table of strings, got {_kind(value)}")
+    for k, v in value.items():
+        if not isinstance(v, str):
+            raise ConfigError(f"{key}.{k}: expected a string, got {_kind(v)}")
+    return dict(value)
+
+
+def _to_strings(value: Any, key: str) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"{key}: expected a list of strings, got {_kind(value)}")
+    return tuple(value)
+
+
+def _to_tables(cls: Any, value: Any, key: str) -> tuple[Any, ...]:
+    if not isinstance(value, list):
+        raise ConfigError(f"{key}: expected an array of tables ([[{key}]]), got {_kind(value)}")
+    return tuple(_build(cls, item, f"{key}[{i}].") for i, item in enumerate(value))
 
 
 def _kind(value: Any) -> str:
@@ -342,160 +602,21 @@ def _kind(value: Any) -> str:
             list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
 
 
-_PATH_KEYS = ("path", "_file", "_dir", "exec_diagnostics", "url")
-
-
-def _refuse_nul(obj: object, prefix: str) -> None:
-    """No path may hold a NUL (the OS takes C strings: open() would raise ValueError, a traceback)."""
-    for f in dataclasses.fields(obj):  # type: ignore[arg-type]
-        value = getattr(obj, f.name)
-        key = f"{prefix}{f.name}"
-        items = list(enumerate(value)) if isinstance(value, (list, tuple)) else [(None, value)]
-        for i, item in items:
-            name = key if i is None else f"{key}[{i}]"
-            if isinstance(item, str) and "\0" in item and f.name.endswith(_PATH_KEYS):
-                raise ConfigError(f"{name}: must not contain a NUL character")
-            if dataclasses.is_dataclass(item):
-                _refuse_nul(item, f"{name}.")
-
-
-def _validate(c: Config) -> None:
-    """Checks that go beyond types; each message names the key."""
-    _refuse_nul(c, "")
-    parse_url(c.loki.url)
-    for key, value in (
-        ("loki.batch_wait", c.loki.batch_wait),
-        ("loki.timeout", c.loki.timeout),
-        ("loki.min_backoff", c.loki.min_backoff),
-        ("loki.max_backoff", c.loki.max_backoff),
-        ("loki.reject_old_samples_max_age", c.loki.reject_old_samples_max_age),
-        ("loki.creation_grace_period", c.loki.creation_grace_period),
-        ("shutdown_timeout", c.shutdown_timeout),
-        ("file_poll_interval", c.file_poll_interval),
-    ):
-        if not value > 0 or value != value or value == float("inf"):
-            raise ConfigError(f"{key}: must be a positive finite number of seconds, got {value}")
-    tenant = c.loki.tenant_id
-    if tenant and (not _TENANT_ID.match(tenant) or tenant in (".", "..")):
-        # Loki refuses any other tenant ID at every push (and a CR/LF would end the header).
-        raise ConfigError("loki.tenant_id: Loki accepts at most 150 of A-Z a-z 0-9 ! - _ . * ' ( ), "
-                          f"and not '.' or '..'; got {tenant!r}")
-    if c.loki.max_backoff < c.loki.min_backoff:
-        raise ConfigError("loki.max_backoff: must be >= loki.min_backoff")
-    _validate_tls_auth(c.loki)
-    if c.max_line_bytes < 1024:
-        raise ConfigError(f"max_line_bytes: must be at least 1024, got {c.max_line_bytes}")
-    # One batch must hold at least one full-size line plus its framing.
-    if c.loki.batch_max_bytes < c.max_line_bytes + 1024:
-        raise ConfigError(
-            f"loki.batch_max_bytes: must be at least max_line_bytes + 1024 "
-            f"({c.max_line_bytes + 1024}), got {c.loki.batch_max_bytes}")
-    if c.buffer_max_bytes < c.loki.batch_max_bytes:
-        raise ConfigError(
-            f"buffer_max_bytes: must be at least loki.batch_max_bytes ({c.loki.batch_max_bytes}), "
-            f"got {c.buffer_max_bytes}")
-    if c.spool_dir and c.spool_max_bytes < c.loki.batch_max_bytes:
-        raise ConfigError(f"spool_max_bytes: must be at least loki.batch_max_bytes "
-                          f"({c.loki.batch_max_bytes}), got {c.spool_max_bytes}")
-    for level in c.level_labels:
-        if level not in LEVEL_NAMES:
-            raise ConfigError(f"level_labels: unknown level {level!r} (known: {', '.join(LEVEL_NAMES)})")
-    if c.level_labels and not any(s.detect_level or s.format == "json" for s in c.sources):
-        raise ConfigError("level_labels: no source detects levels (set detect_level = true on one)")
-    if c.exec_diagnostics not in EXEC_DIAGNOSTICS_CHOICES and not c.exec_diagnostics.startswith("/"):
-        raise ConfigError(f'exec_diagnostics: must be "none", "stderr" or an absolute file path, '
-                          f'got "{c.exec_diagnostics}"')
-    if c.when_full not in WHEN_FULL_CHOICES:
-        raise ConfigError(f'when_full: must be "drop_oldest" or "block", got "{c.when_full}"')
-    if c.sink.type not in ("loki", "console"):
-        raise ConfigError(f'sink.type: must be "loki" or "console", got "{c.sink.type}"')
-    if not c.sources:
-        raise ConfigError("sources: at least one [[sources]] table is needed")
-    seen: set[str] = set()
-    for i, s in enumerate(c.sources):
-        if not s.path:
-            raise ConfigError(f"sources[{i}].path: must not be empty")
-        if s.path in seen:
-            raise ConfigError(f"sources[{i}].path: {s.path} is listed twice")
-        seen.add(s.path)
-        if not s.stream:
-            raise ConfigError(f"sources[{i}].stream: must not be empty")
-        if s.format not in FORMATS:
-            raise ConfigError(f'sources[{i}].format: must be "raw", "cri" or "json", got "{s.format}"')
-        if s.multiline and s.format == "json":
-            raise ConfigError(f"sources[{i}].multiline: json records are whole entries already; "
-                              "multiline is for raw and cri sources")
-        if s.multiline_start:
-            try:
-                re.compile(s.multiline_start.encode())
-            except re.error as e:
-                raise ConfigError(f"sources[{i}].multiline_start: not a valid regular expression: {e}") from None
-            except (RecursionError, OverflowError, MemoryError) as e:  # thousands of nested groups
-                raise ConfigError(f"sources[{i}].multiline_start: regular expression too complex to compile "
-                                  f"({type(e).__name__})") from None
-        if s.multiline_max_lines < 1:
-            raise ConfigError(f"sources[{i}].multiline_max_lines: must be at least 1, got {s.multiline_max_lines}")
-        if not 0 < s.multiline_max_wait < float("inf"):
-            raise ConfigError(f"sources[{i}].multiline_max_wait: must be a positive finite number of seconds, "
-                              f"got {s.multiline_max_wait}")
-        if (s.json_metadata or s.json_keep_record) and s.format != "json":
-            raise ConfigError(f'sources[{i}].json_metadata: only for format = "json"')
-        if s.json_exception_keys != DEFAULT_JSON_EXCEPTION_KEYS and s.format != "json":
-            raise ConfigError(f'sources[{i}].json_exception_keys: only for format = "json"')
-        if any(not key for key in s.json_exception_keys):
-            raise ConfigError(f"sources[{i}].json_exception_keys: a key may not be empty")
-    for name in c.labels:
-        if not _LABEL_NAME.match(name) or name.startswith("__"):
-            raise ConfigError(f"labels.{name}: not a valid Loki label name ([a-zA-Z_][a-zA-Z0-9_]*, not __*)")
-        if name == "stream" or name in c.airflow.labels:
-            raise ConfigError(f"labels.{name}: set by the shipper itself; choose another name")
-        if name == "service_name":
-            raise ConfigError("labels.service_name: set by the shipper itself; use airflow.service_name")
-    for name in c.airflow.labels:
-        if name not in CONTEXT_KEYS:
-            raise ConfigError(f"airflow.labels: unknown context key {name!r} (known: {', '.join(CONTEXT_KEYS)})")
-    service = c.airflow.service_name
-    if service and (service != service.strip() or any(ch < " " or ch == "\x7f" for ch in service)):
-        raise ConfigError(f"airflow.service_name: no control characters or surrounding spaces, got {service!r}")
-    if len(service.encode()) > 2048:
-        raise ConfigError("airflow.service_name: at most 2048 bytes (Loki's label value limit)")
-    # Loki 3 does not count service_name against max_label_names_per_series; Loki 2 does.
-    count = len(c.labels) + 1 + len(c.airflow.labels) + (1 if service else 0)
-    if count > MAX_LABELS:
-        raise ConfigError(f"labels: Loki accepts at most {MAX_LABELS} labels per stream, this config makes "
-                          f"{count}" + (" (service_name included: airflow.service_name)" if service else ""))
-    if c.metrics.listen:
-        parse_listen(c.metrics.listen)
-    if c.metrics.pushgateway_url:
-        parse_url(c.metrics.pushgateway_url, key="metrics.pushgateway_url")
-    if not c.airflow.missing:
-        raise ConfigError("airflow.missing: must not be empty (Loki drops empty label values)")
-
-
-def _validate_tls_auth(c: LokiConfig) -> None:
-    """[loki] TLS and credential keys: pairs complete, no contradictions, no dead keys.
-
-    Only the text is checked here; the files are read when the client is built
-    (`shipper run`), so check-config works where the secrets are not mounted.
-    """
-    if not c.url.startswith("https://"):
-        for name in HTTPS_ONLY_KEYS:
-            if getattr(c, name):
-                raise ConfigError(f"loki.{name}: only used with an https:// loki.url, and loki.url is {c.url!r}")
-    if c.insecure_skip_verify and c.ca_file:
-        raise ConfigError("loki.insecure_skip_verify: cannot be combined with loki.ca_file "
-                          "(nothing would be verified against it)")
-    for have, need in (("cert_file", "key_file"), ("key_file", "cert_file"),
-                       ("basic_auth_user", "basic_auth_password_file"),
-                       ("basic_auth_password_file", "basic_auth_user")):
-        if getattr(c, have) and not getattr(c, need):
-            raise ConfigError(f"loki.{need}: needed with loki.{have} (both or neither)")
-    if c.bearer_token_file and c.basic_auth_user:
-        raise ConfigError("loki.bearer_token_file: cannot be combined with loki.basic_auth_user "
-                          "(one Authorization header; choose one)")
-    # RFC 7617: the user-id cannot contain a colon (it ends the user-id).
-    if any(ch == ":" or ch < " " or ch == "\x7f" for ch in c.basic_auth_user):
-        raise ConfigError("loki.basic_auth_user: must not contain ':' or control characters")
+def _check_tree(table: _Table, prefix: str) -> None:
+    """Check `table` field by field (its fields' rules; a nested table in full), then its `_check`."""
+    for name, rules in _rules(type(table)).items():
+        value = getattr(table, name)
+        for rule in rules:
+            problem = rule(value)
+            if problem is not None:
+                raise ConfigError(f"{prefix}{name}: {problem}")
+        if isinstance(value, _Table):
+            _check_tree(value, f"{prefix}{name}.")
+        elif isinstance(value, tuple):
+            for i, item in enumerate(value):
+                if isinstance(item, _Table):
+                    _check_tree(item, f"{prefix}{name}[{i}].")
+    table._check(prefix)
 
 
 # scheme://host[:port][/path]. Hand-written rather than urllib.parse: it is
@@ -579,40 +700,11 @@ def _parse_url(url: str, key: str) -> Url:
 
 
 def dump(c: Config) -> str:
-    """The effective configuration as TOML (for `shipper check-config`)."""
-    lines = []
-    for name in ("shutdown_timeout", "max_line_bytes", "buffer_max_bytes", "when_full",
-                 "spool_dir", "spool_max_bytes", "checkpoint_file", "file_poll_interval",
-                 "stop_file", "level_labels", "exec_diagnostics"):
-        lines.append(f"{name} = {_toml(getattr(c, name))}")
-    for table in ("loki", "sink", "airflow", "metrics"):
-        lines.append(f"\n[{table}]")
-        sub = getattr(c, table)
-        for f in dataclasses.fields(sub):
-            lines.append(f"{f.name} = {_toml(getattr(sub, f.name))}")
-    lines.append("\n[labels]")
-    for k, v in c.labels.items():
-        lines.append(f"{k} = {_toml(v)}")
-    for s in c.sources:
-        lines.append("\n[[sources]]")
-        for f in dataclasses.fields(s):
-            lines.append(f"{f.name} = {_toml(getattr(s, f.name))}")
-    return "\n".join(lines) + "\n"
+    """The effective configuration as TOML (for `shipper check-config`): what `parse` reads back to `c`."""
+    from shipper import toml_out  # here: `shipper run` never writes TOML, so never loads the writer
 
-
-# TOML basic strings (toml.io, v1.0.0) must escape `"`, `\` and every control
-# character but tab, DEL (U+007F) included; JSON's escaping leaves DEL raw.
-_TOML_ESCAPES = str.maketrans({
-    **{chr(c): f"\\u{c:04x}" for c in [*range(0x20), 0x7F]},
-    "\b": "\\b", "\t": "\\t", "\n": "\\n", "\f": "\\f", "\r": "\\r", '"': '\\"', "\\": "\\\\",
-})
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, str):
-        return '"' + v.translate(_TOML_ESCAPES) + '"'
-    if isinstance(v, tuple):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return repr(v)
+    top = {f.name: getattr(c, f.name) for f in dataclasses.fields(c)}
+    tables = {name: dataclasses.asdict(top.pop(name)) for name in ("loki", "sink", "airflow", "metrics")}
+    labels, sources = top.pop("labels"), top.pop("sources")
+    return toml_out.dumps({**top, **tables, "labels": labels,
+                           "sources": [dataclasses.asdict(s) for s in sources]})

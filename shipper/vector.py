@@ -31,6 +31,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from shipper import toml_out
 from shipper.config import CONTEXT_KEYS, DEFAULT_CONTEXT_LABELS, ConfigError
 from shipper.labels import ENV_NAMES
 
@@ -65,41 +66,20 @@ class Translation:
 
     config: dict[str, Any]
     notes: list[str] = field(default_factory=list)
-    # Comments placed above a table or key in the TOML output, keyed by "table" or "table.key".
+    # Comments placed above a table or key in the TOML output, keyed by "top" (the document),
+    # "table", "table.key" or "sources[i]".
     comments: dict[str, list[str]] = field(default_factory=dict)
 
     def to_toml(self) -> str:
         """The configuration as commented TOML, accepted by `shipper check-config`."""
-        out = ["# Translated from a Vector config by `shipper migrate-vector`.",
-               "# Check it with: shipper --config FILE check-config"]
+        head = ["Translated from a Vector config by `shipper migrate-vector`.",
+                "Check it with: shipper --config FILE check-config"]
         for note in self.notes:
-            out += [f"# {'NOTE:' if i == 0 else '     '} {line}" for i, line in enumerate(_wrap(note, 90))]
-        out += self._comment("top")
-        c = self.config
-        top = [k for k, v in c.items() if not isinstance(v, (dict, list))]
-        if top:
-            out.append("")
-            for k in top:
-                out += self._comment(k)
-                out.append(f"{k} = {_toml(c[k])}")
-        for table in ("loki", "airflow", "labels"):
-            if table not in c:
-                continue
-            out.append("")
-            out += self._comment(table)
-            out.append(f"[{table}]")
-            for k, v in c[table].items():
-                out += self._comment(f"{table}.{k}")
-                out.append(f"{_key(k)} = {_toml(v)}")
-        for i, src in enumerate(c.get("sources", [])):
-            out.append("")
-            out += self._comment(f"sources[{i}]")
-            out.append("[[sources]]")
-            out += [f"{k} = {_toml(v)}" for k, v in src.items()]
-        return "\n".join(out) + "\n"
-
-    def _comment(self, where: str) -> list[str]:
-        return [f"# {line}" for text in self.comments.get(where, []) for line in _wrap(text)]
+            head += [f"{'NOTE:' if i == 0 else '     '} {line}" for i, line in enumerate(_wrap(note, 90))]
+        comments = {"" if where == "top" else where: [line for text in texts for line in _wrap(text)]
+                    for where, texts in self.comments.items()}
+        comments[""] = head + comments.get("", [])
+        return toml_out.dumps(self.config, comments=comments)
 
     def add_comment(self, where: str, text: str) -> None:
         self.comments.setdefault(where, []).append(text)
@@ -457,20 +437,6 @@ def _table(value: Any, name: str, origin: str) -> dict[str, dict[str, Any]]:
     if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
         raise ConfigError(f"{origin}: {name}: expected tables [{name}.<name>]")
     return value
-
-
-def _key(k: str) -> str:
-    return k if re.fullmatch(r"[A-Za-z0-9_-]+", k) else json.dumps(k)
-
-
-def _toml(v: Any) -> str:
-    if isinstance(v, str):
-        return json.dumps(v, ensure_ascii=False)  # JSON string escapes are valid TOML basic strings
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return repr(v)
 
 
 def _wrap(text: str, width: int = 96) -> list[str]:

@@ -6,7 +6,7 @@ import json
 import math
 import tomllib
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -244,6 +244,14 @@ def setting(key: str, value: str) -> str:
                                               ("nan", "nan"), ("inf", "inf"), ("-inf", "-inf")])
 def test_durations_must_be_positive_and_finite(key: str, value: str, shown: str) -> None:
     assert refused(setting(key, value)) == f"{key}: must be a positive finite number of seconds, got {shown}"
+
+
+def test_every_number_of_seconds_is_in_durations() -> None:
+    # The check comes from the field's type (`Seconds`): a new float key is listed above, or
+    # this fails and says which one it is.
+    floats = [f"{prefix}{name}" for prefix, cls in (("", Config), ("loki.", LokiConfig))
+              for name, typ in get_type_hints(cls).items() if typ is float]
+    assert sorted(floats) == sorted(DURATIONS)
 
 
 @pytest.mark.parametrize("key", DURATIONS)

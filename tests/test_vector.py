@@ -252,6 +252,42 @@ def test_translated_url_is_still_checked_by_the_shipper() -> None:
         parse(translate(vector).to_toml())
 
 
+# --- the printed TOML holds any string the Vector config held --------------------------
+
+def vector_string(s: str) -> str:
+    """`s` as a TOML basic string of the Vector config (its own writer: control characters, `"`, `\\` as \\uXXXX)."""
+    return '"' + "".join(f"\\u{ord(c):04x}" if c < " " or c in '\x7f"\\' else c for c in s) + '"'
+
+
+HOSTILE_VALUES = {
+    "del": "a\x7fb",  # DEL: JSON's escaping leaves it raw, and tomllib refuses it raw
+    "every control character": "".join(chr(c) for c in [*range(0x20), 0x7F]),
+    "quotes and backslashes": 'quote " backslash \\ both \\" end',
+    "non-ascii": "é ✓ 😀 \u2028 \ufeff",
+    "toml quoting": "''' \"\"\" # [x] = y",
+}
+
+
+@pytest.mark.parametrize("value", HOSTILE_VALUES.values(), ids=HOSTILE_VALUES.keys())
+def test_a_label_value_with_any_characters_survives_the_translation(value: str) -> None:
+    vector = SOURCE + REMAP + SINK + f"[sinks.out.labels]\nteam = {vector_string(value)}\n"
+    tr = translate(vector)
+    assert tr.config["labels"] == {"team": value}
+    text = tr.to_toml()
+    assert tomllib.loads(text) == tr.config
+    assert parse(text).labels == {"team": value}
+
+
+def test_a_control_character_quoted_in_a_comment_is_written_as_text() -> None:
+    # The endpoint is quoted in the comment above loki.url: raw there, a DEL makes tomllib
+    # refuse the whole output and a newline turns the rest of the comment into TOML.
+    endpoint = "http://loki:3100/a\x7fb\nurl = 1"
+    sink = f'[sinks.out]\ntype = "loki"\ninputs = ["ctx"]\nendpoint = {vector_string(endpoint)}\n'
+    tr = translate(SOURCE + REMAP + sink)
+    assert tomllib.loads(tr.to_toml()) == tr.config
+    assert tr.config["loki"]["url"] == endpoint + "/loki/api/v1/push"
+
+
 # --- the CLI ------------------------------------------------------------------------
 
 
