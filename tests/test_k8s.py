@@ -48,8 +48,6 @@ TEMPLATES = {
 CAPTURE = ("native", "pre-1.29")  # the variants with base's capture wrapper
 TEMPLATE_KEY = "pod-template.yaml"
 K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
-# Config keys a variant uses that the shipper may not know yet, and why.
-PENDING_KEYS = {"cri": {"format": "the cri source format (issue 7)"}}
 
 
 def docs(path: Path) -> list[dict[str, Any]]:
@@ -96,15 +94,9 @@ def check_config(text: str) -> subprocess.CompletedProcess[str]:
                           stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=60, check=False)
 
 
-def strip_keys(text: str, keys: set[str]) -> str:
-    return "\n".join(line for line in text.splitlines()
-                     if not any(re.match(rf"\s*{re.escape(k)}\s*=", line) for k in keys)) + "\n"
-
-
 def effective_config(variant: str) -> dict[str, Any]:
-    """What `shipper check-config` prints for the variant's SHIPPER_CONFIG (pending keys left out)."""
-    text = strip_keys(shipper_config_text(variant), set(PENDING_KEYS.get(variant, {})))
-    done = check_config(text)
+    """What `shipper check-config` prints for the variant's SHIPPER_CONFIG."""
+    done = check_config(shipper_config_text(variant))
     assert done.returncode == 0, done.stderr
     out: dict[str, Any] = tomllib.loads(done.stdout)
     return out
@@ -251,17 +243,16 @@ def test_image_is_the_shipper_at_the_package_version(variant: str) -> None:
 
 @pytest.mark.parametrize("variant", TEMPLATES)
 def test_shipper_config_passes_check_config(variant: str) -> None:
-    text = shipper_config_text(variant)
-    done = check_config(text)
-    pending = PENDING_KEYS.get(variant, {})
-    if done.returncode != 0 and pending:
-        error = json.loads(done.stderr.splitlines()[-1])["error"]
-        if any(f"unknown key sources[0].{k}" in error or f"unknown key {k}" in error for k in pending):
-            # Everything else must already be accepted.
-            assert check_config(strip_keys(text, set(pending))).returncode == 0
-            pytest.xfail(f"needs {', '.join(pending.values())}: {error}")
+    done = check_config(shipper_config_text(variant))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("# effective configuration (from env SHIPPER_CONFIG)")
+
+
+def test_cri_variant_reads_its_sources_in_the_cri_format() -> None:
+    # The runtime's node log files are CRI lines; read raw, every entry would
+    # keep the `<time> <stream> <P|F>` prefix and partial lines would not be joined.
+    sources = effective_config("cri")["sources"]
+    assert sources and all(s["format"] == "cri" for s in sources), sources
 
 
 @pytest.mark.parametrize("variant", TEMPLATES)
@@ -699,10 +690,6 @@ def test_dashboard_and_rules_select_only_what_the_shipper_emits(emitted: dict[st
     exprs = _dashboard_exprs() + [r["expr"] for r in _rules()]
     assert exprs
     filterable = emitted["metadata"] | emitted["summary_fields"] | emitted["labels"]
-    # Structured metadata being added by another issue: allowed, but the test is
-    # an expected failure until a real run emits it.
-    pending = {"level": "level metadata (issue 7, Airflow-aware input)"}
-    missing: set[str] = set()
     for expr in exprs:
         selectors = _selectors(expr)
         assert selectors, f"no stream selector in {expr}"
@@ -714,14 +701,11 @@ def test_dashboard_and_rules_select_only_what_the_shipper_emits(emitted: dict[st
                 if op == "=" and "$" not in value:
                     assert any(ls.get(name) == value for ls in emitted["label_sets"]), f"{name}={value!r}"
         unknown = _pipeline_fields(expr) - filterable
-        missing |= unknown & set(pending)
-        unknown -= set(pending)
         assert not unknown, f"{expr}: filters on {unknown}, not a label, metadata or summary field"
         by = _grouping(expr)
         assert by <= filterable, f"{expr}: groups by {by - filterable}"
-    assert emitted["metadata"] >= {"run_id", "try_number", "map_index"}, emitted["metadata"]
-    if missing:
-        pytest.xfail(f"not emitted yet: {', '.join(pending[m] for m in sorted(missing))}")
+    # `level` is what the "Error log stream" panel and the error alerts filter on.
+    assert emitted["metadata"] >= {"run_id", "try_number", "map_index", "level"}, emitted["metadata"]
 
 
 def test_dropped_lines_alert_covers_every_drop_reason() -> None:
