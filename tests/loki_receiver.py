@@ -48,14 +48,31 @@ waits forever), so ``timeout`` cannot be used as a label filter name there.
 Strict handling (what real Loki does, with its default limits)
 --------------------------------------------------------------
 * 401 ``no org id`` without a valid ``X-Scope-OrgID`` when ``require_tenant``.
-* 400 unless ``Content-Type`` is ``application/x-protobuf`` (parameters
-  allowed). A missing type is a 400 in Loki too (Go's mime.ParseMediaType);
-  Loki also takes JSON and reads any other type as protobuf, which the
-  shipper must not rely on. ``Content-Encoding`` may be absent or ``snappy``
-  (Loki ignores that value); anything else is a 400 here.
-* 400 if the body is not snappy *block* format (framed snappy is named as
-  such in the message), or not a valid ``PushRequest`` (including bad UTF-8 in
-  string fields, and timestamps Go's time cannot hold).
+* 400 unless ``Content-Type`` is ``application/x-protobuf`` or
+  ``application/json`` (parameters allowed). A missing type is a 400 in Loki
+  too (Go's mime.ParseMediaType); Loki reads any other type as protobuf,
+  which a client must not rely on. ``Content-Encoding`` may be absent,
+  ``snappy`` (Loki ignores that value) or ``gzip`` (the body is gunzipped
+  first, whatever its type); anything else is a 400 here (Loki also takes
+  raw ``deflate``).
+* Protobuf: 400 if the body is not snappy *block* format (framed snappy is
+  named as such in the message), or not a valid ``PushRequest`` (including bad
+  UTF-8 in string fields, and timestamps Go's time cannot hold).
+* JSON (``pkg/loghttp`` and ``pkg/util/unmarshal``, what Promtail's and
+  Fluent Bit's JSON clients send): ``{"streams": [{"stream": {"name":
+  "value", ...}, "values": [["<ns>", "<line>"], ["<ns>", "<line>",
+  {"name": "value"}], ...]}]}``. Each stream's labels become the string
+  Loki builds from the object (``LabelSet.String()``: sorted, Go-quoted), and
+  from there it is handled exactly as a protobuf push (the same label
+  parsing, validation, store and arrivals). The timestamp is a JSON string of
+  decimal nanoseconds (an optional ``-``, int64), the line a string, the
+  optional third element an object of strings: structured metadata (3.4; 2.7
+  refuses a third element: ``array must contains 2 values``); a ``null``
+  entry is skipped and elements past the third are ignored (3.4). Anything
+  else is a 400 with a message of ours (Loki's are jsoniter's/jsonparser's);
+  stricter than Loki: an entry of fewer than two elements, and label or
+  metadata values that are not strings (jsonparser takes a bare number's
+  text), are refused.
 * 400 and *nothing stored* if any stream's labels string does not parse: Loki
   parses every stream's labels before writing any (``couldn't parse labels``).
 * Per stream (the stream is refused, other streams are still written):
@@ -127,9 +144,14 @@ prints the push URL on stdout, writes it to the ready file (atomically), and
 serves ``GET /stats`` (JSON counts) until SIGTERM/SIGINT. Without
 ``--keep-entries`` it keeps only counts and dedup fingerprints, not lines.
 ``--record-arrivals`` appends, per push that stored entries, a line
-``P <receive_time_ns> <n_stored>``, and per stored entry whose line starts
-with ``t=<decimal ns> `` a line ``L <receive_time_ns> <send_ns>``
-(``time.time_ns()`` wall clock, taken once the body has been read and decoded).
+``P <receive_time_ns> <n_stored>``, and per stored entry that holds a
+latency stamp a line ``L <receive_time_ns> <send_ns>`` (``time.time_ns()``
+wall clock, taken once the body has been read and decoded). A stamp is the
+first ``t=<10 to 20 decimal digits>`` at the line start or after a space or a
+``"``, and followed by a space or a ``"`` (`ARRIVAL_STAMP`): at the start of
+a line (``t=1764064800123456789 [2026-...] ...``), inside an Airflow line
+(``... INFO - t=1764064800123456789 #12 Fetched ...``) or inside a JSON
+record shipped whole (``..."event":"t=1764064800123456789 #12 ..."``).
 """
 
 from __future__ import annotations
@@ -145,6 +167,7 @@ import importlib.resources
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -163,6 +186,11 @@ import cramjam
 from aiohttp import web
 
 PUSH_PATH = "/loki/api/v1/push"
+# The latency stamp --record-arrivals looks for (see the module docstring).
+ARRIVAL_STAMP: Final = re.compile(r'(?:^|[ "])t=([0-9]{10,20})(?=[ "])')
+# jsonparser.ParseInt: an optional minus, then decimal digits only.
+_JSON_TIMESTAMP: Final = re.compile(r"-?[0-9]+\Z")
+_INT64_MIN, _INT64_MAX = -(1 << 63), (1 << 63) - 1
 PROTO_PATH = Path(__file__).resolve().parent.parent / "proto" / "push.proto"
 
 _SECOND_NS = 1_000_000_000
@@ -529,8 +557,8 @@ class RequestRecord:
     content_encoding: str | None
     user_agent: str | None
     tenant: str | None  # X-Scope-OrgID
-    wire_bytes: int = 0  # body as received (snappy-compressed)
-    body_bytes: int = 0  # decompressed protobuf; 0 if the body could not be decompressed
+    wire_bytes: int = 0  # body as received (snappy- or gzip-compressed)
+    body_bytes: int = 0  # decompressed protobuf, or the JSON; 0 if the body could not be decompressed
     streams: int = 0  # in the decoded PushRequest
     entries: int = 0  # in the decoded PushRequest
     stored: int = 0
@@ -798,11 +826,14 @@ class LokiReceiver:
             body = await request.read()
         except web.HTTPRequestEntityTooLarge:
             return self._answer(record, 413, f"request body larger than {self.limits.max_recv_msg_size} bytes")
-        except web.RequestPayloadError:
-            # aiohttp undoes gzip/deflate/br itself and failed; only scripted actions get here,
-            # strict handling refused any Content-Encoding but snappy before reading.
+        except web.RequestPayloadError as e:
+            # aiohttp undoes gzip (and, for scripted actions, deflate/br) itself and failed.
+            if action.kind in ("ok", "delay"):
+                return self._answer(record, 400, f"{record.content_encoding}: {e}")
             body = b""
-        record.wire_bytes = len(body)
+        # aiohttp gunzips on read: what came over the wire is the declared length.
+        gzipped = (record.content_encoding or "").lower() == "gzip"
+        record.wire_bytes = (request.content_length or len(body)) if gzipped else len(body)
         if action.kind == "reset":
             self._describe(record, body)
             return self._reset(request)
@@ -904,18 +935,87 @@ class LokiReceiver:
             allowed = all(c.isascii() and (c.isalnum() or c in "!-_.*'()") for c in tenant)
             if not allowed or len(tenant) > 150 or tenant in (".", ".."):
                 raise _Rejected(401, f"invalid tenant ID {tenant!r}")
-        if record.content_encoding not in (None, "", "snappy"):
+        if record.content_encoding not in (None, "", "snappy", "gzip"):
             raise _Rejected(400, f"Content-Encoding {record.content_encoding!r} not supported")
 
     def _check_content_type(self, record: RequestRecord) -> None:
+        self._media_type(record)
+
+    @staticmethod
+    def _media_type(record: RequestRecord) -> str:
+        """``application/x-protobuf`` or ``application/json``; _Rejected for anything else."""
         if not record.content_type or not record.content_type.strip():
             raise _Rejected(400, "mime: no media type")
         media_type = record.content_type.split(";", 1)[0].strip().lower()
-        if media_type != "application/x-protobuf":
-            raise _Rejected(400, f"unsupported Content-Type {record.content_type!r}: this receiver only "
-                                 "takes application/x-protobuf (snappy block-compressed PushRequest)")
+        if media_type not in ("application/x-protobuf", "application/json"):
+            raise _Rejected(400, f"unsupported Content-Type {record.content_type!r}: this receiver takes "
+                                 "application/x-protobuf (snappy block-compressed PushRequest) or "
+                                 "application/json (Loki's JSON push)")
+        return media_type
 
     def _decode(self, record: RequestRecord, body: bytes) -> Any:
+        """The body as a PushRequest of the compiled protobuf module; _Rejected on any failure."""
+        try:
+            media_type = self._media_type(record)
+        except _Rejected:
+            media_type = "application/x-protobuf"  # scripted answers: describe what can be described
+        if media_type == "application/json":
+            push = self._decode_json(body)
+            record.body_bytes = len(body)
+            record.streams = len(push.streams)
+            record.entries = sum(len(s.entries) for s in push.streams)
+            return push
+        return self._decode_protobuf(record, body)
+
+    def _decode_json(self, body: bytes) -> Any:
+        """Loki's JSON push (see the module docstring) into the same PushRequest message a protobuf
+        push decodes to: labels as LabelSet.String() builds them, entries in the order sent."""
+        try:
+            doc = json.loads(body)
+        except ValueError as e:  # UnicodeDecodeError is a ValueError too
+            raise _Rejected(400, f"json: cannot parse push request: {e}") from None
+        if not isinstance(doc, dict):
+            raise _Rejected(400, "json: a push request is an object")
+        streams = doc.get("streams")
+        if streams is not None and not isinstance(streams, list):
+            raise _Rejected(400, "json: streams must be an array")
+        v3 = self.limits.version == "3.4"
+        push = load_push_pb2().PushRequest()
+        for stream in streams or ():
+            if not isinstance(stream, dict):
+                raise _Rejected(400, "json: each stream must be an object")
+            labels = stream.get("stream")
+            if labels is None:
+                labels = {}
+            if not isinstance(labels, dict) or not all(isinstance(v, str) for v in labels.values()):
+                raise _Rejected(400, "json: a stream's labels must be an object of strings")
+            out = push.streams.add(labels=go_labels_string(labels.items()))
+            values = stream.get("values")
+            if values is not None and not isinstance(values, list):
+                raise _Rejected(400, "json: values must be an array")
+            for value in values or ():
+                if value is None:
+                    continue  # jsonparser skips a null entry
+                if not isinstance(value, list) or len(value) < 2:
+                    raise _Rejected(400, "json: an entry is [timestamp, line] or [timestamp, line, metadata]")
+                if not v3 and len(value) > 2:
+                    raise _Rejected(400, "json: error reading entry: array must contains 2 values")
+                ts, line = value[0], value[1]
+                if not isinstance(ts, str) or not isinstance(line, str):
+                    raise _Rejected(400, "json: an entry's timestamp and line must be strings")
+                if not _JSON_TIMESTAMP.match(ts) or not _INT64_MIN <= int(ts) <= _INT64_MAX:
+                    raise _Rejected(400, f"json: timestamp {ts!r} is not decimal nanoseconds (int64)")
+                entry = out.entries.add(line=line)
+                entry.timestamp.seconds, entry.timestamp.nanos = divmod(int(ts), _SECOND_NS)
+                if len(value) > 2:
+                    metadata = value[2]
+                    if not isinstance(metadata, dict) or not all(isinstance(v, str) for v in metadata.values()):
+                        raise _Rejected(400, "json: structured metadata must be an object of strings")
+                    for name, text in metadata.items():
+                        entry.structuredMetadata.add(name=name, value=text)
+        return push
+
+    def _decode_protobuf(self, record: RequestRecord, body: bytes) -> Any:
         """Snappy block, then PushRequest via the compiled protobuf; _Rejected on any failure."""
         if body.startswith(_FRAMED_SNAPPY_MAGIC):
             raise _Rejected(400, "body is snappy *framed* (stream) format; Loki wants the snappy block format")
@@ -1131,13 +1231,11 @@ class LokiReceiver:
         if self._record is None:
             return
         out = [f"P {received_ns} {len(stored)}\n"]
+        search = ARRIVAL_STAMP.search
         for entry in stored:
-            line = entry.line
-            if line.startswith("t="):
-                end = line.find(" ", 2)
-                token = line[2:end]
-                if end > 2 and token.isascii() and token.isdigit():
-                    out.append(f"L {received_ns} {token}\n")
+            found = search(entry.line)
+            if found is not None:
+                out.append(f"L {received_ns} {found.group(1)}\n")
         self._record.write("".join(out))
         self._record.flush()  # a harness may read it while we run
 

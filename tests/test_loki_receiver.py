@@ -9,7 +9,9 @@ module-wide asyncio mark because the parser tests are plain functions.)
 from __future__ import annotations
 
 import asyncio
+import gzip
 import io
+import json
 import os
 import signal
 import sys
@@ -162,7 +164,7 @@ async def test_content_type_parameters_and_snappy_encoding_header_are_accepted(
 
 # -- whole-request refusals -------------------------------------------------------------
 
-@pytest.mark.parametrize("content_type", [None, "", "application/json", "text/plain", "application/octet-stream"])
+@pytest.mark.parametrize("content_type", [None, "", "text/plain", "application/octet-stream"])
 async def test_missing_or_wrong_content_type_is_400(
         receiver: LokiReceiver, session: aiohttp.ClientSession, content_type: str | None) -> None:
     headers = {} if content_type is None else {"Content-Type": content_type}
@@ -177,8 +179,108 @@ async def test_missing_or_wrong_content_type_is_400(
 
 async def test_unsupported_content_encoding_is_400(receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
     status, text = await post(session, receiver, body(('{a="1"}', [Entry(now(), "x")])),
-                              headers={**PROTOBUF, "Content-Encoding": "gzip"})
-    assert status == 400 and "Content-Encoding" in text
+                              headers={**PROTOBUF, "Content-Encoding": "lz4"})
+    assert (status, text) == (400, "Content-Encoding 'lz4' not supported\n")
+
+
+async def test_gzipped_protobuf_is_gunzipped_then_read_as_snappy(
+        receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
+    data = gzip.compress(body(('{a="1"}', [Entry(now(), "x")])))
+    status, _ = await post(session, receiver, data, headers={**PROTOBUF, "Content-Encoding": "gzip"})
+    assert status == 204 and receiver.lines() == ["x"]
+    assert receiver.requests[0].wire_bytes == len(data)
+
+
+# -- JSON pushes (Loki's pkg/loghttp format: what Fluent Bit's loki output sends) -------------------------
+
+JSON = {"Content-Type": "application/json"}
+
+
+@pytest.mark.parametrize("encoding", ["", "gzip"])
+async def test_json_push_is_stored_like_a_protobuf_one(
+        receiver: LokiReceiver, session: aiohttp.ClientSession, encoding: str) -> None:
+    t = now()
+    doc = {"streams": [
+        {"stream": {"stream": "stdout", "app": "airflow"},
+         "values": [[str(t + 5), "late"], [str(t + 1), "early", {"try_number": "2", "run_id": "r1"}],
+                    None, [str(t + 3), "caf\u00e9 \"quoted\"\nnext"]]},
+        {"stream": {"app": "airflow", "stream": "stderr"}, "values": [[str(t + 2), "oops"]]},
+    ]}
+    raw = json.dumps(doc).encode()
+    data = gzip.compress(raw) if encoding else raw
+    headers = {"Content-Type": "application/json; charset=utf-8", **({"Content-Encoding": encoding} if encoding else {})}
+    status, text = await post(session, receiver, data, headers=headers)
+    assert (status, text) == (204, "")
+    assert receiver.streams() == {
+        (("app", "airflow"), ("stream", "stdout")): [
+            Entry(t + 5, "late"), Entry(t + 1, "early", (("run_id", "r1"), ("try_number", "2"))),
+            Entry(t + 3, 'café "quoted"\nnext')],
+        (("app", "airflow"), ("stream", "stderr")): [Entry(t + 2, "oops")],
+    }
+    assert receiver.lines(stream="stdout") == ["early", 'café "quoted"\nnext', "late"]  # by timestamp
+    (record,) = receiver.requests
+    assert (record.streams, record.entries, record.stored, record.refused) == (2, 4, 4, 0)
+    assert (record.wire_bytes, record.body_bytes) == (len(data), len(raw))
+
+
+async def test_json_push_goes_through_the_same_validation_and_dedup(
+        receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
+    t = now()
+    doc = {"streams": [{"stream": {"a": "1"},
+                        "values": [[str(t), "x"], [str(t), "x"], [str(t - 8 * DAY), "old"]]}]}
+    status, text = await post(session, receiver, json.dumps(doc).encode(), headers=JSON)
+    assert status == 400 and text.startswith("entry for stream '{a=\"1\"}' has timestamp too old: ")
+    assert receiver.lines() == ["x"] and receiver.dedup_dropped == 1 and receiver.refused_entries == 1
+
+
+async def test_json_label_names_are_parsed_as_loki_parses_the_string_it_builds(
+        receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
+    doc = {"streams": [{"stream": {"a-b": "1"}, "values": [[str(now()), "x"]]}]}
+    status, text = await post(session, receiver, json.dumps(doc).encode(), headers=JSON)
+    assert status == 400 and text.startswith("couldn't parse labels")
+    assert receiver.lines() == []
+
+
+@pytest.mark.parametrize("doc", [
+    b"not json", b"[]", b'{"streams": {}}', b'{"streams": [[]]}',
+    b'{"streams": [{"stream": {"a": 1}, "values": [["1", "x"]]}]}',  # a label value that is not a string
+    b'{"streams": [{"stream": {"a": "1"}, "values": [[1764064800000000000, "x"]]}]}',  # a number, not a string
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["1764064800.5", "x"]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": [[" 17", "x"]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["9223372036854775808", "x"]]}]}',  # > int64
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["17", 5]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["17"]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["17", "x", {"k": 1}]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": [["17", "x", ["k"]]]}]}',
+    b'{"streams": [{"stream": {"a": "1"}, "values": "x"}]}',
+    b'\xff{}',
+], ids=lambda d: d.decode(errors="replace")[:40])
+async def test_malformed_json_push_is_400_and_stores_nothing(
+        receiver: LokiReceiver, session: aiohttp.ClientSession, doc: bytes) -> None:
+    status, text = await post(session, receiver, doc, headers=JSON)
+    assert status == 400 and text.startswith("json: "), text
+    assert receiver.lines() == [] and receiver.requests[0].stored == 0
+
+
+async def test_json_push_to_loki27_refuses_structured_metadata(session: aiohttp.ClientSession) -> None:
+    rx = LokiReceiver(limits=Limits.loki27())
+    await rx.start()
+    try:
+        t = now()
+        doc = {"streams": [{"stream": {"a": "1"}, "values": [[str(t), "x", {"k": "v"}]]}]}
+        status, text = await post(session, rx, json.dumps(doc).encode(), headers=JSON)
+        assert (status, text) == (400, "json: error reading entry: array must contains 2 values\n")
+        doc = {"streams": [{"stream": {"a": "1"}, "values": [[str(t), "x"]]}]}
+        assert (await post(session, rx, json.dumps(doc).encode(), headers=JSON))[0] == 204
+        assert rx.lines() == ["x"]
+    finally:
+        await rx.stop()
+
+
+async def test_corrupt_gzip_is_400(receiver: LokiReceiver, session: aiohttp.ClientSession) -> None:
+    status, text = await post(session, receiver, b"not gzip", headers={**JSON, "Content-Encoding": "gzip"})
+    assert status == 400 and text.startswith("gzip: ")
+    assert receiver.lines() == []
 
 
 @pytest.mark.parametrize("data", [b"", b"not snappy at all \xff\xff\xff\xff", b"\x05abc"])
@@ -644,6 +746,23 @@ async def test_separate_process_serves_stats_and_records_arrivals(
         assert len(received) == 1 and received.pop() >= t - 10**9
         assert lines[0].split()[2] == "5"
         assert [int(line.split()[2]) for line in lines[1:]] == [t - 5, t - 3]
+
+        # The stamp inside the line (an Airflow message, a JSON record shipped whole), over JSON.
+        arrivals.write_text("")
+        inside = [f"[2026-11-25T10:00:00.123+0000] {{python.py:201}} INFO - t={t - 7} #12 Fetched",
+                  f'{{"timestamp":"2026-11-25T10:00:00.123456Z","event":"t={t - 6} #13 Uploading"}}',
+                  f"2026-11-25T10:00:00.123456789Z stdout F [2026-11-25] {{s3.py:88}} INFO - t={t - 5} #14 x",
+                  f"no t={t - 4}x: digits must end at a space or a quote",
+                  f"at=t={t - 3} not after a space",
+                  f"t=123 too short, then t={t - 2} the first valid one, t={t - 1} not",
+                  f"t={t - 1}"]  # no space after: not a stamp, as before
+        doc = {"streams": [{"stream": {"a": "2"}, "values": [[str(t + 10 + i), line] for i, line in enumerate(inside)]}]}
+        async with session.post(url, data=json.dumps(doc), headers=JSON) as r:
+            assert r.status == 204
+        lines = arrivals.read_text().splitlines()
+        assert [line.split()[0] for line in lines] == ["P", "L", "L", "L", "L"]
+        assert lines[0].split()[2] == str(len(inside))
+        assert [int(line.split()[2]) for line in lines[1:]] == [t - 7, t - 6, t - 5, t - 2]
     finally:
         if proc.returncode is None:
             proc.send_signal(signal.SIGTERM)
