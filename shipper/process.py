@@ -1,34 +1,50 @@
-"""Per-source processing: format parser -> multiline merger -> level. No IO; the clock is passed in.
+"""Per-source processing: lines in, runs of entries out (format parser -> multiline merger -> level). No IO; the clock is passed in.
 
 Only sources that ask for it get a `Processor` (`SourceConfig.processed`: a
 non-raw `format`, `multiline`, or `detect_level`); plain sources keep the
 pipeline's fast path, where a chunk of lines goes to the accumulator as it is.
 
-Output is a list of `Entry` (a `formats.Record`): the line, its own timestamp
-when the format carries one (CRI, JSON; else None = stamped when read), the
-`stream` label the format says (CRI), extra structured metadata (JSON keys),
-and the level. Without merging or level detection, a parser's records pass
-through untouched: no per-line work here.
+Output is a list of `Run`: consecutive entries that go to the same stream
+and are stamped the same way, as columns (the lines, their own times or
+None, their structured metadata, their levels), so a chunk's entries reach
+the accumulator as a handful of lists, never an object per entry. An entry
+has a time of its own when its format carries one (CRI, JSON), or when it
+began in an earlier read (a multiline entry held open: the read time of its
+first line); else it is stamped when read. Runs break where the stream (a
+CRI file interleaves stdout and stderr) or the stamping changes; the
+pipeline cuts them further where the level routed to a label of its own
+(`level_labels`) changes.
+
+The pod template's configuration (a raw source with `multiline` and
+`detect_level`) is the common case and stays at C speed per chunk: the
+merger passes runs of record lines through as slices, levels are found for a
+whole chunk by `levels.detect_many`, and a chunk usually makes one `Run`.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import RawParser, Record, make_parser, record_new
+from shipper.formats import Metadata, RawParser, Record, make_parser, record_new
 from shipper.multiline import Merger
 
-# One log entry ready for the accumulator: a format's Record, its level filled
-# in where detection found one. (Its metadata does not hold the level: the
-# pipeline adds `level` when it encodes an entry's metadata.)
-Entry = Record
+
+class Run(NamedTuple):
+    """Consecutive entries of one stream, stamped the same way (columns, one item per entry)."""
+
+    stream: str | None  # the stream the format named (CRI); None: the source's own
+    lines: list[bytes]  # valid UTF-8, no terminator
+    times: Sequence[int] | None  # each entry's own time (epoch ns); None: stamped when read
+    metadata: Sequence[Metadata] | None  # each entry's structured metadata pairs; None: none
+    levels: Sequence[str | None] | None  # each entry's level; None: none known
 
 
 class Processor:
-    """The chain for one source; `feed`/`due`/`flush` return finished entries in order."""
+    """The chain for one source; `feed`/`due`/`flush` return finished entries as runs, in order."""
 
     def __init__(self, cfg: SourceConfig, max_line_bytes: int) -> None:
         self.parser = make_parser(cfg.format, max_bytes=max_line_bytes, metadata=cfg.json_metadata,
@@ -59,41 +75,41 @@ class Processor:
         times = [t for t in (m.next_due() for m in self._mergers.values()) if t is not None]
         return min(times) if times else None
 
-    def feed(self, lines: Sequence[bytes], now: float, wall_ns: int) -> list[Entry]:
+    def feed(self, lines: Sequence[bytes], now: float, wall_ns: int) -> list[Run]:
         """Entries completed by these lines, read at `wall_ns`."""
         if self._merge and isinstance(self.parser, RawParser):
             # Raw lines go to the merger as they are: no Record each on the way.
-            return self._merge_run(lines, [wall_ns] * len(lines), None, now, wall_ns)
-        return self._entries(self.parser.feed(lines), now, wall_ns)
+            return self._merge_run(lines, [wall_ns] * len(lines), None, now, wall_ns, split_lines=True)
+        return self._records(self.parser.feed(lines), now, wall_ns)
 
-    def due(self, now: float) -> list[Entry]:
+    def due(self, now: float) -> list[Run]:
         """Entries whose max wait has passed."""
-        out: list[Entry] = []
+        out: list[Run] = []
         for stream, merger in self._mergers.items():
             stamps: list[int] = []
-            out += self._finish(merger.due(now, stamps), stamps, stream)
+            out += self._finish(merger.due(now, stamps), stamps, stream, None)
         return out
 
-    def flush(self, now: float, wall_ns: int) -> list[Entry]:
+    def flush(self, now: float, wall_ns: int) -> list[Run]:
         """Everything held (end of input, shutdown)."""
-        out = self._entries(self.parser.flush(), now, wall_ns)
+        out = self._records(self.parser.flush(), now, wall_ns)
         for stream, merger in self._mergers.items():
             stamps: list[int] = []
-            out += self._finish(merger.flush(stamps), stamps, stream)
+            out += self._finish(merger.flush(stamps), stamps, stream, None)
         return out
 
-    def _entries(self, records: list[Record], now: float, wall_ns: int) -> list[Entry]:
+    def _records(self, records: list[Record], now: float, wall_ns: int) -> list[Run]:
         if not records:
             return []
         if not self._merge:
             # Records are entries already; only those without a level of their own may get one.
-            if not self.detect_level:
-                return records
-            detect = levels.detect
-            return [r if r.level is not None else
-                    record_new(Record, (r.line, r.ts_ns, r.stream, r.metadata, detect(r.line))) for r in records]
+            if self.detect_level:
+                detect = levels.detect
+                records = [r if r.level is not None else
+                           record_new(Record, (r.line, r.ts_ns, r.stream, r.metadata, detect(r.line))) for r in records]
+            return self._record_runs(records)
         # Merging: consecutive records of one stream go to its merger together.
-        out: list[Entry] = []
+        out: list[Run] = []
         i = 0
         while i < len(records):
             stream = records[i].stream
@@ -106,23 +122,63 @@ class Processor:
             i = j
         return out
 
+    def _record_runs(self, records: list[Record]) -> list[Run]:
+        """Records cut into runs: same stream, and all with or all without a time."""
+        out: list[Run] = []
+        n = len(records)
+        i = 0
+        while i < n:
+            first = records[i]
+            name, untimed = first.stream, first.ts_ns is None
+            j = i + 1
+            while j < n and (r := records[j]).stream == name and (r.ts_ns is None) == untimed:
+                j += 1
+            lines, times, _, metadata, entry_levels = zip(*records[i:j])  # columns of the run
+            # Columns with nothing in them are left out (C-level counts): CRI
+            # records carry no metadata, and levels only with detect_level.
+            out.append(Run(name, list(lines), None if untimed else times,
+                           None if metadata.count(()) == len(metadata) else metadata,
+                           None if entry_levels.count(None) == len(entry_levels) else entry_levels))
+            i = j
+        return out
+
     def _merge_run(self, lines: Sequence[bytes], times: list[int], stream: str | None, now: float,
-                   wall_ns: int) -> list[Entry]:
-        """Entries that lines of one stream (each with its time) complete in its merger."""
+                   wall_ns: int, split_lines: bool = False) -> list[Run]:
+        """Entries that lines of one stream (each with its time) complete in its merger.
+
+        `split_lines`: the lines are a LineSplitter's (none holds a newline; a
+        parser's record, a JSON event, may).
+        """
         merger = self._mergers.get(stream)
         if merger is None:
             merger = self._mergers[stream] = Merger(*self._merger_args)
         stamps: list[int] = []
-        return self._finish(merger.feed(lines, now, times, stamps), stamps, stream, wall_ns)
+        joined = merger.merged_entries
+        merged = merger.feed(lines, now, times, stamps)
+        return self._finish(merged, stamps, stream, wall_ns,
+                            single_lines=split_lines and merger.merged_entries == joined)
 
     def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None,
-                wall_ns: int | None = None) -> list[Entry]:
-        # An entry's time is its first line's (read time, or the CRI time).
-        # One read in this very call needs no time of its own (None): the
-        # accumulator's fast path stamps a whole run at once.
-        if self.detect_level:
-            detect = levels.detect
-            return [record_new(Record, (line, None if ts == wall_ns else ts, stream, (), detect(line)))
-                    for line, ts in zip(merged, stamps)]
-        return [record_new(Record, (line, None if ts == wall_ns else ts, stream, (), None))
-                for line, ts in zip(merged, stamps)]
+                wall_ns: int | None, single_lines: bool = False) -> list[Run]:
+        """Runs of merged entries. An entry's time is its first line's (read time, or the CRI time);
+        one read in this very call (`wall_ns`) needs no time of its own: the accumulator stamps
+        those as a block, in one C-level pass."""
+        if not merged:
+            return []
+        found = levels.detect_many(merged, single_lines) if self.detect_level else None
+        if wall_ns is not None and stamps.count(wall_ns) == len(merged):
+            return [Run(stream, merged, None, None, found)]  # the common case: one run
+        # An entry held open from an earlier read (usually the first) keeps its
+        # first line's time: runs where the stamping changes.
+        out: list[Run] = []
+        n = len(merged)
+        i = 0
+        while i < n:
+            untimed = stamps[i] == wall_ns
+            j = i + 1
+            while j < n and (stamps[j] == wall_ns) == untimed:
+                j += 1
+            out.append(Run(stream, merged[i:j], None if untimed else stamps[i:j], None,
+                           found[i:j] if found is not None else None))
+            i = j
+        return out

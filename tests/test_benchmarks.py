@@ -96,7 +96,7 @@ def test_inprocess_runs_every_content_through_the_real_path() -> None:
         [sys.executable, "-m", "benchmarks.inprocess", "--lines", "2000"],
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
-    assert [line.split()[0] for line in done.stdout.splitlines()] == ["airflow2", "cri", "json", "multiline"]
+    assert [line.split()[0] for line in done.stdout.splitlines()] == ["airflow2", "cri", "json", "multiline", "airflow3"]
     assert all(line.endswith(" us/line") for line in done.stdout.splitlines())
 
 

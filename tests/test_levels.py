@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from shipper.levels import HEAD, detect, normalize
+from shipper.levels import HEAD, detect, detect_many, normalize
 
 LEVELS = {None, "trace", "debug", "info", "warning", "error", "critical"}
 
@@ -133,3 +133,43 @@ def test_detect_any_bytes(line: bytes) -> None:
                                  b"\x1b[31m", b"m", b":", b'"level":"warn"']), max_size=30))
 def test_detect_fragments(parts: list[bytes]) -> None:
     assert detect(b"".join(parts)) in LEVELS
+
+
+# detect_many: lines of the two chunk forms and every way they can go wrong
+# (no form, a word that is no level, a second form later in the line, the
+# form past the head, JSON in another spelling, mixed JSON and text).
+_CHUNK_LINES = [
+    b"[2026-11-25T10:00:00.123+0000] {python.py:201} INFO - Fetched 512 rows",
+    b"[2026-11-25T10:00:00.123+0000] {http.py:173} WARNING - Retrying } ERROR - x",
+    b"[2026-11-25T10:00:00.123+0000] {x.py:1} NOTICE - not a level, then [ERROR] is",
+    b"[2026-11-25T10:00:00.123+0000] {x.py:1} info - lower case",
+    b"plain print() output",
+    b"ERROR:root:basicConfig",
+    b"x" * (HEAD - 5) + b"} ERROR - past the head",
+    b"x" * 300 + b" [ERROR] a long line with its level past the head",
+    b"[2026-11-25T10:00:00.123+0000] {x.py:1} ERROR - " + b"y" * 300,
+    b"",
+    b'{"timestamp":"2026-11-25T10:00:00.123456Z","level":"info","event":"x"}',
+    b'{"timestamp":"2026-11-25T10:00:00.123456Z","level":"wArN","event":"x"}',
+    b'{"levelname": "ERROR", "message": "python-json-logger"}',
+    b'{"event":"no level key"}',
+    b'{"event":"} ERROR - in a JSON record","level" : "debug"}',
+    b'{"level":"x", "then": {"level": "error"}}',
+]
+
+
+@given(st.lists(st.sampled_from(_CHUNK_LINES), max_size=40))
+def test_detect_many_is_detect_of_each_line(lines: list[bytes]) -> None:
+    assert detect_many(lines, single_lines=True) == [detect(line) for line in lines]
+
+
+@given(st.lists(st.sampled_from(_CHUNK_LINES[:2] + _CHUNK_LINES[10:11]), min_size=2, max_size=40))
+def test_detect_many_of_uniform_chunks(lines: list[bytes]) -> None:
+    """The chunk forms' own cases: every line Airflow 2, or every line a JSON record."""
+    assert detect_many(lines, single_lines=True) == [detect(line) for line in lines]
+
+
+def test_detect_many_of_merged_entries_is_detect_of_each() -> None:
+    entries = [b"[2026-11-25T10:00:00.123+0000] {x.py:1} ERROR - failed\nTraceback (most recent call last):",
+               b"[2026-11-25T10:00:00.123+0000] {x.py:1} INFO - ok"]
+    assert detect_many(entries) == ["error", "info"]

@@ -297,12 +297,12 @@ def processed(chunks: list[bytes]) -> list[tuple[bytes, str | None]]:
     from shipper.process import Processor
     processor = Processor(SourceConfig("/x", "stdout", multiline=True, detect_level=True), 262_144)
     splitter = LineSplitter(262_144)
-    entries = []
+    runs = []
     for chunk in chunks:
-        entries += processor.feed(splitter.feed(chunk), 1.0, 5)
-    entries += processor.feed(splitter.flush(), 1.0, 5) + processor.flush(1.0, 5)
+        runs += processor.feed(splitter.feed(chunk), 1.0, 5)
+    runs += processor.feed(splitter.flush(), 1.0, 5) + processor.flush(1.0, 5)
     assert processor.pending == 0
-    return [(e.line, e.level) for e in entries]
+    return [(line, level) for run in runs for line, level in zip(run.lines, run.levels or [None] * len(run.lines))]
 
 
 @pytest.mark.parametrize("name", FORMATS)
