@@ -27,6 +27,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         run = w["runs"].get(shipper)
         for c in run["checks"] if run else []:
             out.append(f"| {w['name']} | {c['target']} | {c['measured']} | {'pass' if c['ok'] else '**FAIL**'} |")
+    peers = [t["name"] for t in results["targets"] if t.get("peer", t["name"] != shipper)]
+    if peers:
+        out += ["", *peer_table(results, shipper, peers)]
     for peer in names[1:]:
         out += ["", f"### Ratios {shipper} / {peer} (same run)", "",
                 "| workload | CPU millicores | lines per CPU-s | peak RSS | p99 latency |", "|---|---|---|---|---|"]
@@ -38,6 +41,59 @@ def render_markdown(results: dict[str, Any]) -> str:
                        f"{_ratio(_lines_per_cpu_s(a), _lines_per_cpu_s(b))} | "
                        f"{_ratio(a['peak_rss_mib'], b['peak_rss_mib'])} | {_ratio(_p99(a), _p99(b))} |")
     return "\n".join(out) + "\n"
+
+
+def peer_table(results: dict[str, Any], shipper: str, peers: list[str]) -> list[str]:
+    """Per workload: CPU millicores and peak RSS of the shipper and of each peer, and peer / shipper.
+
+    A workload a peer does not run says why in its cells; a peer run that failed, or lost or
+    duplicated entries, says so instead of a figure. The last column is what each peer did.
+    """
+    head = ["workload", f"{shipper} millicores", f"{shipper} peak RSS MiB"]
+    for peer in peers:
+        head += [f"{peer} millicores", f"{peer} peak RSS MiB"]
+    for peer in peers:
+        head += [f"CPU {peer} / {shipper}", f"RSS {peer} / {shipper}"]
+    head.append("what each peer did")
+    rows = [f"### Peers side by side (same run, minutes apart; ratios peer / {shipper})", "",
+            "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for w in results["workloads"]:
+        a = w["runs"].get(shipper)
+        if a is None:
+            continue
+        cells = [w["name"], *_figures(a)]
+        ratios: list[str] = []
+        did: list[str] = []
+        for peer in peers:
+            b = w["runs"].get(peer)
+            reason = w.get("not_run", {}).get(peer)
+            if b is None:
+                why = f"n/a: {reason}" if reason else "n/a: not run"
+                cells += [why, "n/a"]
+                ratios += ["n/a", "n/a"]
+                continue
+            cells += _figures(b)
+            ok = _usable(a) and _usable(b)
+            ratios += [_ratio(_millicores(b), _millicores(a)) if ok else "-",
+                       _ratio(b["peak_rss_mib"], a["peak_rss_mib"]) if ok else "-"]
+            if b.get("processing"):
+                did.append(f"{peer}: {b['processing']}")
+        rows.append("| " + " | ".join([*cells, *ratios, "; ".join(did) or "-"]) + " |")
+    return rows
+
+
+def _usable(r: dict[str, Any]) -> bool:
+    """A run whose figures mean something: it completed and delivered every entry once."""
+    return "error" not in r and all(c["ok"] for c in r["checks"] if c["what"] == "delivery")
+
+
+def _figures(r: dict[str, Any]) -> list[str]:
+    """[millicores, peak RSS MiB] of a run, or why there are none."""
+    if "error" in r:
+        return ["error: " + r["error"].replace("|", "/"), "-"]
+    failed = [c["measured"] for c in r["checks"] if c["what"] == "delivery" and not c["ok"]]
+    suffix = f" (**delivery FAIL**: {', '.join(failed)})" if failed else ""
+    return [_fmt(_millicores(r), ".2f") + suffix, f"{r['peak_rss_mib']:.1f}"]
 
 
 def _measurements(results: dict[str, Any], target: str) -> list[str]:

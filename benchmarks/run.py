@@ -1,9 +1,13 @@
 """Benchmark the shipper (and optionally a peer) against a Loki-compatible receiver.
 
     python -m benchmarks.run [--workloads NAME,...] [--quick] [--python PATH] [--uvloop]
-                             [--peer 'COMMAND TEMPLATE' [--peer-config FILE]]
+                             [--peer | --peer 'COMMAND TEMPLATE' [--peer-config FILE]]
 
-For each workload and each target (the shipper, then the peer if any), in a
+``--peer`` alone runs the built-in peers, Promtail 2.7.7 and Fluent Bit 4.2.8
+from the servers folder (benchmarks/peers), with the processing equivalent
+to the shipper's for each workload's content, and writes a ratio table.
+
+For each workload and each target (the shipper, then the peers if any), in a
 fresh directory: start ``tests/loki_receiver.py`` in its own process, start
 the target, wait until its CPU settles (startup), then write the workload
 with ``benchmarks/writer.py`` in another process (for ``exec`` workloads, the
@@ -30,7 +34,7 @@ import sys
 import tempfile
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +42,7 @@ from typing import Any
 from benchmarks.lines import CONTENTS, LINE_BYTES, make_lines
 from benchmarks.procstat import MIB, ProcessMonitor, Sample
 from benchmarks.checks import checks
+from benchmarks.peers import DEFAULT_SERVERS_DIRS, PEERS, TEMPLATE_DEFAULTS, Peer, PeersNotFound, find_binary, render
 from benchmarks.workloads import SOURCE_KEYS, Workload, build_workloads
 from benchmarks.report import render_markdown
 
@@ -46,6 +51,7 @@ REPO = HERE.parent
 BATCH_WAIT = 0.5  # the production default; the latency target assumes it
 POLL = 0.1  # seconds between /proc samples and arrival-file reads
 STALL = 15.0  # seconds without a new line arriving after which a run stops waiting for the rest
+BUILTIN_PEERS = "builtin"  # --peer without a template
 UVLOOP_LAUNCHER = ("import asyncio, sys, uvloop; asyncio.set_event_loop_policy(uvloop.EventLoopPolicy()); "
                    "from shipper.cli import main; sys.exit(main())")
 
@@ -62,6 +68,35 @@ class Target:
     sources: frozenset[str] = frozenset({"fifo", "file"})  # workload sources it can read
     contents: frozenset[str] = frozenset({"airflow2"})  # workload contents it can parse (benchmarks.lines)
     env: dict[str, str] = field(default_factory=dict)
+    config_suffix: str = ".conf"  # of the rendered config file (Fluent Bit picks its format by it)
+    # By content: placeholder values of its processing (a built-in peer's), and what it does.
+    content_values: dict[str, dict[str, str]] = field(default_factory=dict)
+    processing: dict[str, str] = field(default_factory=dict)
+    not_run: dict[str, str] = field(default_factory=dict)  # by workload source: why it cannot run it
+    shipper: bool = False  # the shipper under test (its checks are the targets; the rest are peers)
+
+    def not_run_reason(self, wl: Workload) -> str | None:
+        """Why this target does not run `wl`, or None if it does."""
+        if wl.source not in self.sources:
+            return self.not_run.get(wl.source) or f"reads no {wl.source} source (--peer-sources)"
+        if wl.content not in self.contents:
+            return f"no processing for {wl.content} content in its template"
+        return None
+
+
+def peer_target(peer: Peer, binary: str) -> Target:
+    """A built-in peer (benchmarks/peers) run from `binary`."""
+    return Target(name=peer.name, argv=[binary, *peer.argv], config_template=peer.config_path.read_text(),
+                  sources=frozenset({"file"}), contents=frozenset(CONTENTS),
+                  config_suffix=peer.config_path.suffix,
+                  content_values={c: peer.values_for(c) for c in CONTENTS},
+                  processing={c: peer.processing_for(c).note for c in CONTENTS}, not_run=dict(peer.not_run))
+
+
+def builtin_peer_targets(env: Mapping[str, str] = os.environ,
+                         defaults: Sequence[str] = DEFAULT_SERVERS_DIRS) -> list[Target]:
+    """Promtail and Fluent Bit from the servers folder; PeersNotFound names SHIPPER_SERVERS_DIR."""
+    return [peer_target(peer, find_binary(peer.binary, env, defaults)) for peer in PEERS]
 
 
 def shipper_target(config: Path, uvloop: bool = False) -> Target:
@@ -71,14 +106,8 @@ def shipper_target(config: Path, uvloop: bool = False) -> Target:
                   argv=["{python}", *code, "--config", "{config}"],
                   config_template=config.read_text(),
                   sources=frozenset({"fifo", "file", "exec"}), contents=frozenset(CONTENTS),
-                  env={"PYTHONPATH": str(REPO)})
-
-
-def render(template: str, values: dict[str, str]) -> str:
-    """Replace the known {placeholders} only, so configs may keep their own braces."""
-    for name, value in values.items():
-        template = template.replace("{" + name + "}", value)
-    return template
+                  env={"PYTHONPATH": str(REPO)}, shipper=True,
+                  processing={c: SOURCE_KEYS[c].strip().replace("\n", "; ") or "raw lines" for c in CONTENTS})
 
 
 # What the downward API writes for a KubernetesExecutor task pod's annotations (FACTS §2).
@@ -227,15 +256,18 @@ class Run:
                   "push_port": rx.base_url.rsplit(":", 1)[1],
                   "source_path": str(self.source), "stream": "stdout", "workdir": str(self.workdir),
                   "batch_wait": str(BATCH_WAIT), "repo": str(REPO), "python": self.settings.python,
-                  "source_keys": SOURCE_KEYS[self.wl.content], "metrics_listen": "127.0.0.1:0"}
+                  "source_keys": SOURCE_KEYS[self.wl.content], "metrics_listen": "127.0.0.1:0",
+                  **TEMPLATE_DEFAULTS, **self.target.content_values.get(self.wl.content, {})}
+        if self.wl.content in self.target.processing:
+            self.result["processing"] = self.target.processing[self.wl.content]
         template = self.target.config_template
         if template is not None:
-            if SOURCE_KEYS[self.wl.content] and "{source_keys}" not in template:
+            if SOURCE_KEYS[self.wl.content] and "{source_keys}" not in template and not self.target.content_values:
                 raise RuntimeError(f"workload {self.wl.name} needs {{source_keys}} in the config template")
             if self.wl.source == "exec" and "{metrics_listen}" in template:
                 self.metrics_port = free_port()
                 values["metrics_listen"] = f"127.0.0.1:{self.metrics_port}"
-            config = self.workdir / "target.conf"
+            config = self.workdir / ("target" + self.target.config_suffix)
             config.write_text(render(template, values))
             # The downward-API file of a KubernetesExecutor task pod: as in production,
             # every entry carries the task's labels and run_id/try_number metadata.
@@ -545,7 +577,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "as Prometheus would (default 1; 0 disables)")
     p.add_argument("--uvloop", action="store_true",
                    help="also run the shipper on uvloop (needs uvloop installed for --python)")
-    p.add_argument("--peer", metavar="TEMPLATE", help="command line of another shipper, with {placeholders}")
+    p.add_argument("--peer", metavar="TEMPLATE", nargs="?", const=BUILTIN_PEERS,
+                   help="alone: also run Promtail 2.7.7 and Fluent Bit 4.2.8 from the servers folder "
+                        "($SHIPPER_SERVERS_DIR, else ../shared/servers) on the same workloads, and write "
+                        "the ratio table; with TEMPLATE: the command line of another shipper, with "
+                        "{placeholders}")
     p.add_argument("--peer-config", metavar="FILE", help="config template rendered to the peer's {config}")
     p.add_argument("--peer-name", help="name of the peer in the tables (default: its program name)")
     p.add_argument("--peer-sources", default="file", choices=("file", "fifo", "all"),
@@ -569,12 +605,18 @@ def main(argv: list[str] | None = None) -> int:
     targets = [shipper_target(Path(args.shipper_config))]
     if args.uvloop:
         targets.append(shipper_target(Path(args.shipper_config), uvloop=True))
-    if args.peer:
+    if args.peer == BUILTIN_PEERS:
+        try:
+            targets += builtin_peer_targets()
+        except PeersNotFound as e:
+            sys.exit(f"--peer: {e}")
+    elif args.peer:
         argv_template = shlex.split(args.peer)
         kinds = frozenset({"fifo", "file"}) if args.peer_sources == "all" else frozenset({args.peer_sources})
         targets.append(Target(
             name=args.peer_name or Path(argv_template[0]).name, argv=argv_template, sources=kinds,
-            config_template=Path(args.peer_config).read_text() if args.peer_config else None))
+            config_template=Path(args.peer_config).read_text() if args.peer_config else None,
+            config_suffix=Path(args.peer_config).suffix if args.peer_config else ".conf"))
 
     settings = Settings(python=args.python, scrape_interval=args.scrape_interval)
     base = Path(tempfile.mkdtemp(prefix="shipper-bench-"))
@@ -582,19 +624,22 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(args.python), "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "command": shlex.join(["python", "-m", "benchmarks.run", *(sys.argv[1:] if argv is None else argv)]),
         "batch_wait": BATCH_WAIT, "line_bytes": LINE_BYTES,
-        "targets": [{"name": t.name, "command": shlex.join(t.argv),
-                     "sources": sorted(t.sources)} for t in targets],
+        "targets": [{"name": t.name, "command": shlex.join(t.argv), "sources": sorted(t.sources),
+                     "peer": not t.shipper} for t in targets],
         "workloads": [],
     }
     for name in names:
         wl = workloads[name]
-        entry: dict[str, Any] = {"name": name, "spec": asdict(wl), "runs": {}}
+        entry: dict[str, Any] = {"name": name, "spec": asdict(wl), "runs": {}, "not_run": {}}
         for target in targets:
-            if wl.source not in target.sources or wl.content not in target.contents:
+            reason = target.not_run_reason(wl)
+            if reason is not None:
+                entry["not_run"][target.name] = reason
                 continue
             print(f"{name}: {target.name} ...", file=sys.stderr, flush=True)
             run = run_one(target, wl, settings, base)
-            run["checks"] = [asdict(c) for c in checks(wl, run)]
+            # A peer is held to delivery only: the CPU, memory and latency targets are the shipper's.
+            run["checks"] = [asdict(c) for c in checks(wl, run) if target.shipper or c.what == "delivery"]
             entry["runs"][target.name] = run
             print(f"{name}: {target.name}: {one_line(run)}", file=sys.stderr, flush=True)
         results["workloads"].append(entry)
@@ -604,8 +649,9 @@ def main(argv: list[str] | None = None) -> int:
     sys.stdout.write(markdown)
     if not args.keep:
         shutil.rmtree(base, ignore_errors=True)
+    shippers = {t.name for t in targets if t.shipper}
     shipper_checks = [c for w in results["workloads"] for t, r in w["runs"].items()
-                      if t.startswith("shipper") for c in r["checks"]]
+                      if t in shippers for c in r["checks"]]
     lost = any(not c["ok"] for c in shipper_checks if c["what"] == "delivery")
     missed = any(not c["ok"] for c in shipper_checks)
     return 1 if lost or (args.fail_on_targets and missed) else 0
