@@ -91,6 +91,9 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         # asyncio imports ssl (OpenSSL, ~4.4 MiB) even when TLS is never used;
         # hiding it makes asyncio fall back to its no-TLS code (FACTS §6).
         sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    from shipper.imports import defer_unused
+
+    defer_unused()  # subprocess, logging, concurrent.futures: loaded only if used (about 1 MiB)
     import asyncio
 
     from shipper import events, lifecycle

@@ -25,6 +25,12 @@ DEFAULT_URL = "http://loki-gateway.monitoring.svc.cluster.local:80/loki/api/v1/p
 DEFAULT_BATCH_WAIT = 0.5
 # Same as Promtail and Vector (1 MiB); far below Loki's 4 MB/s ingestion burst.
 DEFAULT_BATCH_MAX_BYTES = 1024 * 1024
+# How pushes are compressed (shipper.encoder.COMPRESSIONS says what each costs):
+# gzip over snappy framing compresses twice as well as snappy and needs no
+# native library; real snappy (python-snappy's cramjam) would take about 1.8 MiB
+# of the 20 MiB budget. Loki 2.7 and 3.x read all three.
+COMPRESSIONS = ("gzip", "snappy", "none")
+DEFAULT_COMPRESSION = "gzip"
 # Loki's default max_line_size is 256 KB; longer lines would be refused whole.
 DEFAULT_MAX_LINE_BYTES = 256 * 1024
 # Kubernetes gives the whole pod 30 s (terminationGracePeriodSeconds); the
@@ -230,6 +236,7 @@ class LokiConfig(_Table):
     bearer_token_file: CStr = ""        # Authorization: Bearer <file content>
     basic_auth_user: str = ""           # Authorization: Basic, with basic_auth_password_file
     basic_auth_password_file: CStr = ""
+    compression: Annotated[str, _OneOf(COMPRESSIONS)] = DEFAULT_COMPRESSION  # of push bodies
 
     def _check(self, prefix: str) -> None:
         parse_url(self.url, key=f"{prefix}url")

@@ -196,7 +196,7 @@ def summary_push(config: Config, ctx: Mapping[str, str], summary: Mapping[str, A
     labels = summary_labels(config, ctx)
     line = json.dumps(summary, separators=(",", ":")).encode()
     entries = encoder.encode_entries([line], wall_ns, run_metadata(config, ctx))
-    return encoder.compress(encoder.encode_push([(label_string(labels), entries)]))
+    return encoder.compress(encoder.encode_push([(label_string(labels), entries)]), config.loki.compression)
 
 
 def pushgateway_url(base: str, config: Config, ctx: Mapping[str, str]) -> str:

@@ -18,10 +18,13 @@ from __future__ import annotations
 import asyncio
 import binascii  # loaded anyway: shipper.lifecycle imports base64
 import os
+import socket
 import stat
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, TextIO
 from shipper import __version__, http1
+from shipper.encoder import content_encoding
 from shipper.config import ConfigError, LokiConfig, parse_url
 
 if TYPE_CHECKING:
@@ -214,8 +217,73 @@ class Answer:
     retry_after: str | None = None
 
 
+async def _open(host: str, port: int,
+                ssl_context: ssl.SSLContext | None) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connection to `host`: each of its addresses in the resolver's order until one answers."""
+    error: OSError | None = None
+    for family, address in await resolve(host, port):
+        try:
+            return await asyncio.open_connection(address, port, family=family, ssl=ssl_context,
+                                                 server_hostname=host if ssl_context is not None else None,
+                                                 limit=MAX_RESPONSE_BODY)
+        except OSError as e:
+            error = e
+    assert error is not None  # resolve() returns at least one address or raises
+    raise error
+
+
+async def resolve(host: str, port: int) -> list[tuple[int, str]]:
+    """(family, address) of each TCP address of `host`, in the system resolver's order.
+
+    An IP literal is its own address. A name goes to getaddrinfo() on a
+    short-lived thread of its own rather than through the loop's
+    getaddrinfo, whose default executor would load concurrent.futures and
+    logging (shipper.imports: about 0.4 MiB) for a lookup per connection.
+    socket.gaierror (an OSError) when the name does not resolve.
+    """
+    for family in (socket.AF_INET, socket.AF_INET6):
+        try:
+            socket.inet_pton(family, host)
+        except OSError:
+            continue
+        return [(family, host)]
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[list[tuple[int, str]]] = loop.create_future()
+    threading.Thread(target=_lookup, args=(loop, future, host, port), name="resolve", daemon=True).start()
+    return await future
+
+
+def _lookup(loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[tuple[int, str]]], host: str,
+            port: int) -> None:
+    """resolve()'s thread: getaddrinfo, its result (or error) handed back to the loop."""
+    result: list[tuple[int, str]] | None = None
+    error: BaseException | None = None
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        result = [(family, str(sockaddr[0])) for family, _, _, _, sockaddr in infos]
+        if not result:
+            error = socket.gaierror(socket.EAI_NONAME, f"no address for {host}")
+    except Exception as e:  # gaierror; UnicodeError of a name IDNA cannot encode
+        error = e if isinstance(e, OSError) else OSError(f"cannot resolve {host!r}: {e}")
+    try:
+        loop.call_soon_threadsafe(_settle, future, result, error)
+    except RuntimeError:  # the loop closed while we looked up (shutdown): nobody waits
+        pass
+
+
+def _settle(future: asyncio.Future[list[tuple[int, str]]], result: list[tuple[int, str]] | None,
+            error: BaseException | None) -> None:
+    if future.done():  # the push timed out and was cancelled meanwhile
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        assert result is not None
+        future.set_result(result)
+
+
 class LokiClient:
-    """Pushes snappy-compressed protobuf bodies to a Loki push URL."""
+    """Pushes protobuf bodies (shipper.encoder.compress) to a Loki push URL."""
 
     def __init__(self, url: str, tenant_id: str = "", timeout: float = 10.0, *,
                  method: bytes = b"POST", content_type: bytes = b"application/x-protobuf",
@@ -250,6 +318,12 @@ class LokiClient:
     @classmethod
     def from_config(cls, c: LokiConfig) -> LokiClient:
         """The Loki client of [loki]: reads the TLS and credential files now (ConfigError names the key)."""
+        if c.compression == "snappy":
+            import importlib.util
+
+            if importlib.util.find_spec("snappy") is None:
+                raise ConfigError('loki.compression: "snappy" needs python-snappy, which is not installed '
+                                  "(pip install 'shipper[snappy]'), or use \"gzip\" (the default) or \"none\"")
         authorization = None
         if c.bearer_token_file:
             authorization = Authorization(SecretFile("loki.bearer_token_file", c.bearer_token_file, token=True))
@@ -338,6 +412,9 @@ class LokiClient:
         reader, writer = self._reader, self._writer
         assert reader is not None and writer is not None
         headers = self._headers
+        encoding = content_encoding(body)
+        if encoding is not None:
+            headers = [*headers, (b"Content-Encoding", encoding)]
         if self._authorization is not None:
             headers = [*headers, (b"Authorization", self._authorization.value())]
         self._answered = False  # no byte of an answer to this request yet
@@ -365,8 +442,7 @@ class LokiClient:
 
             self._ssl_context = ssl.create_default_context()
         try:
-            self._reader, self._writer = await asyncio.open_connection(
-                self._host, self._port, ssl=self._ssl_context, limit=MAX_RESPONSE_BODY)
+            self._reader, self._writer = await _open(self._host, self._port, self._ssl_context)
         except OSError as e:
             if self._ssl_context is not None:
                 import ssl  # already imported: self._ssl_context is one
@@ -425,11 +501,9 @@ class ConsoleSink:
         import json
         import sys
 
-        import snappy
+        from shipper.encoder import decode_push, uncompress
 
-        from shipper.encoder import decode_push
-
-        streams = decode_push(snappy.uncompress(body))
+        streams = decode_push(uncompress(body))
         out = self._out or sys.stdout
         out.write(json.dumps({"streams": streams}, ensure_ascii=False) + "\n")
         out.flush()

@@ -99,6 +99,7 @@ class Pipeline:
         self._level_metadata: dict[str | None, bytes] = {
             level: encoder.encode_metadata([("level", level)]) for level in LEVEL_NAMES}
         self._level_metadata[None] = b""
+        self._compression = config.loki.compression
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes,
                                reject_old_samples_max_age=config.loki.reject_old_samples_max_age,
                                creation_grace_period=config.loki.creation_grace_period)
@@ -447,7 +448,7 @@ class Pipeline:
         last = len(batch.parts) - 1
         for i, (stream, chunks) in enumerate(batch.parts.items()):
             lines, line_bytes, size = batch.counts[stream]
-            body = encoder.compress(encoder.encode_push(((stream.labels, chunks),)))
+            body = encoder.compress(encoder.encode_push(((stream.labels, chunks),)), self._compression)
             self._enqueue(Sealed(body, lines, line_bytes, size, batch.marks if i == last else {}))
 
     def _enqueue(self, item: Sealed) -> None:
@@ -608,7 +609,7 @@ class Pipeline:
         items: list[Sealed] = []
         for k, group in enumerate(groups):
             last = k == len(groups) - 1
-            part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in group]))
+            part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in group]), self._compression)
             line_bytes = sum(facts[i][1] for i in group)
             here = min(counted, len(group))  # which pieces hold them is unknown: a bound
             counted -= here
@@ -618,7 +619,7 @@ class Pipeline:
         if item.spooled is not None and self.spool is not None:
             every = [i for group in groups for i in group]
             try:
-                whole = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in every]))
+                whole = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in every]), self._compression)
                 rest.spooled = self.spool.replace(item.spooled, len(every), sum(facts[i][1] for i in every),
                                                   whole)
             except OSError as e:
@@ -644,9 +645,9 @@ class Pipeline:
         (body1, lines1, bytes1), (body2, lines2, bytes2) = halves
         size1 = item.size // 2
         counted1 = min(item.counted, lines1)  # which half holds them is unknown: a bound
-        first = Sealed(encoder.compress(body1), lines1, bytes1, size1, {}, counted=counted1)
-        second = Sealed(encoder.compress(body2), lines2, bytes2, item.size - size1, item.marks, item.spooled,
-                        counted=item.counted - counted1)
+        first = Sealed(encoder.compress(body1, self._compression), lines1, bytes1, size1, {}, counted=counted1)
+        second = Sealed(encoder.compress(body2, self._compression), lines2, bytes2, item.size - size1, item.marks,
+                        item.spooled, counted=item.counted - counted1)
         self.pending.popleft()
         self.pending.appendleft(second)
         self.pending.appendleft(first)

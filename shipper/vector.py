@@ -375,8 +375,9 @@ def _loki_sink(name: str, sink: dict[str, Any], fields: dict[str, tuple[str, str
                             "(`| json` and its message field) must match the plain line instead.")
     for key in ("compression", "out_of_order_action", "remove_label_fields", "healthcheck"):
         if key in sink:
-            tr.notes.append(f"{where}.{key} is dropped: the shipper always sends snappy protobuf, with "
-                            "strictly increasing timestamps per stream and no label fields in the line.")
+            tr.notes.append(f"{where}.{key} is dropped: the shipper sends protobuf (gzip over snappy framing "
+                            "unless [loki] compression says otherwise), with strictly increasing timestamps "
+                            "per stream and no label fields in the line.")
             break
 
     labels: dict[str, str] = {}

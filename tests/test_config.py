@@ -161,7 +161,7 @@ def test_wrong_type_is_refused_naming_the_key(text: str, message: str) -> None:
 TOP_KEYS = "loki, sources, labels, sink, airflow, metrics, shutdown_timeout, max_line_bytes, buffer_max_bytes, when_full, spool_dir, spool_max_bytes, checkpoint_file, file_poll_interval, stop_file, level_labels, exec_diagnostics"
 LOKI_KEYS = ("url, tenant_id, batch_wait, batch_max_bytes, timeout, min_backoff, max_backoff, "
              "reject_old_samples_max_age, creation_grace_period, ca_file, "
-             "insecure_skip_verify, cert_file, key_file, bearer_token_file, basic_auth_user, basic_auth_password_file")
+             "insecure_skip_verify, cert_file, key_file, bearer_token_file, basic_auth_user, basic_auth_password_file, compression")
 
 
 @pytest.mark.parametrize(("text", "message"), [

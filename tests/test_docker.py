@@ -183,7 +183,7 @@ def test_requirement_pins_fall_inside_pyproject_ranges() -> None:
     for dep in deps:
         assert dep.name.lower() in pins, f"{dep.name} is a runtime dependency but not pinned for the image"
         assert dep.specifier.contains(pins[dep.name.lower()]), f"{dep.name}=={pins[dep.name.lower()]} not in {dep}"
-    # Only runtime deps and their own dependencies: python-snappy 0.7 is a wrapper around cramjam.
+    # Only runtime deps and their own dependencies (python-snappy 0.7, the snappy extra, wraps cramjam).
     assert set(pins) <= {d.name.lower() for d in deps} | {"cramjam"}
 
 

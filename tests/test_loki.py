@@ -10,6 +10,8 @@ import asyncio
 import os
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import make_config, open_fifo_writer
 from tests.loki_receiver import Action, LokiReceiver
 from tests.shipper_process import ShipperProcess
@@ -147,3 +149,29 @@ async def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_a_fai
     assert receiver.lines(stream="stdout") == ["before the idle close", "after it"]
     assert proc.logs("push failed, will retry") == []
     assert proc.summary()["retries"] == 0
+
+
+@pytest.mark.parametrize("compression, encoding", [(None, "gzip"), ("gzip", "gzip"), ("snappy", None),
+                                                   ("none", None)])
+async def test_each_compression_is_sent_with_its_content_encoding(
+        tmp_path: Path, receiver: LokiReceiver, compression: str | None, encoding: str | None) -> None:
+    """gzip (the default) is announced as Content-Encoding: gzip; snappy framing needs no header."""
+    loki = {"compression": compression} if compression else {}
+    proc = await ship(tmp_path, receiver, loki=loki)
+    assert await proc.wait() == 0
+    assert receiver.lines(stream="stdout") == LINES
+    pushes = [r for r in receiver.requests if r.status == 204]
+    assert pushes and {r.content_encoding for r in pushes} == {encoding}
+
+
+def test_snappy_without_python_snappy_is_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    from shipper.config import ConfigError, LokiConfig
+    from shipper.loki import LokiClient
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "snappy" else
+                        real_find_spec(name, *a))
+    with pytest.raises(ConfigError, match=r'loki.compression: "snappy" needs python-snappy, which is not installed'):
+        LokiClient.from_config(LokiConfig(compression="snappy"))
+    assert LokiClient.from_config(LokiConfig(compression="gzip")) is not None

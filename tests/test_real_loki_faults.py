@@ -30,6 +30,8 @@ import struct
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import launch, open_fifo_writer
 from tests.real_loki import RealLoki, free_port, loki3, real_lokis  # noqa: F401  (fixtures)
 from tests.shipper_process import ShipperProcess
@@ -298,15 +300,24 @@ async def test_answer_lost_after_loki_stored_the_push_is_deduplicated_by_loki(
 
 # --- SIGTERM during an outage with a spool, then the next run replays -------------------------------
 
+@pytest.mark.parametrize("spooled_as, replayed_as", [
+    ("gzip", "gzip"),
+    ("snappy", "gzip"),  # batches spooled as real snappy (a version before gzip), replayed by a gzip one
+    ("gzip", "none"),
+])
 async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays(
-        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess]) -> None:
+        tmp_path: Path, loki3: RealLoki, procs: list[ShipperProcess], spooled_as: str,
+        replayed_as: str) -> None:
+    """[loki] compression may change between the runs: every spooled body says how it was
+    compressed (shipper.encoder.compress), and Loki reads each as it was sent."""
     loki, run = loki3, unique()
     spool = tmp_path / "spool"
     proxy = await start_proxy(loki, listening=False)
     n = 500
     lines = numbered("line", n)
     try:
-        config = fifo_config(loki, tmp_path, run, proxy, spool_dir=str(spool), shutdown_timeout=1.0)
+        config = proxied(config_for(loki, tmp_path, run, [(tmp_path / "stdout", "stdout")], spool_dir=str(spool),
+                                    shutdown_timeout=1.0), loki, proxy, compression=spooled_as)
         first, fd = await start_on_fifo(tmp_path, procs, config)
         write_all(fd, text(lines))
         await first.wait_for_log("push failed, will retry", outcome="connection_refused")
@@ -322,6 +333,8 @@ async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays
         assert sorted(spool.glob("*.batch"))
 
         await proxy.listen()  # Loki is back
+        config = config.replace(f"compression = {spooled_as!r}", f"compression = {replayed_as!r}")
+        assert f"compression = {replayed_as!r}" in config
         second = await launch(procs, config)
         assert (await second.wait_for_log("replaying batches spooled by an earlier run"))["lines"] == n
         await wait_for_lines(loki, f'{{test_run="{run}", stream="stdout"}}', TENANT, n)
