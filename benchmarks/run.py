@@ -41,7 +41,7 @@ from typing import Any
 
 from benchmarks.lines import CONTENTS, LINE_BYTES, make_lines
 from benchmarks.procstat import MIB, ProcessMonitor, Sample
-from benchmarks.checks import checks
+from benchmarks.checks import RAW_WORKLOAD, checks, relative_checks
 from benchmarks.peers import DEFAULT_SERVERS_DIRS, PEERS, TEMPLATE_DEFAULTS, Peer, PeersNotFound, find_binary, render
 from benchmarks.workloads import SOURCE_KEYS, Workload, build_workloads
 from benchmarks.report import render_markdown
@@ -644,6 +644,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"{name}: {target.name}: {one_line(run)}", file=sys.stderr, flush=True)
         results["workloads"].append(entry)
         Path(args.out).write_text(json.dumps(results, indent=1) + "\n")  # partial results survive a crash
+    add_relative_checks(results["workloads"], workloads, {t.name for t in targets if t.shipper})
+    Path(args.out).write_text(json.dumps(results, indent=1) + "\n")
     markdown = render_markdown(results)
     Path(args.markdown).write_text(markdown)
     sys.stdout.write(markdown)
@@ -655,6 +657,19 @@ def main(argv: list[str] | None = None) -> int:
     lost = any(not c["ok"] for c in shipper_checks if c["what"] == "delivery")
     missed = any(not c["ok"] for c in shipper_checks)
     return 1 if lost or (args.fail_on_targets and missed) else 0
+
+
+def add_relative_checks(entries: list[dict[str, Any]], workloads: dict[str, Workload], shippers: set[str]) -> None:
+    """Issue 15's targets across workloads (benchmarks.checks.relative_checks), added to each shipper run."""
+    runs = {e["name"]: e["runs"] for e in entries}
+    for entry in entries:
+        for name, run in entry["runs"].items():
+            if name not in shippers:
+                continue
+            raw = runs.get(RAW_WORKLOAD, {}).get(name)
+            fluent_bit = next((r for peer, r in entry["runs"].items() if peer.startswith("fluent-bit")), None)
+            extra = relative_checks(workloads[entry["name"]], run, raw, fluent_bit)
+            run["checks"] += [asdict(c) for c in extra]
 
 
 def one_line(r: dict[str, Any]) -> str:

@@ -30,9 +30,11 @@ from __future__ import annotations
 
 import json
 import re
+from itertools import repeat
+from operator import add, getitem, mul
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.scanner import make_scanner
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol, cast
 
 from shipper import levels
 from shipper.framing import LineSplitter
@@ -347,6 +349,74 @@ class JsonParser:
     def flush(self) -> list[Record]:
         return []
 
+    def columns(self, lines: Sequence[bytes]) -> tuple[list[bytes], list[int], list[Metadata] | None,
+                                                       list[str | None]] | None:
+        """`feed(lines)` as columns (lines, times, metadata or None, levels), for a chunk whose
+        every line is a record this parser reads the common way; None for any other chunk
+        (the caller then uses `feed`, one line at a time).
+
+        The common way: a JSON object with a string time of Airflow 3's shape
+        (`2026-11-25T10:00:00.123456Z`), a string message (or keep_record), no
+        exception to render, nothing over max_bytes. Each step is one C-level
+        pass over the chunk (the scanner, dict.get, str.encode by map), so a
+        chunk costs a few Python operations, not a dozen a line.
+        """
+        if not lines:
+            return None
+        try:
+            texts = list(map(bytes.decode, lines))
+            scanned = list(map(_scan, texts, repeat(0)))
+        except (ValueError, StopIteration, RecursionError):
+            return None
+        if len(scanned) != len(texts):
+            # The scanner's StopIteration (no JSON value at all) ends map() early instead of raising.
+            return None
+        records, ends = zip(*scanned)
+        if list(ends) != list(map(len, texts)) or set(map(type, records)) != {dict}:
+            return None  # trailing text after a record, or a line that is not an object
+        get = dict.get
+        times = _airflow_times(list(map(get, records, repeat(self.time_key))))
+        if times is None:
+            return None
+        if self.keep_record:
+            out = list(lines)
+        else:
+            for key in self.exception_keys:
+                if any(map(get, records, repeat(key))):
+                    return None  # a traceback to render: the per-line path
+            events: list[Any] = list(map(get, records, repeat(self.message_key)))
+            if set(map(type, events)) != {str}:
+                return None
+            try:
+                out = list(map(str.encode, events))
+            except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+                return None
+            if self.max_bytes is not None and max(map(len, out)) > self.max_bytes:
+                return None
+        found: list[Any] = list(map(get, records, repeat(self.level_key)))
+        if set(map(type, found)) <= {str}:
+            entry_levels: list[str | None] = list(map(_LEVELS.get, found))
+            if None in entry_levels:  # another spelling ("Warn"): normalised one by one
+                entry_levels = [levels.normalize(v) for v in found]
+        else:
+            entry_levels = [levels.normalize(v) if type(v) is str else None for v in found]
+        metadata = None
+        if self._metadata:
+            # Value tuples of the metadata keys, looked up in the cache by a C-level map
+            # (it holds only all-text tuples; any other tuple misses, or is unhashable).
+            values = list(zip(*[map(get, records, repeat(key)) for key in self._keys]))
+            try:
+                cached: list[Metadata | None] = list(map(self._cache.get, values))
+            except TypeError:  # a list or object value
+                cached = [None] * len(values)
+            if None in cached:
+                keys = self._keys
+                metadata = [md if md is not None else self._metadata_of(dict(zip(keys, v)).get)
+                            for md, v in zip(cached, values)]
+            else:
+                metadata = cast("list[Metadata]", cached)
+        return out, times, metadata, entry_levels
+
     def parse(self, line: bytes) -> Record:
         """The record of one line (no state: usable on CRI messages too)."""
         # Runs once per line: json's C scanner is called directly (decode()
@@ -418,6 +488,55 @@ class JsonParser:
     def _raw(self, line: bytes) -> Record:
         self.malformed += 1
         return record_new(Record, (line, None, None, (), None))
+
+
+# Normalised levels of the spellings records use (levels.normalize's fast cases).
+_LEVELS = {name: levels.normalize(name) for name in
+           ("trace", "debug", "info", "warning", "warn", "error", "exception", "critical", "fatal",
+            "TRACE", "DEBUG", "INFO", "WARNING", "WARN", "ERROR", "EXCEPTION", "CRITICAL", "FATAL")}
+# Epoch seconds of `YYYY-MM-DDTHH:MM:SS` prefixes (as text) seen lately; bounded as _SECONDS.
+_SECONDS_TEXT: dict[str, str] = {}  # the epoch second's decimal digits
+_TIME_SHAPE = slice(19, None, 7)  # of `...:SS.ffffffZ`: the "." and the "Z"
+_FRACTION = slice(20, 26)
+_SECOND = slice(0, 19)
+
+
+def _parts(texts: list[str], part: slice) -> list[str]:
+    """`[t[part] for t in texts]`, by a C-level map."""
+    return list(map(getitem, texts, repeat(part)))
+
+
+def _airflow_times(whens: list[object]) -> list[int] | None:
+    """Epoch ns of each `YYYY-MM-DDTHH:MM:SS.ffffffZ` (Airflow 3's record time), None unless all are.
+
+    C-level passes (lengths, shape, digits by map), then one dict lookup per
+    distinct second; what parse_time would make of each, for this shape.
+    """
+    if set(map(type, whens)) != {str}:
+        return None
+    texts: list[str] = whens  # type: ignore[assignment]  # all str, checked above
+    if set(map(len, texts)) != {27} or set(_parts(texts, _TIME_SHAPE)) != {".Z"}:
+        return None
+    fractions = _parts(texts, _FRACTION)
+    if not all(map(str.isdigit, fractions)) or not all(map(str.isascii, fractions)):
+        return None
+    heads = _parts(texts, _SECOND)
+    cache = _SECONDS_TEXT
+    seconds: dict[str, str] = {}  # this chunk's, so a full cache cleared meanwhile loses none
+    for head in set(heads):
+        digits = cache.get(head)
+        if digits is None:
+            second = _epoch_second(head.encode()) if head.isascii() else None
+            if second is None:
+                return None
+            digits = str(second)
+            if len(cache) >= _SECONDS_MAX:
+                cache.clear()
+            cache[head] = digits
+        seconds[head] = digits
+    # The epoch second's digits, the fraction's, and three zeros, read as one int:
+    # one parse a record (cheaper than two ints, a product and a sum of big ints).
+    return list(map(int, map(add, map(add, map(seconds.__getitem__, heads), fractions), repeat("000"))))
 
 
 # One JSON value at an index -> (value, end); StopIteration or ValueError if none.

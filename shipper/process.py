@@ -29,7 +29,7 @@ from typing import NamedTuple
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import Metadata, RawParser, Record, make_parser, record_new
+from shipper.formats import JsonParser, Metadata, RawParser, Record, make_parser, record_new
 from shipper.multiline import Merger
 
 
@@ -80,7 +80,20 @@ class Processor:
         if self._merge and isinstance(self.parser, RawParser):
             # Raw lines go to the merger as they are: no Record each on the way.
             return self._merge_run(lines, [wall_ns] * len(lines), None, now, wall_ns, split_lines=True)
+        if not self._merge and isinstance(self.parser, JsonParser):
+            columns = self.parser.columns(lines)  # the whole chunk at C speed, when it can
+            if columns is not None:
+                return [self._json_run(*columns)]
         return self._records(self.parser.feed(lines), now, wall_ns)
+
+    def _json_run(self, lines: list[bytes], times: list[int], metadata: list[Metadata] | None,
+                  entry_levels: list[str | None]) -> Run:
+        """The run of a chunk JsonParser.columns read whole (as _record_runs would make it)."""
+        if self.detect_level and None in entry_levels:  # records without a level of their own
+            detect = levels.detect
+            entry_levels = [level if level is not None else detect(line) for line, level in zip(lines, entry_levels)]
+        return Run(None, lines, times, None if metadata is None or metadata.count(()) == len(metadata) else metadata,
+                   None if entry_levels.count(None) == len(entry_levels) else entry_levels)
 
     def due(self, now: float) -> list[Run]:
         """Entries whose max wait has passed."""

@@ -106,3 +106,26 @@ def test_push_cost_pushes_through_the_receiver_and_prints_its_figure() -> None:
         cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=120, check=False)
     assert done.returncode == 0, done.stderr
     assert " us of CPU per push (20 pushes of 5 lines; " in done.stdout
+
+
+def test_relative_targets_of_issue_15() -> None:
+    """Processed workloads against raw lines and Fluent Bit measured in the same run (pure)."""
+    from benchmarks.checks import relative_checks
+    from benchmarks.workloads import build_workloads
+    wls = build_workloads(False, None, None)
+
+    def run(millicores: float) -> dict[str, Any]:
+        return {"window": {"millicores": millicores}}
+
+    def verdicts(name: str, mc: float, raw: float | None, fluent_bit: float | None = None) -> list[tuple[str, bool]]:
+        return [(c.measured, c.ok) for c in relative_checks(wls[name], run(mc), None if raw is None else run(raw),
+                                                            None if fluent_bit is None else run(fluent_bit))]
+
+    assert verdicts("paced-json-1000", 3.0, 2.0) == [("3.00 millicores (paced-file-1000: 2.00)", True)]
+    assert verdicts("paced-cri-1000", 3.01, 2.0) == [("3.01 millicores (paced-file-1000: 2.00)", False)]
+    assert verdicts("paced-multiline-1000", 2.5, 2.0, fluent_bit=20.0) == [
+        ("2.50 millicores (paced-file-1000: 2.00)", True), ("2.50 / 20.00 millicores = 0.12", True)]
+    assert verdicts("paced-airflow3-1000", 4.5, 3.6, fluent_bit=20.0) == [
+        ("4.50 millicores (paced-file-1000: 3.60)", True), ("4.50 / 20.00 millicores = 0.23", False)]
+    assert verdicts("paced-json-1000", 3.0, None) == [("paced-file-1000 not measured in this run", False)]
+    assert verdicts("paced-file-1000", 3.0, 3.0) == [] and verdicts("paced-exec-1000", 3.0, 3.0) == []

@@ -600,3 +600,66 @@ def test_make_parser(name: str, kind: Callable[..., Parser]) -> None:
 def test_make_parser_unknown() -> None:
     with pytest.raises(ValueError, match="unknown format"):
         make_parser("xml", max_bytes=1024)
+
+
+# --- JsonParser.columns: a whole chunk at once, exactly what feed() gives ---------------------------
+
+_JSON_PIECES = [
+    b'{"timestamp":"2026-11-25T10:00:00.123456Z","level":"info","event":"Fetched rows","logger":"task"}',
+    b'{"timestamp":"2026-11-25T10:00:01.000001Z","level":"WARNING","event":"retry","logger":"airflow.task"}',
+    b'{"timestamp":"2026-11-25T10:00:01.5Z","level":"info","event":"short fraction"}',
+    b'{"timestamp":"2026-11-25T10:00:02.123456+00:00","level":"info","event":"offset"}',
+    b'{"timestamp":"2026-02-30T10:00:02.123456Z","level":"info","event":"no such day"}',
+    b'{"timestamp":"2026-11-25T10:00:03.12345\xd9\xa3Z","level":"info","event":"arabic digit"}',
+    b'{"timestamp":"2026-11-25T10:00:04.123456Z","level":"Warn","event":"other spelling","logger":7}',
+    b'{"timestamp":"2026-11-25T10:00:05.123456Z","level":"notice","event":"no level"}',
+    b'{"timestamp":"2026-11-25T10:00:06.123456Z","event":"no level key","logger":["a"]}',
+    b'{"timestamp":"2026-11-25T10:00:07.123456Z","level":"error","event":"boom","error_detail":[{"exc_type":"E",'
+    b'"exc_value":"x","frames":[]}]}',
+    b'{"timestamp":"2026-11-25T10:00:08.123456Z","level":"info","event":{"structured":1}}',
+    b'{"timestamp":"2026-11-25T10:00:09.123456Z","level":"info","event":"\\ud800 lone surrogate"}',
+    b'{"timestamp":"2026-11-25T10:00:10.123456Z","level":"info","event":"trailing space"} ',
+    b'{"timestamp":"2026-11-25T10:00:11.123456Z","level":"info"}',
+    b'{"timestamp":1764064800,"level":"info","event":"numeric time"}',
+    b'not json at all',
+    b'[1, 2]',
+    b'{"timestamp":"2026-11-25T10:00:12.123456Z","level":"info","event":"' + b"x" * 300 + b'"}',
+]
+
+
+@settings(max_examples=300)
+@given(st.lists(st.sampled_from(_JSON_PIECES), min_size=1, max_size=12), st.booleans(), st.booleans())
+def test_json_columns_are_what_feed_gives(lines: list[bytes], keep_record: bool, with_metadata: bool) -> None:
+    def parser() -> JsonParser:
+        return JsonParser(metadata=["logger"] if with_metadata else (), keep_record=keep_record, max_bytes=256)
+    columns = parser().columns(lines)
+    records = parser().feed(lines)
+    if columns is None:
+        return  # the per-line path: feed() is the answer
+    out, times, metadata, entry_levels = columns
+    assert out == [r.line for r in records]
+    assert times == [r.ts_ns for r in records]
+    assert (metadata if metadata is not None else [()] * len(lines)) == [r.metadata for r in records]
+    assert entry_levels == [r.level for r in records]
+
+
+def test_json_columns_read_airflow_3_records_whole() -> None:
+    lines = [_JSON_PIECES[0], _JSON_PIECES[1]]
+    columns = JsonParser(metadata=["logger"]).columns(lines)
+    assert columns == ([b"Fetched rows", b"retry"], [1795600800 * NS + 123_456_000, 1795600801 * NS + 1_000],
+                       [(("logger", "task"),), (("logger", "airflow.task"),)], ["info", "warning"])
+    for other in _JSON_PIECES[2:]:  # any other shape sends the chunk down the per-line path
+        if other not in _JSON_PIECES[6:9]:  # (other levels and metadata values are the fast path's too)
+            assert JsonParser(metadata=["logger"], max_bytes=256).columns(lines + [other]) is None, other
+
+
+def test_json_columns_of_a_chunk_spanning_more_seconds_than_the_cache_holds() -> None:
+    """600 records a second apart (an old log replayed): every time read, none lost to the
+    bounded cache of seconds being cleared halfway through the chunk."""
+    start = 1795600800
+    lines = [json.dumps({"timestamp": datetime.fromtimestamp(start + i, timezone.utc).strftime(
+        "%Y-%m-%dT%H:%M:%S") + f".{i:06d}Z", "level": "info", "event": f"e{i}"}).encode() for i in range(600)]
+    columns = JsonParser().columns(lines)
+    assert columns is not None
+    assert columns[1] == [(start + i) * NS + i * 1000 for i in range(600)]
+    assert columns[1] == [r.ts_ns for r in JsonParser().feed(lines)]
