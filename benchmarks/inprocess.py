@@ -5,7 +5,7 @@
 Feeds the lines of each content (benchmarks/lines.py) through what the shipper
 does between a read and a push: line splitting, the source's processing
 (format, multiline, levels: the same [[sources]] keys as the benchmark
-workloads), the accumulator and the encoder, then snappy. No sockets, no event
+workloads), the accumulator and the encoder, then the compression ([loki] compression, gzip by default). No sockets, no event
 loop, no timers: this isolates per-line cost from wakeups and scrapes, so a
 change to a hot path can be compared before and after in seconds. The figure
 is the best of 5 runs of process CPU time divided by the lines fed; a warm

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from itertools import repeat
+from operator import add, mul
 
 _SMALL = [bytes((i,)) for i in range(128)]
 _CONT = [bytes((i | 0x80,)) for i in range(128)]  # varint byte with "more follows"
@@ -67,6 +68,85 @@ def encode_entries(lines: Sequence[bytes], first_ts: int, metadata: bytes | Sequ
     `metadata` is the encoded structured metadata of every entry, or a list
     with each entry's own (levels).
     """
+    if len(lines) > 1:
+        return _entries_by_slots(lines, first_ts, metadata)
+    return _entries_by_loop(lines, first_ts, metadata)
+
+
+# An entry as _entries_by_slots lays it out: five slots of the join.
+_SLOTS = 5
+
+
+def _entries_by_slots(lines: Sequence[bytes], first_ts: int, metadata: bytes | Sequence[bytes]) -> bytes:
+    """encode_entries, the whole chunk by C-level slice assignments (the shipper's hottest code).
+
+    An entry is `head(len) | nanos varint | line field tag and length(len) |
+    line | metadata`, where only the nanos varint's first byte changes from
+    one entry to the next: its other bytes (nanos >> 7) change every 128
+    entries, and so do the seconds (10**9 is a multiple of 128), so a group
+    of up to 128 entries shares them. The heads and length fields are built
+    once per distinct line length (and metadata length), and each slot of
+    the final join is filled for all entries at once: 433 -> 227 ns per
+    line with a task's metadata (benchmarks, timeit), half the loop's cost.
+    The first 128 ns of a second (a one-byte or omitted nanos field) take
+    the loop.
+    """
+    n = len(lines)
+    lens = list(map(len, lines))
+    if isinstance(metadata, bytes):
+        each: Iterable[bytes] = repeat(metadata, n)
+        keys = lens
+        keyed_md = len(metadata)
+    else:
+        each = metadata
+        keyed_md = -1
+        # A head's key: line length and metadata length in one int.
+        keys = list(map(add, map(mul, lens, repeat(1 << 32)), map(len, metadata)))
+    parts: list[bytes] = [b""] * (_SLOTS * n)
+    parts[3::_SLOTS] = lines
+    parts[4::_SLOTS] = each
+    tails = {length: b"\x12" + varint(length) for length in set(lens)}
+    parts[2::_SLOTS] = map(tails.__getitem__, lens)
+    sec, nanos = divmod(first_ts, _NS)
+    i = 0
+    heads_for = -1
+    heads: dict[int, bytes] = {}
+    while i < n:
+        if nanos >= _NS:
+            sec += 1
+            nanos -= _NS
+        hi = nanos >> 7
+        lo = nanos & 0x7F
+        k = min(n - i, 128 - lo)  # entries sharing nanos >> 7 (and the second)
+        end = i + k
+        start = _SLOTS * i
+        if not hi:  # the first 128 ns of a second (a one-byte or omitted nanos field): the loop's
+            parts[start:_SLOTS * end] = [_entries_by_loop(lines[i:end], sec * _NS + nanos, metadata if
+                                                          isinstance(metadata, bytes) else metadata[i:end])]
+            parts[start + 1:start + 1] = [b""] * (_SLOTS * k - 1)
+            i = end
+            nanos += k
+            continue
+        rest = varint(hi)
+        ts_len = (1 + len(varint(sec)) if sec else 0) + 2 + len(rest)
+        group_key = sec * 16 + ts_len
+        if group_key != heads_for:  # a new second or varint length: every few hundred ms at most
+            heads_for = group_key
+            sec_field = (b"\x08" + varint(sec) if sec else b"") + b"\x10"
+            heads = {}
+            for key in set(keys):
+                length, md_len = (key, keyed_md) if keyed_md >= 0 else divmod(key, 1 << 32)
+                size = 2 + ts_len + 1 + len(varint(length)) + length + md_len
+                heads[key] = b"\x12" + varint(size) + b"\x0a" + _SMALL[ts_len] + sec_field
+        parts[start:_SLOTS * end:_SLOTS] = map(heads.__getitem__, keys[i:end])
+        parts[start + 1:_SLOTS * end:_SLOTS] = map(bytes.__add__, _CONT[lo:lo + k], repeat(rest, k))
+        i = end
+        nanos += k
+    return b"".join(parts)
+
+
+def _entries_by_loop(lines: Sequence[bytes], first_ts: int, metadata: bytes | Sequence[bytes] = b"") -> bytes:
+    """encode_entries one entry at a time (a first stamp with nanos < 128, or one line)."""
     # This loop is the shipper's hottest code. The timestamp's varint is built
     # from a cached high part (nanos >> 7, which changes every 128 lines) plus
     # a low byte from a table; each entry is then one bytes %-format, its two

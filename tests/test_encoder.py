@@ -389,3 +389,18 @@ def test_property_encode_entries_each_equals_one_call_per_line(
     expected = b"".join(encode_entries([line], times[i] if times else first_ts + i, metadata[i])
                         for i, line in enumerate(lines))
     assert encode_entries_each(lines, times, first_ts, metadata) == expected
+
+
+@settings(max_examples=400)
+@given(st.lists(st.binary(max_size=300), min_size=2, max_size=400),
+       st.sampled_from([0, 1, 127, 128, 2**21 - 3, 2**28 - 200, NS - 300, NS - 1]).flatmap(
+           lambda edge: st.integers(0, 3).map(lambda sec: sec * NS + edge)) | st.integers(0, MAX_TS - 1000),
+       st.none() | st.lists(st.sampled_from([b"", b"\x1a\x02\x0a\x00", b"\x1a\x07\x0a\x01l\x12\x02ok"]),
+                            min_size=400, max_size=400))
+def test_property_the_slots_encoder_is_the_loop(lines: list[bytes], first_ts: int, each: list[bytes] | None) -> None:
+    """encode_entries's chunk path (slice assignments per group of 128 stamps) gives the loop's bytes
+    exactly: across nanos varint lengths (2**21, 2**28), second boundaries, and the first 128 ns of
+    a second (omitted or one-byte nanos), with one metadata for all or one each."""
+    from shipper.encoder import _entries_by_loop, _entries_by_slots
+    metadata: bytes | list[bytes] = b"\x1a\x05\x0a\x01r\x12\x00" if each is None else each[:len(lines)]
+    assert _entries_by_slots(lines, first_ts, metadata) == _entries_by_loop(lines, first_ts, metadata)
