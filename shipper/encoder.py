@@ -294,6 +294,30 @@ def compress(body: bytes, method: str = "gzip") -> bytes:
     raise ValueError(f"unknown compression {method!r}: use gzip, snappy or none")
 
 
+def compress_push(streams: Iterable[tuple[str, bytes | Sequence[bytes]]], method: str = "gzip") -> bytes:
+    """`compress(encode_push(streams), method)`, and for gzip without the uncompressed body.
+
+    gzip is fed the snappy frame's head, each stream's head and its entry
+    chunks one by one, so the PushRequest is never assembled: a 1 MiB batch
+    no longer holds the body and its snappy frame (two more copies of it)
+    beside the chunks while it is compressed.
+    """
+    if method != "gzip":
+        return compress(encode_push(streams), method)
+    import zlib
+
+    pieces: list[bytes] = []
+    for labels, entries in streams:
+        chunks = (entries,) if isinstance(entries, bytes) else entries
+        label_field = _field(b"\x0a", labels.encode())
+        pieces += (b"\x0a" + varint(len(label_field) + sum(map(len, chunks))) + label_field, *chunks)
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+    out = [gz.compress(_frame_head(sum(map(len, pieces))))]
+    out += map(gz.compress, pieces)
+    out.append(gz.flush())
+    return b"".join(out)
+
+
 def content_encoding(body: bytes) -> bytes | None:
     """The Content-Encoding header a body from `compress` is sent with (None: none)."""
     return b"gzip" if body[:2] == GZIP_MAGIC else None
@@ -305,16 +329,18 @@ def snappy_frame(body: bytes) -> bytes:
     Valid snappy that every decoder reads (Loki's golang/snappy, python-snappy),
     at the cost of one copy: gzip does the compressing (or nothing does).
     """
-    n = len(body)
+    return _frame_head(len(body)) + body
+
+
+def _frame_head(n: int) -> bytes:
+    """The bytes before an `n`-byte body in snappy_frame: its length, and the literal's tag."""
     if n == 0:
         return b"\x00"
     m = n - 1
     if m < 60:
-        tag = bytes((m << 2,))
-    else:
-        size = (m.bit_length() + 7) // 8  # 1-4 bytes of length - 1, little-endian, tag 60-63
-        tag = bytes(((59 + size) << 2,)) + m.to_bytes(size, "little")
-    return varint(n) + tag + body
+        return varint(n) + bytes((m << 2,))
+    size = (m.bit_length() + 7) // 8  # 1-4 bytes of length - 1, little-endian, tag 60-63
+    return varint(n) + bytes(((59 + size) << 2,)) + m.to_bytes(size, "little")
 
 
 def uncompress(body: bytes) -> bytes:

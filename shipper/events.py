@@ -26,6 +26,11 @@ DROP_REASONS = (
 )
 
 
+# Why a multiline entry was closed before the line that continues it
+# (shipper.multiline.Merger): that line begins an entry of its own.
+MULTILINE_SPLIT_REASONS = ("max_lines", "max_bytes", "max_wait")
+
+
 # Why an entry's own time was replaced by its read time (shipper.batch.Stream):
 # Loki would refuse it as older than reject_old_samples_max_age, or as later
 # than now + creation_grace_period.
@@ -67,6 +72,13 @@ class Counters:
         self.lines_split = 0        # cuts of lines longer than max_line_bytes
         self.lines_invalid_utf8 = 0  # lines whose invalid UTF-8 was replaced
         self.lines_merged = 0       # continuation lines merged into an earlier entry (multiline)
+        # Lines a format could not read (not CRI, not a JSON record with its keys),
+        # shipped as they came, by format.
+        self.records_malformed: dict[str, int] = {"cri": 0, "json": 0}
+        self.cri_lines_joined = 0   # lines made of CRI `P` chunks (each one entry)
+        self.json_kept_whole = 0    # JSON records shipped whole: their event line outgrew max_line_bytes
+        # Continuation lines that began an entry of their own, by the bound that closed the one they continued.
+        self.multiline_splits: dict[str, int] = dict.fromkeys(MULTILINE_SPLIT_REASONS, 0)
         # Entries whose own time (CRI, JSON) Loki would refuse, stamped with their
         # read time instead (shipper.batch.Stream), by reason; every reason at 0.
         self.timestamps_replaced: dict[str, int] = dict.fromkeys(TIMESTAMP_REASONS, 0)
@@ -174,6 +186,33 @@ def lines_cleaned(source: str, split: int, invalid_utf8: int) -> None:
 def lines_merged(source: str, n: int) -> None:
     """Continuation lines (a traceback's) that became part of an earlier entry."""
     COUNTERS.lines_merged += n
+
+
+def records_malformed(source: str, fmt: str, n: int) -> None:
+    """`n` lines of `source` that its `format` could not read, shipped as they came."""
+    COUNTERS.records_malformed[fmt] = COUNTERS.records_malformed.get(fmt, 0) + n
+    log("info", "lines the source's format could not read, shipped as they came", source=source,
+        format=fmt, lines=n)
+
+
+def cri_lines_joined(source: str, n: int) -> None:
+    """`n` lines of a CRI source were made of `P` chunks joined up to their `F`."""
+    COUNTERS.cri_lines_joined += n
+
+
+def json_kept_whole(source: str, n: int) -> None:
+    """`n` JSON records were shipped whole: their event (with its traceback) outgrew max_line_bytes."""
+    COUNTERS.json_kept_whole += n
+    log("info", "JSON records shipped whole: their event line is longer than max_line_bytes", source=source,
+        records=n)
+
+
+def multiline_split(source: str, reason: str, n: int) -> None:
+    """`n` continuation lines began an entry of their own: the entry they continued was
+    closed by a bound (`reason`, one of MULTILINE_SPLIT_REASONS)."""
+    COUNTERS.multiline_splits[reason] += n
+    log("info", "multiline entry closed by a bound: the lines after it begin the next entry", source=source,
+        reason=reason, lines=n)
 
 
 def timestamps_replaced(stream: str, n: int, reason: str) -> None:

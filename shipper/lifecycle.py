@@ -567,6 +567,7 @@ def _summary(code: int, reason: str, seconds: float) -> dict[str, Any]:
         "exec_pipes_cut": c.exec_pipes_cut,
         "lines_split": c.lines_split, "lines_invalid_utf8": c.lines_invalid_utf8,
         "lines_merged": c.lines_merged,
+        "records_malformed": dict(c.records_malformed), "multiline_splits": dict(c.multiline_splits),
         "timestamps_replaced": dict(c.timestamps_replaced),
         "version": __version__,
     }

@@ -105,6 +105,16 @@ def render(c: Counters, gauges: Mapping[str, float], process: ProcessSample | No
         "Lines whose invalid UTF-8 was replaced with U+FFFD.", c.lines_invalid_utf8)
     one("shipper_lines_merged_total", "counter",
         "Continuation lines merged into an earlier entry (multiline).", c.lines_merged)
+    family("shipper_records_malformed_total", "counter",
+           "Lines a source's format (cri, json) could not read, shipped as they came, by format.",
+           [({"format": k}, v) for k, v in sorted(c.records_malformed.items())])
+    one("shipper_cri_lines_joined_total", "counter", "Lines made of CRI P chunks joined up to their F.",
+        c.cri_lines_joined)
+    one("shipper_json_kept_whole_total", "counter",
+        "JSON records shipped whole because their event line outgrew max_line_bytes.", c.json_kept_whole)
+    family("shipper_multiline_splits_total", "counter",
+           "Continuation lines that began an entry of their own, by the bound that closed the entry they continued.",
+           [({"reason": k}, v) for k, v in c.multiline_splits.items()])
     family("shipper_timestamps_replaced_total", "counter",
            "Entries whose own time Loki would refuse, stamped with their read time instead, by reason.",
            [({"reason": k}, v) for k, v in c.timestamps_replaced.items()])

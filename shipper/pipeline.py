@@ -286,9 +286,9 @@ class Pipeline:
         """Processed entries (shipper.process runs) to the accumulator, a run at a time."""
         proc = source.processor
         assert proc is not None
-        merged = proc.take_merged()
-        if merged:
-            events.lines_merged(source.path, merged)
+        counts = proc.take_counts()
+        if counts:
+            _report(source.path, proc.format, counts)
         # The file position is only exact once the processor holds nothing back.
         mark = source.held_mark if proc.pending == 0 else None
         if mark is not None:
@@ -448,7 +448,7 @@ class Pipeline:
         last = len(batch.parts) - 1
         for i, (stream, chunks) in enumerate(batch.parts.items()):
             lines, line_bytes, size = batch.counts[stream]
-            body = encoder.compress(encoder.encode_push(((stream.labels, chunks),)), self._compression)
+            body = encoder.compress_push(((stream.labels, chunks),), self._compression)
             self._enqueue(Sealed(body, lines, line_bytes, size, batch.marks if i == last else {}))
 
     def _enqueue(self, item: Sealed) -> None:
@@ -681,6 +681,23 @@ class Pipeline:
         self.pending_bytes -= item.size
         if item.spooled is not None and self.spool is not None:
             self.spool.remove(item.spooled)
+
+
+def _report(path: str, fmt: str, counts: dict[str, int]) -> None:
+    """A processor's new counts (Processor.take_counts) as their named events."""
+    if "merged" in counts:
+        events.lines_merged(path, counts["merged"])
+    for reason in events.MULTILINE_SPLIT_REASONS:
+        if f"split_{reason}" in counts:
+            events.multiline_split(path, reason, counts[f"split_{reason}"])
+    if "malformed" in counts:
+        events.records_malformed(path, fmt, counts["malformed"])
+    if "joined" in counts:
+        events.cri_lines_joined(path, counts["joined"])
+    if "cut" in counts or "invalid_utf8" in counts:
+        events.lines_cleaned(path, counts.get("cut", 0), counts.get("invalid_utf8", 0))
+    if "kept_whole" in counts:
+        events.json_kept_whole(path, counts["kept_whole"])
 
 
 def _entry_facts(body: bytes) -> list[tuple[int, int, int]] | None:

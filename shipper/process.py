@@ -49,6 +49,7 @@ class Processor:
     def __init__(self, cfg: SourceConfig, max_line_bytes: int) -> None:
         self.parser = make_parser(cfg.format, max_bytes=max_line_bytes, metadata=cfg.json_metadata,
                                   keep_record=cfg.json_keep_record, exception_keys=cfg.json_exception_keys)
+        self.format = cfg.format
         self.detect_level = cfg.detect_level
         self._merge = cfg.multiline
         # No multiline_start: the merger's grammar per format (None); a custom one: Promtail's firstline rule.
@@ -56,12 +57,27 @@ class Processor:
         self._merger_args = (start, cfg.multiline_max_lines, cfg.multiline_max_wait, max_line_bytes)
         # One merger per stream: a CRI file interleaves stdout and stderr.
         self._mergers: dict[str | None, Merger] = {}
-        self._merged_seen = 0
+        self._seen: dict[str, int] = {}  # take_counts's totals at its last call
 
-    def take_merged(self) -> int:
-        """Continuation lines merged into an earlier entry since the last call (telemetry)."""
-        total = sum(m.merged_lines for m in self._mergers.values())
-        new, self._merged_seen = total - self._merged_seen, total
+    def take_counts(self) -> dict[str, int]:
+        """What the parser and mergers counted since the last call (telemetry), by name:
+        the one way the pipeline reads them (COUNT_NAMES; zero counts left out)."""
+        p = self.parser
+        mergers = self._mergers.values()
+        totals = {
+            "merged": sum(m.merged_lines for m in mergers),
+            "split_max_lines": sum(m.split_max_lines for m in mergers),
+            "split_max_bytes": sum(m.split_max_bytes for m in mergers),
+            "split_max_wait": sum(m.split_max_wait for m in mergers),
+            "malformed": p.malformed,
+            "joined": getattr(p, "joined_lines", 0),
+            "cut": getattr(p, "cut_lines", 0),
+            "invalid_utf8": getattr(p, "invalid_utf8_lines", 0),
+            "kept_whole": getattr(p, "kept_whole", 0),
+        }
+        seen = self._seen
+        new = {name: total - seen.get(name, 0) for name, total in totals.items() if total != seen.get(name, 0)}
+        self._seen = totals
         return new
 
     @property

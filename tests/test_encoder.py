@@ -404,3 +404,15 @@ def test_property_the_slots_encoder_is_the_loop(lines: list[bytes], first_ts: in
     from shipper.encoder import _entries_by_loop, _entries_by_slots
     metadata: bytes | list[bytes] = b"\x1a\x05\x0a\x01r\x12\x00" if each is None else each[:len(lines)]
     assert _entries_by_slots(lines, first_ts, metadata) == _entries_by_loop(lines, first_ts, metadata)
+
+
+@pytest.mark.parametrize("method", ["gzip", "snappy", "none"])
+def test_compress_push_is_compress_of_the_body(method: str) -> None:
+    """The streaming form (gzip fed piece by piece) reads back as the assembled body."""
+    from shipper.encoder import compress_push
+    streams = [('{a="1"}', [encode_entries([b"x" * n for n in range(90)], 5 * NS + 500), b""]),
+               ('{b="2"}', encode_entries([b"y"], 7))]
+    body = encode_push(streams)
+    assert uncompress(compress_push(streams, method)) == body
+    assert content_encoding(compress_push(streams, method)) == (b"gzip" if method == "gzip" else None)
+    assert uncompress(compress_push([], method)) == b""

@@ -52,6 +52,10 @@ def hand_built() -> Counters:
     c.lines_split = 2
     c.lines_invalid_utf8 = 1
     c.lines_merged = 7
+    c.records_malformed["json"] = 5
+    c.cri_lines_joined = 8
+    c.json_kept_whole = 1
+    c.multiline_splits["max_wait"] = 2
     c.timestamps_replaced["too_new"] = 4
     c.lines_sent = 110
     c.bytes_sent = 4500
@@ -87,6 +91,12 @@ def test_every_family_renders_exactly() -> None:
         ("shipper_lines_split_total", ()): 2,
         ("shipper_lines_invalid_utf8_total", ()): 1,
         ("shipper_lines_merged_total", ()): 7,
+        ("shipper_records_malformed_total", L(format="cri")): 0,
+        ("shipper_records_malformed_total", L(format="json")): 5,
+        ("shipper_cri_lines_joined_total", ()): 8,
+        ("shipper_json_kept_whole_total", ()): 1,
+        **{("shipper_multiline_splits_total", L(reason=r)): 0 for r in events.MULTILINE_SPLIT_REASONS},
+        ("shipper_multiline_splits_total", L(reason="max_wait")): 2,
         **{("shipper_timestamps_replaced_total", L(reason=r)): 0 for r in events.TIMESTAMP_REASONS},
         ("shipper_timestamps_replaced_total", L(reason="too_new")): 4,
         ("shipper_lines_sent_total", ()): 110,
@@ -135,6 +145,8 @@ def test_every_family_renders_exactly() -> None:
         "shipper_source_bytes_read": "counter",
         "shipper_lines_split": "counter",
         "shipper_lines_invalid_utf8": "counter", "shipper_lines_merged": "counter",
+        "shipper_records_malformed": "counter", "shipper_cri_lines_joined": "counter",
+        "shipper_json_kept_whole": "counter", "shipper_multiline_splits": "counter",
         "shipper_timestamps_replaced": "counter",
         "shipper_lines_sent": "counter",
         "shipper_bytes_sent": "counter",

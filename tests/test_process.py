@@ -357,3 +357,28 @@ Traceback (most recent call last):
   File "/opt/airflow/dags/etl.py", line 9, in load
 RuntimeError: failed"""
     assert dict(entry.metadata)["level"] == "error"
+
+
+async def test_what_a_format_could_not_read_and_a_bound_cut_is_counted(tmp_path: Path, receiver: LokiReceiver) -> None:
+    """The parsers' and the merger's own counts reach the exit summary (and /metrics) by
+    named events: malformed JSON lines by format, continuation lines a bound split off."""
+    good = json.dumps({"timestamp": "2026-11-24T10:00:00.000001Z", "level": "info", "event": "ok"})
+    lines = [good, "not json", good, '{"event": "no timestamp"}', good]
+    proc = await run_fifo(tmp_path / "json", receiver, ("\n".join(lines) + "\n").encode(), format="json")
+    assert [e.line for e in receiver.entries(stream="stdout")] == ["ok", "not json", "ok", '{"event": "no timestamp"}',
+                                                                 "ok"]
+    summary = proc.summary()
+    assert summary["records_malformed"] == {"cri": 0, "json": 2}
+    assert summary["multiline_splits"] == {"max_lines": 0, "max_bytes": 0, "max_wait": 0}
+    assert [r["lines"] for r in proc.logs("lines the source's format could not read, shipped as they came")] == [2]
+
+
+async def test_continuation_lines_a_bound_split_off_are_counted(tmp_path: Path, receiver: LokiReceiver) -> None:
+    proc = await run_fifo(tmp_path, receiver, output_of(TASK_OUTPUT, newline_at_end=True), multiline=True,
+                          multiline_max_lines=2)
+    # The 5-line record of the ERROR and its traceback: 2 lines, 2, then 1 (the two later
+    # pieces each begin with a continuation line: the 2 splits); the WARNING takes the print.
+    assert [e.line for e in receiver.entries(stream="stdout")] == [
+        TASK_OUTPUT[0], "\n".join(TASK_OUTPUT[1:3]), "\n".join(TASK_OUTPUT[3:5]), TASK_OUTPUT[5],
+        "\n".join(TASK_OUTPUT[6:8])]
+    assert proc.summary()["multiline_splits"] == {"max_lines": 2, "max_bytes": 0, "max_wait": 0}
