@@ -188,11 +188,25 @@ def lines_merged(source: str, n: int) -> None:
     COUNTERS.lines_merged += n
 
 
+# (event, source) pairs already logged: a per-line condition is logged once per
+# source and counted always (a source of the wrong format would log every read).
+_TOLD: set[tuple[str, str]] = set()
+
+
+def _first(event: str, source: str) -> bool:
+    if (event, source) in _TOLD:
+        return False
+    _TOLD.add((event, source))
+    return True
+
+
 def records_malformed(source: str, fmt: str, n: int) -> None:
-    """`n` lines of `source` that its `format` could not read, shipped as they came."""
+    """`n` lines of `source` that its `format` could not read, shipped as they came
+    (logged the first time per source, counted every time)."""
     COUNTERS.records_malformed[fmt] = COUNTERS.records_malformed.get(fmt, 0) + n
-    log("info", "lines the source's format could not read, shipped as they came", source=source,
-        format=fmt, lines=n)
+    if _first("records_malformed", source):
+        log("warn", "lines the source's format could not read, shipped as they came (logged once; "
+            "shipper_records_malformed_total counts them)", source=source, format=fmt, lines=n)
 
 
 def cri_lines_joined(source: str, n: int) -> None:
@@ -203,16 +217,18 @@ def cri_lines_joined(source: str, n: int) -> None:
 def json_kept_whole(source: str, n: int) -> None:
     """`n` JSON records were shipped whole: their event (with its traceback) outgrew max_line_bytes."""
     COUNTERS.json_kept_whole += n
-    log("info", "JSON records shipped whole: their event line is longer than max_line_bytes", source=source,
-        records=n)
+    if _first("json_kept_whole", source):
+        log("info", "JSON records shipped whole: their event line is longer than max_line_bytes (logged once; "
+            "shipper_json_kept_whole_total counts them)", source=source, records=n)
 
 
 def multiline_split(source: str, reason: str, n: int) -> None:
     """`n` continuation lines began an entry of their own: the entry they continued was
     closed by a bound (`reason`, one of MULTILINE_SPLIT_REASONS)."""
     COUNTERS.multiline_splits[reason] += n
-    log("info", "multiline entry closed by a bound: the lines after it begin the next entry", source=source,
-        reason=reason, lines=n)
+    if _first(f"multiline_split_{reason}", source):
+        log("info", "multiline entry closed by a bound: the lines after it begin the next entry (logged once "
+            "per bound; shipper_multiline_splits_total counts them)", source=source, reason=reason, lines=n)
 
 
 def timestamps_replaced(stream: str, n: int, reason: str) -> None:

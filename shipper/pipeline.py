@@ -266,8 +266,14 @@ class Pipeline:
             source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
         events.lines_read(source.path, len(lines), sum(map(len, lines)))
         if source.processor is not None:
-            source.held_mark = mark
-            self._add_entries(source, source.processor.feed(lines, now, time.time_ns()), now)
+            # In slices too (see below): a 64 KiB read of one-byte lines is 32,768 of
+            # them, and processing them at once peaked at 19 MB of transient objects.
+            # The read's mark goes with the last slice only: it covers all of them.
+            feed = source.processor.feed
+            for start in range(0, len(lines), ADD_SLICE):
+                if start + ADD_SLICE >= len(lines):
+                    source.held_mark = mark
+                self._add_entries(source, feed(lines[start:start + ADD_SLICE], now, time.time_ns()), now)
             return
         marked = (source.path, mark) if mark is not None else None
         wall_ns = time.time_ns()
