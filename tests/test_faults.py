@@ -416,11 +416,16 @@ async def test_sigkill_mid_stream_with_spool_then_restart(
     no_drops(second.summary())
 
 
+@pytest.mark.parametrize("processing, n", [("", 300), ("multiline = true\ndetect_level = true\n", 6000)],
+                         ids=["raw", "template-in-slices"])
 async def test_sigkill_with_checkpoint_only_resends_nothing_acknowledged(
-        tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess]) -> None:
+        tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess], processing: str, n: int) -> None:
+    """Also with the pod template's processing, whose reads of more than 4,096 lines are
+    processed in slices: the read's file mark goes with its last slice only."""
     log, checkpoint = tmp_path / "task.log", tmp_path / "checkpoint.json"
     config = make_config(receiver.url, [(log, "stdout")], checkpoint_file=str(checkpoint))
-    acked, in_flight, later = numbered("acked", 300), numbered("in-flight", 300), numbered("later", 300)
+    config = config.replace('stream = "stdout"', 'stream = "stdout"\n' + processing)
+    acked, in_flight, later = numbered("acked", n), numbered("in-flight", n), numbered("later", n)
     append(log, acked)
     first = await launch(procs, config)
     acked_bytes = len(text(acked))
@@ -437,12 +442,12 @@ async def test_sigkill_with_checkpoint_only_resends_nothing_acknowledged(
     second = await launch(procs, config)
     resumed = await second.wait_for_log("source resumed after what was already shipped")
     assert resumed["offset"] == acked_bytes
-    await receiver.wait_for_entries(900, stream="stdout")
+    await receiver.wait_for_entries(3 * n, stream="stdout")
     second.signal(signal.SIGTERM)
     assert await second.wait() == 0
     assert delivered(receiver) == acked + in_flight + later
     assert receiver.dedup_dropped == 0
-    assert second.summary()["lines_read"] == 600  # the acknowledged lines were not read again
+    assert second.summary()["lines_read"] == 2 * n  # the acknowledged lines were not read again
     assert acknowledged_offset(checkpoint, log) == len(text(acked + in_flight + later))
 
 
