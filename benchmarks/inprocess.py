@@ -24,6 +24,7 @@ import time
 from benchmarks.lines import CONTENTS, make_content
 from benchmarks.workloads import SOURCE_KEYS
 from shipper import encoder, labels, lifecycle
+from shipper.batch import Batch
 from shipper.config import parse
 from shipper.framing import LineSplitter
 from shipper.loki import Answer
@@ -42,17 +43,24 @@ class NullSink:
     async def push(self, body: bytes, timeout: float | None = None) -> Answer:
         raise AssertionError("not used")
 
+    async def stored_times(self, selector: str, start_ns: int, end_ns: int) -> set[int] | None:
+        raise AssertionError("not used")
+
     async def close(self) -> None:
         pass
 
 
-async def measure(content: str, lines: int, profile: bool) -> float:
+async def measure(content: str, lines: int, profile: bool, compression: str = "gzip") -> float:
     """Best-of-5 CPU seconds per line for `content`."""
-    config = parse(f'[[sources]]\npath = "/bench"\nstream = "stdout"\n{SOURCE_KEYS[content]}')
+    config = parse(f'[loki]\ncompression = "{compression}"\n'
+                   f'[[sources]]\npath = "/bench"\nstream = "stdout"\n{SOURCE_KEYS[content]}')
     source = lifecycle.new_source(config, config.sources[0], "/bench",
                                   labels.task_stream(config, CONTEXT, "stdout"))
     pipeline = Pipeline(config, [source], NullSink())
-    pipeline._queue = lambda batch: encoder.compress(batch.body())  # type: ignore[method-assign,assignment]
+    def queue(batch: Batch) -> None:  # what Pipeline._queue does, without the queue
+        for stream, chunks in batch.parts.items():
+            encoder.compress_push(((stream.labels, chunks),), compression)
+    pipeline._queue = queue  # type: ignore[method-assign]
     data = make_content(content, 0, lines, time.time_ns())
     chunks = [data[i:i + READ_BYTES] for i in range(0, len(data), READ_BYTES)]
     splitter = LineSplitter(config.max_line_bytes)
@@ -86,11 +94,13 @@ def main() -> None:
     parser.add_argument("contents", nargs="*", metavar="CONTENT", help=f"any of {', '.join(CONTENTS)} (default: all)")
     parser.add_argument("--lines", type=int, default=25_000)
     parser.add_argument("--profile", action="store_true", help="one cProfile'd run per content instead")
+    parser.add_argument("--compression", default="gzip", choices=("gzip", "snappy", "none"),
+                        help="[loki] compression of the pushes (default: %(default)s, the shipper's)")
     args = parser.parse_args()
     for content in args.contents or CONTENTS:
         if content not in CONTENTS:
             parser.error(f"unknown content {content!r}: use {', '.join(CONTENTS)}")
-        seconds = asyncio.run(measure(content, args.lines, args.profile))
+        seconds = asyncio.run(measure(content, args.lines, args.profile, args.compression))
         print(f"{content:10s} {seconds * 1e6:6.2f} us/line")
 
 
