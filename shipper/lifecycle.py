@@ -611,7 +611,7 @@ def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
     kept = pipeline.spooled_lines
     lost = pipeline.undelivered_lines - kept
     if lost:
-        events.lines_dropped(reason, lost)
+        pipeline.drop(reason, lost)
     if kept:
         events.COUNTERS.lines_spooled_at_exit = kept
         events.log("warn", "lines left in the spool for the next run", lines=kept,
@@ -620,17 +620,11 @@ def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
     return lost, kept
 
 
-# The two facts the supervisor needs that the pipeline does not keep itself yet:
-# it reports each drop and each push answer as an event, and the events count
-# them process-wide (one run per process). Read here and nowhere else in this
-# module, so that when Pipeline keeps them (issue 16, items 1 and 4) only these
-# two bodies change.
-
 def _run_drops(pipeline: Pipeline) -> dict[str, int]:
-    """Every line given up so far, by reason (the pipeline's and the ending's)."""
-    return dict(events.COUNTERS.dropped)
+    """Every line given up so far, by reason (the pipeline's and the ending's: _give_up drops through it)."""
+    return dict(pipeline.dropped)
 
 
 def _last_push_failed(pipeline: Pipeline) -> bool:
     """The latest push failed and is being retried (a final refusal is an answer)."""
-    return events.COUNTERS.last_push_failed
+    return pipeline.last_push_failed

@@ -18,7 +18,7 @@ import time
 from collections import deque
 from itertools import repeat
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from shipper import checkpoint, delivery, encoder, events
 from shipper.batch import Accumulator, Batch, Stream
@@ -105,6 +105,10 @@ class Pipeline:
                                creation_grace_period=config.loki.creation_grace_period)
         self.pending: deque[Sealed] = deque()
         self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
+        # What the run gave up, by reason (drop), and whether the latest push failed
+        # and is being retried: what the supervisor's exit code and /ready read.
+        self.dropped: dict[str, int] = dict.fromkeys(events.DROP_REASONS, 0)
+        self.last_push_failed = False
         self.stopping = False  # set by stop(): read to the current end, then finish
         self.intake_done = False
         self._inflight: Sealed | None = None  # the batch the sender is pushing now
@@ -119,6 +123,20 @@ class Pipeline:
             self.pending.append(Sealed(None, entry.lines, entry.line_bytes, 0, entry.marks, entry))
 
     # --- control -------------------------------------------------------------
+
+    def drop(self, reason: str, lines: int, **fields: Any) -> None:
+        """Give up `lines` for `reason` (events.DROP_REASONS): counted here (the run's
+        outcome, shipper.lifecycle.exit_code) and reported (events.lines_dropped)."""
+        self.dropped[reason] += lines
+        events.lines_dropped(reason, lines, **fields)
+
+    def _push_failed(self, outcome: str, message: str, retry_in: float | None, seconds: float) -> None:
+        self.last_push_failed = retry_in is not None  # a final refusal is an answer, not a failure
+        events.push_failed(outcome, message, retry_in, seconds)
+
+    def _sent(self, lines: int, line_bytes: int, body_bytes: int, seconds: float, status: int) -> None:
+        self.last_push_failed = False
+        events.batch_sent(lines, line_bytes, body_bytes, seconds, status)
 
     def stop(self) -> None:
         """Begin shutdown: intake reads every source to its current end, then ends."""
@@ -420,7 +438,7 @@ class Pipeline:
             self._release(item)
             lines += item.lines
         if lines:
-            events.lines_dropped("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes,
+            self.drop("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes,
                                  spool_max_bytes=cfg.spool_max_bytes if self.spool else None)
         return self._budget()
 
@@ -511,7 +529,7 @@ class Pipeline:
                 body = self._body(item)
             except OSError as e:
                 self._done(item)
-                events.lines_dropped("spool_error", item.lines, error=str(e))
+                self.drop("spool_error", item.lines, error=str(e))
                 continue
             started = time.monotonic()
             outcome: int | BaseException
@@ -527,7 +545,7 @@ class Pipeline:
             if isinstance(outcome, int) and 200 <= outcome < 300:  # the usual case: nothing to decode
                 self._failing = False
                 self._done(item)
-                events.batch_sent(item.lines - item.counted, item.line_bytes, len(body),
+                self._sent(item.lines - item.counted, item.line_bytes, len(body),
                                   time.monotonic() - started, outcome)
                 delays = backoff(cfg.min_backoff, cfg.max_backoff)
                 continue
@@ -543,11 +561,11 @@ class Pipeline:
                 if len(groups) > 1:
                     self._replace_head(item, body, facts, groups, item.counted)
                     events.push_cut(item.lines, len(groups), decision.cause)
-                    events.push_failed(label, answer.message, 0.0, seconds)
+                    self._push_failed(label, answer.message, 0.0, seconds)
                     continue
             if decision.action == delivery.SPLIT:
                 if self._split(item, body):
-                    events.push_failed(label, answer.message, 0.0, seconds)
+                    self._push_failed(label, answer.message, 0.0, seconds)
                     continue  # the halves are at the front of the queue, in order
                 decision = delivery.Decision(delivery.ACK, refused=item.lines, cause=decision.cause)
             if decision.action == delivery.ACK:
@@ -555,11 +573,11 @@ class Pipeline:
                 stored = max(0, decision.stored - item.counted)
                 # One request, counted once: by its refusal when it refused any.
                 if decision.refused:
-                    events.push_failed(label, answer.message, None, seconds)
+                    self._push_failed(label, answer.message, None, seconds)
                     events.entries_stored(stored, _share(item.line_bytes, stored, item.lines))
-                    events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+                    self.drop("rejected", decision.refused, status=label, cause=decision.cause)
                 elif stored:
-                    events.batch_sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
+                    self._sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
                                       outcome if isinstance(outcome, int) else 0)
                 continue
             # RETRY: all of it, or what Loki did not store.
@@ -576,7 +594,7 @@ class Pipeline:
             if delay is None:
                 delay = next(delays)
             delay = max(delay, min(decision.min_delay, MAX_RETRY_AFTER))
-            events.push_failed(label, answer.message, delay, seconds)
+            self._push_failed(label, answer.message, delay, seconds)
             await asyncio.sleep(delay)
 
     async def _resolve(self, body: bytes, facts: list[tuple[int, int, int]],
@@ -599,7 +617,7 @@ class Pipeline:
         events.push_stored_part(label, decision.stored - already, max(0, stored_bytes), len(keep),
                                 decision.uncertain, decision.cause)
         if decision.refused:
-            events.lines_dropped("rejected", decision.refused, status=label, cause=decision.cause)
+            self.drop("rejected", decision.refused, status=label, cause=decision.cause)
         groups = delivery.chunked(keep, facts, decision.max_push_bytes)
         self._replace_head(item, body, facts, groups, item.counted - already + decision.uncertain)
 
