@@ -1,4 +1,6 @@
-"""Prometheus text exposition of the shipper's counters. Pure: no IO here.
+"""Prometheus text exposition: counters, gauges and a process sample in, text out (`render`, no IO).
+
+`sample_process()` is the one reader here: it takes the process_* figures from /proc.
 
 `render()` turns `events.COUNTERS`, the pipeline's gauges and a process sample
 into the text format (version 0.0.4). It is written by hand because
