@@ -361,61 +361,53 @@ class JsonParser:
         pass over the chunk (the scanner, dict.get, str.encode by map), so a
         chunk costs a few Python operations, not a dozen a line.
         """
-        if not lines:
+        records = _objects(lines)
+        if records is None:
             return None
-        try:
-            texts = list(map(bytes.decode, lines))
-            scanned = list(map(_scan, texts, repeat(0)))
-        except (ValueError, StopIteration, RecursionError):
-            return None
-        if len(scanned) != len(texts):
-            # The scanner's StopIteration (no JSON value at all) ends map() early instead of raising.
-            return None
-        records, ends = zip(*scanned)
-        if list(ends) != list(map(len, texts)) or set(map(type, records)) != {dict}:
-            return None  # trailing text after a record, or a line that is not an object
         get = dict.get
         times = _airflow_times(list(map(get, records, repeat(self.time_key))))
         if times is None:
             return None
-        if self.keep_record:
-            out = list(lines)
-        else:
-            for key in self.exception_keys:
-                if any(map(get, records, repeat(key))):
-                    return None  # a traceback to render: the per-line path
-            events: list[Any] = list(map(get, records, repeat(self.message_key)))
-            if set(map(type, events)) != {str}:
-                return None
-            try:
-                out = list(map(str.encode, events))
-            except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
-                return None
-            if self.max_bytes is not None and max(map(len, out)) > self.max_bytes:
-                return None
-        found: list[Any] = list(map(get, records, repeat(self.level_key)))
-        if set(map(type, found)) <= {str}:
-            entry_levels: list[str | None] = list(map(_LEVELS.get, found))
-            if None in entry_levels:  # another spelling ("Warn"): normalised one by one
-                entry_levels = [levels.normalize(v) for v in found]
-        else:
-            entry_levels = [levels.normalize(v) if type(v) is str else None for v in found]
-        metadata = None
-        if self._metadata:
-            # Value tuples of the metadata keys, looked up in the cache by a C-level map
-            # (it holds only all-text tuples; any other tuple misses, or is unhashable).
-            values = list(zip(*[map(get, records, repeat(key)) for key in self._keys]))
-            try:
-                cached: list[Metadata | None] = list(map(self._cache.get, values))
-            except TypeError:  # a list or object value
-                cached = [None] * len(values)
-            if None in cached:
-                keys = self._keys
-                metadata = [md if md is not None else self._metadata_of(dict(zip(keys, v)).get)
-                            for md, v in zip(cached, values)]
-            else:
-                metadata = cast("list[Metadata]", cached)
-        return out, times, metadata, entry_levels
+        out = list(lines) if self.keep_record else self._events(records)
+        if out is None:
+            return None
+        found_levels = list(map(get, records, repeat(self.level_key)))
+        return out, times, self._metadata_column(records), _levels_column(found_levels)
+
+    def _events(self, records: Sequence[dict[str, Any]]) -> list[bytes] | None:
+        """Each record's message as the line, or None when one needs the per-line path
+        (an exception to render, a message that is not text, a lone surrogate, over max_bytes)."""
+        get = dict.get
+        for key in self.exception_keys:
+            if any(map(get, records, repeat(key))):
+                return None  # a traceback to render
+        events: list[Any] = list(map(get, records, repeat(self.message_key)))
+        if set(map(type, events)) != {str}:
+            return None
+        try:
+            out = list(map(str.encode, events))
+        except UnicodeEncodeError:  # a lone surrogate from a JSON \ud800 escape
+            return None
+        if self.max_bytes is not None and max(map(len, out)) > self.max_bytes:
+            return None
+        return out
+
+    def _metadata_column(self, records: Sequence[dict[str, Any]]) -> list[Metadata] | None:
+        """Each record's metadata pairs (None: no metadata keys configured)."""
+        if not self._metadata:
+            return None
+        get = dict.get
+        # Value tuples of the metadata keys, looked up in the cache by a C-level map
+        # (it holds only all-text tuples; any other tuple misses, or is unhashable).
+        values = list(zip(*[map(get, records, repeat(key)) for key in self._keys]))
+        try:
+            cached: list[Metadata | None] = list(map(self._cache.get, values))
+        except TypeError:  # a list or object value
+            cached = [None] * len(values)
+        if None not in cached:
+            return cast("list[Metadata]", cached)
+        keys = self._keys
+        return [md if md is not None else self._metadata_of(dict(zip(keys, v)).get) for md, v in zip(cached, values)]
 
     def parse(self, line: bytes) -> Record:
         """The record of one line (no state: usable on CRI messages too)."""
@@ -499,6 +491,35 @@ _SECONDS_TEXT: dict[str, str] = {}  # the epoch second's decimal digits
 _TIME_SHAPE = slice(19, None, 7)  # of `...:SS.ffffffZ`: the "." and the "Z"
 _FRACTION = slice(20, 26)
 _SECOND = slice(0, 19)
+
+
+def _objects(lines: Sequence[bytes]) -> list[dict[str, Any]] | None:
+    """Each line as the JSON object it holds whole, or None unless every line does
+    (JsonParser.columns: the scanner over the chunk by a C-level map)."""
+    if not lines:
+        return None
+    try:
+        texts = list(map(bytes.decode, lines))
+        scanned = list(map(_scan, texts, repeat(0)))
+    except (ValueError, StopIteration, RecursionError):
+        return None
+    if len(scanned) != len(texts):
+        # The scanner's StopIteration (no JSON value at all) ends map() early instead of raising.
+        return None
+    records, ends = zip(*scanned)
+    if list(ends) != list(map(len, texts)) or set(map(type, records)) != {dict}:
+        return None  # trailing text after a record, or a line that is not an object
+    return list(records)
+
+
+def _levels_column(found: list[Any]) -> list[str | None]:
+    """Each record's level value, normalised (levels.normalize), None where it is not text."""
+    if set(map(type, found)) <= {str}:
+        entry_levels: list[str | None] = list(map(_LEVELS.get, found))
+        if None in entry_levels:  # another spelling ("Warn"): normalised one by one
+            entry_levels = [levels.normalize(v) for v in found]
+        return entry_levels
+    return [levels.normalize(v) if type(v) is str else None for v in found]
 
 
 def _parts(texts: list[str], part: slice) -> list[str]:
