@@ -548,7 +548,7 @@ def _airflow_times(whens: list[object]) -> list[int] | None:
         digits = cache.get(head)
         if digits is None:
             second = _epoch_second(head.encode()) if head.isascii() else None
-            if second is None:
+            if second is None or second < 0:  # before 1970: the digits trick needs a positive second
                 return None
             digits = str(second)
             if len(cache) >= _SECONDS_MAX:

@@ -17,6 +17,7 @@ So nothing behaves differently: a module is only loaded later, or never.
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from types import ModuleType
 from typing import Any
@@ -89,11 +90,16 @@ def defer_unused() -> None:
         stand_in.__dict__.update(values)
         if name == "logging":
             stand_in.__dict__["getLogger"] = _get_logger
-        if "." in name:
-            parent, _, child = name.rpartition(".")
-            stand_in.__path__ = []  # a package: `import concurrent.futures` binds `concurrent`
-            __import__(parent)
+        parent, _, child = name.rpartition(".")
+        if parent:
+            __import__(parent)  # `import concurrent.futures` binds `concurrent`: it must hold the stand-in
             setattr(sys.modules[parent], child, stand_in)
+        # The real module's spec (found, not loaded), so importlib.util.find_spec and
+        # submodule imports (`import concurrent.futures.thread`) work on the stand-in.
+        spec = importlib.util.find_spec(name)
+        stand_in.__spec__ = spec
+        if spec is not None and spec.submodule_search_locations is not None:
+            stand_in.__path__ = list(spec.submodule_search_locations)
         sys.modules[name] = stand_in
 
 

@@ -227,6 +227,11 @@ async def _open(host: str, port: int,
                                                  server_hostname=host if ssl_context is not None else None,
                                                  limit=MAX_RESPONSE_BODY)
         except OSError as e:
+            if ssl_context is not None:
+                import ssl  # loaded: ssl_context is one
+
+                if isinstance(e, ssl.SSLError):
+                    raise  # the server answered: its certificate, not the address, is the problem
             error = e
     assert error is not None  # resolve() returns at least one address or raises
     raise error
@@ -247,10 +252,24 @@ async def resolve(host: str, port: int) -> list[tuple[int, str]]:
         except OSError:
             continue
         return [(family, host)]
-    loop = asyncio.get_running_loop()
-    future: asyncio.Future[list[tuple[int, str]]] = loop.create_future()
-    threading.Thread(target=_lookup, args=(loop, future, host, port), name="resolve", daemon=True).start()
-    return await future
+    key = (host, port)
+    future = _LOOKUPS.get(key)
+    if future is None or future.done():
+        # One lookup in flight per name: a push that timed out while the resolver
+        # hung leaves its lookup running, and the next attempt waits for that one
+        # instead of starting another thread.
+        loop = asyncio.get_running_loop()
+        future = _LOOKUPS[key] = loop.create_future()
+        future.add_done_callback(lambda f: _LOOKUPS.pop(key, None) if _LOOKUPS.get(key) is f else None)
+        try:
+            threading.Thread(target=_lookup, args=(loop, future, host, port), name="resolve", daemon=True).start()
+        except RuntimeError as e:  # no thread to be had (a pod's process limit): a transport error, retried
+            future.set_exception(OSError(f"cannot resolve {host!r}: {e}"))
+    return await asyncio.shield(future)
+
+
+# resolve()'s lookups in flight, by (host, port).
+_LOOKUPS: dict[tuple[str, int], asyncio.Future[list[tuple[int, str]]]] = {}
 
 
 def _lookup(loop: asyncio.AbstractEventLoop, future: asyncio.Future[list[tuple[int, str]]], host: str,

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import zlib  # the encoder's gzip: loaded at the first push anyway (zlib.error below)
 from collections import deque
 from itertools import repeat
 from dataclasses import dataclass
@@ -663,7 +664,10 @@ class Pipeline:
         spool until its second half is acknowledged: a restart in between
         replays the whole batch and Loki deduplicates the first half.
         """
-        halves = encoder.split_push(encoder.uncompress(body))
+        try:
+            halves = encoder.split_push(encoder.uncompress(body))
+        except (ValueError, IndexError, zlib.error):
+            halves = None  # cannot be reopened (see _entry_facts): refused as it is
         if halves is None:
             return False
         (body1, lines1, bytes1), (body2, lines2, bytes2) = halves
@@ -730,10 +734,15 @@ def _entry_facts(body: bytes) -> list[tuple[int, int, int]] | None:
     Several streams: a batch spooled by a version that pushed a batch whole;
     Loki's answer names only its last stream, so it is resent whole.
     """
-    streams = encoder.push_streams(encoder.uncompress(body))
-    if len(streams) != 1:
+    try:
+        streams = encoder.push_streams(encoder.uncompress(body))
+        if len(streams) != 1:
+            return None
+        return [encoder.entry_facts(raw) for raw in streams[0][1]]
+    except (ValueError, IndexError, zlib.error):
+        # A body that cannot be reopened (a spooled file damaged on disk: the spool
+        # has no checksum of the body): decided as a whole, as Loki answered it.
         return None
-    return [encoder.entry_facts(raw) for raw in streams[0][1]]
 
 
 def _share(total: int, part: int, whole: int) -> int:

@@ -663,3 +663,9 @@ def test_json_columns_of_a_chunk_spanning_more_seconds_than_the_cache_holds() ->
     assert columns is not None
     assert columns[1] == [(start + i) * NS + i * 1000 for i in range(600)]
     assert columns[1] == [r.ts_ns for r in JsonParser().feed(lines)]
+
+
+def test_json_columns_leave_times_before_1970_to_the_per_line_path() -> None:
+    line = b'{"timestamp":"1969-12-31T23:59:59.500000Z","level":"info","event":"m"}'
+    assert JsonParser().columns([line, line]) is None
+    assert [r.ts_ns for r in JsonParser().feed([line])] == [-500_000_000]

@@ -112,3 +112,17 @@ async def test_the_real_shipper_never_loads_them(tmp_path: Path, receiver: LokiR
     imported = {line.split("|")[-1].strip() for line in err.decode().splitlines() if line.startswith("import time:")}
     assert "shipper.pipeline" in imported  # the import log is the shipper's
     assert imported & {"subprocess", "logging", "concurrent.futures", "concurrent.futures.thread"} == set()
+
+
+def test_stand_ins_have_the_real_spec_and_submodules_import() -> None:
+    done = fresh_python("""
+from shipper import imports
+imports.defer_unused()
+import importlib.util
+import asyncio
+print(importlib.util.find_spec("logging").name, importlib.util.find_spec("concurrent.futures").name)
+import concurrent.futures.thread
+print(concurrent.futures.thread.ThreadPoolExecutor.__name__, imports.deferred("concurrent.futures"))
+""")
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines() == ["logging concurrent.futures", "ThreadPoolExecutor False"]

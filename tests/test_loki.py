@@ -175,3 +175,60 @@ def test_snappy_without_python_snappy_is_a_config_error(monkeypatch: pytest.Monk
     with pytest.raises(ConfigError, match=r'loki.compression: "snappy" needs python-snappy, which is not installed'):
         LokiClient.from_config(LokiConfig(compression="snappy"))
     assert LokiClient.from_config(LokiConfig(compression="gzip")) is not None
+
+
+async def test_a_certificate_refused_on_one_address_is_not_hidden_by_the_next(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A TLS handshake that fails is the server's answer: raised at once, not replaced by the
+    next address's connection error."""
+    import socket
+    import ssl
+
+    from shipper import loki
+    tried: list[str] = []
+
+    async def fake_resolve(host: str, port: int) -> list[tuple[int, str]]:
+        return [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")]
+
+    async def fake_open(address: str, port: int, **kwargs: object) -> object:
+        tried.append(address)
+        if address == "127.0.0.1":
+            raise ssl.SSLCertVerificationError(1, "certificate verify failed: self-signed certificate")
+        raise ConnectionRefusedError(111, "refused")
+
+    monkeypatch.setattr(loki, "resolve", fake_resolve)
+    monkeypatch.setattr(asyncio, "open_connection", fake_open)
+    with pytest.raises(ssl.SSLCertVerificationError):
+        await loki._open("loki.test", 443, ssl.create_default_context())
+    assert tried == ["127.0.0.1"]
+    with pytest.raises(ConnectionRefusedError):  # without TLS, every address is tried
+        await loki._open("loki.test", 80, None)
+    assert tried == ["127.0.0.1", "127.0.0.1", "::1"]
+
+
+async def test_one_lookup_per_name_in_flight_and_no_thread_is_an_oserror(monkeypatch: pytest.MonkeyPatch) -> None:
+    import socket
+    import threading
+
+    from shipper import loki
+    release = threading.Event()
+    calls: list[str] = []
+
+    def slow_getaddrinfo(host: str, port: int, **kwargs: object) -> list[tuple[object, ...]]:
+        calls.append(host)
+        release.wait(10)
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("10.0.0.7", port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", slow_getaddrinfo)
+    for _ in range(3):  # pushes that time out while the resolver hangs
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(loki.resolve("loki.hangs", 80), 0.05)
+    release.set()
+    assert await loki.resolve("loki.hangs", 80) == [(socket.AF_INET, "10.0.0.7")]
+    assert calls == ["loki.hangs"]  # one thread, shared by every attempt
+
+    def no_thread(self: threading.Thread) -> None:
+        raise RuntimeError("can't start new thread")
+
+    monkeypatch.setattr(threading.Thread, "start", no_thread)
+    with pytest.raises(OSError, match="cannot resolve 'loki.other': can't start new thread"):
+        await loki.resolve("loki.other", 80)

@@ -100,3 +100,17 @@ async def test_a_slow_but_healthy_loki_gets_backpressure_not_drops(
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == lines
     assert proc.summary()["dropped"]["buffer_full"] == 0
+
+
+def test_a_body_that_cannot_be_reopened_is_decided_whole() -> None:
+    """A spooled body damaged on disk (the spool keeps no checksum of it): no facts, so
+    Loki's answer is taken for the push as a whole, never an exception in the sender."""
+    import gzip
+
+    from shipper import encoder
+    from shipper.pipeline import _entry_facts
+    good = encoder.compress(encoder.encode_push([('{a="1"}', encoder.encode_entries([b"x", b"y"], 10**18))]))
+    assert _entry_facts(good) == [(10**18, 1, 1), (10**18 + 1, 1, 1)]
+    assert _entry_facts(good[:-5]) is None  # gzip cut short
+    assert _entry_facts(gzip.compress(encoder.snappy_frame(b"\x0a\xff"))) is None  # protobuf cut short
+    assert _entry_facts(b"\x05\x10abc") is None  # snappy block cut short
