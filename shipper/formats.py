@@ -199,6 +199,8 @@ class CriParser:
         return sum(s.pending_bytes for s, _ in self._partial.values())
 
     def feed(self, lines: Sequence[bytes]) -> list[Record]:
+        # Complexity above 15 on purpose: the fast path for a whole F line is
+        # inlined in the per-line loop (a helper would cost a call a line).
         out: list[Record] = []
         append = out.append
         max_bytes = self.max_bytes
