@@ -249,13 +249,18 @@ def encode_push(streams: Iterable[tuple[str, bytes | Sequence[bytes]]]) -> bytes
     Entries may be given as a list of encoded chunks: the body is then built
     with a single copy of them (a 1 MiB batch is not copied three times).
     """
-    parts: list[bytes] = []
+    return b"".join(_push_pieces(streams))
+
+
+def _push_pieces(streams: Iterable[tuple[str, bytes | Sequence[bytes]]]) -> list[bytes]:
+    """The PushRequest's bytes in order, as pieces: each stream's head, then its entry chunks."""
+    pieces: list[bytes] = []
     for labels, entries in streams:
         chunks = (entries,) if isinstance(entries, bytes) else entries
         label_field = _field(b"\x0a", labels.encode())
-        parts += (b"\x0a", varint(len(label_field) + sum(map(len, chunks))), label_field)
-        parts += chunks
-    return b"".join(parts)
+        pieces.append(b"\x0a" + varint(len(label_field) + sum(map(len, chunks))) + label_field)
+        pieces += chunks
+    return pieces
 
 
 # How a push body is compressed ([loki] compression, shipper.config.COMPRESSIONS). Loki reads a protobuf
@@ -281,9 +286,7 @@ def compress(body: bytes, method: str = "gzip") -> bytes:
     tag byte 0bxxxxxx00, and 0x8b is not one).
     """
     if method == "gzip":
-        import zlib  # the standard library's; imported on first push
-
-        return zlib.compress(snappy_frame(body), 1, 31)  # wbits 31: a gzip member, as Content-Encoding means
+        return _gzip_frame((body,))
     if method == "snappy":
         import snappy  # the optional extra (config refuses "snappy" without it)
 
@@ -304,14 +307,14 @@ def compress_push(streams: Iterable[tuple[str, bytes | Sequence[bytes]]], method
     """
     if method != "gzip":
         return compress(encode_push(streams), method)
-    import zlib
+    return _gzip_frame(_push_pieces(streams))
 
-    pieces: list[bytes] = []
-    for labels, entries in streams:
-        chunks = (entries,) if isinstance(entries, bytes) else entries
-        label_field = _field(b"\x0a", labels.encode())
-        pieces += (b"\x0a" + varint(len(label_field) + sum(map(len, chunks))) + label_field, *chunks)
-    gz = zlib.compressobj(1, zlib.DEFLATED, 31)
+
+def _gzip_frame(pieces: Sequence[bytes]) -> bytes:
+    """snappy_frame of the pieces joined, gzipped, without joining them: zlib is fed each in turn."""
+    import zlib  # the standard library's; imported on first push
+
+    gz = zlib.compressobj(1, zlib.DEFLATED, 31)  # level 1; wbits 31: a gzip member, as Content-Encoding means
     out = [gz.compress(_frame_head(sum(map(len, pieces))))]
     out += map(gz.compress, pieces)
     out.append(gz.flush())
@@ -344,11 +347,17 @@ def _frame_head(n: int) -> bytes:
 
 
 def uncompress(body: bytes) -> bytes:
-    """Inverse of `compress`, whichever method made the body (413 splitting, partial resends, console sink)."""
+    """Inverse of `compress`, whichever method made the body (413 splitting, partial resends, console sink).
+
+    ValueError when the body is corrupt, whichever layer is.
+    """
     if body[:2] == GZIP_MAGIC:
         import zlib
 
-        body = zlib.decompress(body, 31)
+        try:
+            body = zlib.decompress(body, 31)
+        except zlib.error as e:
+            raise ValueError(f"gzip: {e}") from None
     return unsnappy(body)
 
 
@@ -483,8 +492,11 @@ def entry_facts(raw: bytes) -> tuple[int, int, int]:
 # --- decoding, for the console sink only (tests use the protobuf library) ---
 
 def _read_varint(buf: bytes, i: int) -> tuple[int, int]:
+    """(value, index after it) of the varint at `i`; ValueError if the buffer ends inside it."""
     n = shift = 0
     while True:
+        if i >= len(buf):
+            raise ValueError("the message ends inside a varint")
         b = buf[i]
         i += 1
         n |= (b & 0x7F) << shift
@@ -503,6 +515,8 @@ def _fields(buf: bytes) -> Iterator[tuple[int, int, bytes]]:
             yield key >> 3, value, b""
         elif key & 7 == 2:
             n, i = _read_varint(buf, i)
+            if i + n > len(buf):
+                raise ValueError("the message ends inside a field")
             yield key >> 3, 0, buf[i:i + n]
             i += n
         else:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-import zlib  # the encoder's gzip: loaded at the first push anyway (zlib.error below)
 from collections import deque
 from itertools import repeat
 from dataclasses import dataclass
@@ -336,21 +335,16 @@ class Pipeline:
         entry_levels = run.levels
         if not entry_levels:
             return [run]
+        from shipper.process import spans  # loaded: a processed source made this run
+
         labels = self._level_labels
         routed = [level if level in labels else None for level in entry_levels]
         if routed.count(routed[0]) == len(routed):
             return [run]
-        out = []
-        i, n = 0, len(routed)
-        while i < n:
-            j = i + 1
-            while j < n and routed[j] == routed[i]:
-                j += 1
-            out.append(run._replace(lines=run.lines[i:j], times=run.times[i:j] if run.times is not None else None,
-                                    metadata=run.metadata[i:j] if run.metadata is not None else None,
-                                    levels=entry_levels[i:j]))
-            i = j
-        return out
+        return [run._replace(lines=run.lines[i:j], times=run.times[i:j] if run.times is not None else None,
+                             metadata=run.metadata[i:j] if run.metadata is not None else None,
+                             levels=entry_levels[i:j])
+                for i, j in spans(routed)]
 
     def _encoded_metadata(self, metadata: Sequence[Metadata] | None,
                           entry_levels: Sequence[str | None] | None) -> list[bytes] | None:
@@ -666,7 +660,7 @@ class Pipeline:
         """
         try:
             halves = encoder.split_push(encoder.uncompress(body))
-        except (ValueError, IndexError, zlib.error):
+        except ValueError:
             halves = None  # cannot be reopened (see _entry_facts): refused as it is
         if halves is None:
             return False
@@ -739,7 +733,7 @@ def _entry_facts(body: bytes) -> list[tuple[int, int, int]] | None:
         if len(streams) != 1:
             return None
         return [encoder.entry_facts(raw) for raw in streams[0][1]]
-    except (ValueError, IndexError, zlib.error):
+    except ValueError:
         # A body that cannot be reopened (a spooled file damaged on disk: the spool
         # has no checksum of the body): decided as a whole, as Loki answered it.
         return None

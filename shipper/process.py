@@ -25,12 +25,15 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 from shipper import levels
 from shipper.config import SourceConfig
 from shipper.formats import JsonParser, Metadata, RawParser, Record, make_parser, record_new
 from shipper.multiline import Merger
+
+
+T = TypeVar("T")
 
 
 class Run(NamedTuple):
@@ -61,7 +64,7 @@ class Processor:
 
     def take_counts(self) -> dict[str, int]:
         """What the parser and mergers counted since the last call (telemetry), by name:
-        the one way the pipeline reads them (COUNT_NAMES; zero counts left out)."""
+        the one way the pipeline reads them (zero counts left out; shipper.pipeline._report)."""
         p = self.parser
         mergers = self._mergers.values()
         totals = {
@@ -108,8 +111,8 @@ class Processor:
         if self.detect_level and None in entry_levels:  # records without a level of their own
             detect = levels.detect
             entry_levels = [level if level is not None else detect(line) for line, level in zip(lines, entry_levels)]
-        return Run(None, lines, times, None if metadata is None or metadata.count(()) == len(metadata) else metadata,
-                   None if entry_levels.count(None) == len(entry_levels) else entry_levels)
+        return Run(None, lines, times, None if metadata is None else _unless_empty(metadata, ()),
+                   _unless_empty(entry_levels, None))
 
     def due(self, now: float) -> list[Run]:
         """Entries whose max wait has passed."""
@@ -139,36 +142,19 @@ class Processor:
             return self._record_runs(records)
         # Merging: consecutive records of one stream go to its merger together.
         out: list[Run] = []
-        i = 0
-        while i < len(records):
-            stream = records[i].stream
-            j = i
-            while j < len(records) and records[j].stream == stream:
-                j += 1
+        for i, j in spans([r.stream for r in records]):
             run = records[i:j]
             out += self._merge_run([r.line for r in run], [r.ts_ns if r.ts_ns is not None else wall_ns for r in run],
-                                   stream, now, wall_ns)
-            i = j
+                                   run[0].stream, now, wall_ns)
         return out
 
     def _record_runs(self, records: list[Record]) -> list[Run]:
         """Records cut into runs: same stream, and all with or all without a time."""
         out: list[Run] = []
-        n = len(records)
-        i = 0
-        while i < n:
-            first = records[i]
-            name, untimed = first.stream, first.ts_ns is None
-            j = i + 1
-            while j < n and (r := records[j]).stream == name and (r.ts_ns is None) == untimed:
-                j += 1
+        for i, j in spans([(r.stream, r.ts_ns is None) for r in records]):
             lines, times, _, metadata, entry_levels = zip(*records[i:j])  # columns of the run
-            # Columns with nothing in them are left out (C-level counts): CRI
-            # records carry no metadata, and levels only with detect_level.
-            out.append(Run(name, list(lines), None if untimed else times,
-                           None if metadata.count(()) == len(metadata) else metadata,
-                           None if entry_levels.count(None) == len(entry_levels) else entry_levels))
-            i = j
+            out.append(Run(records[i].stream, list(lines), None if records[i].ts_ns is None else times,
+                           _unless_empty(metadata, ()), _unless_empty(entry_levels, None)))
         return out
 
     def _merge_run(self, lines: Sequence[bytes], times: list[int], stream: str | None, now: float,
@@ -199,15 +185,25 @@ class Processor:
             return [Run(stream, merged, None, None, found)]  # the common case: one run
         # An entry held open from an earlier read (usually the first) keeps its
         # first line's time: runs where the stamping changes.
-        out: list[Run] = []
-        n = len(merged)
-        i = 0
-        while i < n:
-            untimed = stamps[i] == wall_ns
-            j = i + 1
-            while j < n and (stamps[j] == wall_ns) == untimed:
-                j += 1
-            out.append(Run(stream, merged[i:j], None if untimed else stamps[i:j], None,
-                           found[i:j] if found is not None else None))
-            i = j
-        return out
+        return [Run(stream, merged[i:j], None if stamps[i] == wall_ns else stamps[i:j], None,
+                    found[i:j] if found is not None else None)
+                for i, j in spans([stamp == wall_ns for stamp in stamps])]
+
+
+def spans(keys: Sequence[object]) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of equal consecutive keys, in order: how entries are cut into runs."""
+    out = []
+    n = len(keys)
+    i = 0
+    while i < n:
+        j = i + 1
+        while j < n and keys[j] == keys[i]:
+            j += 1
+        out.append((i, j))
+        i = j
+    return out
+
+
+def _unless_empty(column: Sequence[T], empty: T) -> Sequence[T] | None:
+    """`column`, or None when every item of it is `empty` (no metadata, no level: nothing to encode)."""
+    return None if column.count(empty) == len(column) else column
