@@ -232,13 +232,19 @@ def release(fifo: Path, *, wait: bool = True) -> None:
     os.close(fd)
 
 
-async def test_output_its_descendants_write_after_the_command_exits_is_passed_through_and_shipped(
-        tmp_path: Path, receiver: LokiReceiver) -> None:
+def late_writer(tmp_path: Path, then: str) -> tuple[Path, str]:
+    """LATE_WRITER's FIFO (`release` it to make it write) and its shell command; `then`: exit or hold."""
     go = tmp_path / "go"
     os.mkfifo(go)
     writer = tmp_path / "late.py"
     writer.write_text(LATE_WRITER)
-    script = f"{sys.executable} {writer} {go} exit & echo command done; exit 3"
+    return go, f"{sys.executable} {writer} {go} {then}"
+
+
+async def test_output_its_descendants_write_after_the_command_exits_is_passed_through_and_shipped(
+        tmp_path: Path, receiver: LokiReceiver) -> None:
+    go, late = late_writer(tmp_path, "exit")
+    script = f"{late} & echo command done; exit 3"
     config = make_config(receiver.url, [("/unused", "x")], exec_diagnostics="stderr")  # its records, after the task's
     proc = await run_exec(config, "sh", "-c", script)
     assert proc.stderr is not None and proc.stdout is not None
@@ -262,11 +268,8 @@ async def test_output_its_descendants_write_after_the_command_exits_is_passed_th
 
 async def test_descendants_holding_the_output_open_are_cut_after_the_drain_limit_and_counted(
         tmp_path: Path, receiver: LokiReceiver) -> None:
-    go = tmp_path / "go"
-    os.mkfifo(go)
-    writer = tmp_path / "late.py"
-    writer.write_text(LATE_WRITER)
-    script = f"{sys.executable} {writer} {go} hold & exit 0"
+    go, late = late_writer(tmp_path, "hold")
+    script = f"{late} & exit 0"
     proc = await run_exec(make_config(receiver.url, [("/unused", "x")], exec_diagnostics="stderr"), "sh", "-c", script)
     assert proc.stderr is not None
     try:

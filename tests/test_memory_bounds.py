@@ -6,7 +6,6 @@ while the shipper is still running, after it has read the whole input.
 
 from __future__ import annotations
 
-import asyncio
 import os
 from pathlib import Path
 
@@ -15,18 +14,7 @@ import pytest
 from tests.conftest import launch, make_config
 from tests.loki_receiver import Action, LokiReceiver
 from tests.shipper_process import ShipperProcess
-from tests.test_spool_faults import MEMORY_BOUND_KIB, vm_hwm_kib
-
-
-async def feed(fifo: Path, data: bytes, repeat: int) -> None:
-    def write() -> None:
-        fd = os.open(fifo, os.O_WRONLY)
-        try:
-            for _ in range(repeat):
-                os.write(fd, data)
-        finally:
-            os.close(fd)
-    await asyncio.get_running_loop().run_in_executor(None, write)
+from tests.test_spool_faults import MEMORY_BOUND_KIB, feed_fifo, vm_hwm_kib
 
 
 @pytest.mark.parametrize("loki", ["up", "down"])
@@ -38,7 +26,7 @@ async def test_a_million_one_byte_lines_stay_as_bounded_as_long_ones(
     os.mkfifo(fifo)
     proc = await launch(procs, make_config(receiver.url, [(fifo, "stdout")], shutdown_timeout=1.0))
     await proc.wait_for_log("source opened", path=str(fifo))
-    await feed(fifo, b"x\n" * 10_000, 100)  # 1,000,000 lines of one byte
+    await feed_fifo(fifo, b"x\n" * 10_000, 100)  # 1,000,000 lines of one byte
     await proc.wait_for_log("source reached end of input", path=str(fifo))
     peak = vm_hwm_kib(proc.proc.pid)
     proc.signal()

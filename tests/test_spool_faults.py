@@ -50,13 +50,12 @@ def vm_hwm_kib(pid: int) -> int:
     raise AssertionError("no VmHWM")
 
 
-async def feed_fifo(fifo: Path, lines: int) -> None:
-    """Write `lines` LINEs into the FIFO (blocking writes, as a task would) and close it."""
+async def feed_fifo(fifo: Path, chunk: bytes, repeat: int) -> None:
+    """Write `chunk` `repeat` times into the FIFO (blocking writes, as a task would) and close it."""
     def write() -> None:
         fd = os.open(fifo, os.O_WRONLY)
         try:
-            chunk = LINE * 1000
-            for _ in range(lines // 1000):
+            for _ in range(repeat):
                 os.write(fd, chunk)
         finally:
             os.close(fd)
@@ -78,7 +77,7 @@ async def test_a_failing_spool_counts_as_full_leaves_no_partial_files_and_memory
     await proc.wait_for_log("source opened", path=str(fifo))
     if failure == "read-only":  # as ext4 remounts itself on an error (errors=remount-ro)
         subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
-    await feed_fifo(fifo, LINES)
+    await feed_fifo(fifo, LINE * 1000, LINES // 1000)
     await proc.wait_for_log("source reached end of input", path=str(fifo))
     peak = vm_hwm_kib(proc.proc.pid)
     proc.signal()
