@@ -94,7 +94,6 @@ class Counters:
         self.descriptor_shortages = 0
         self.dropped: dict[str, int] = dict.fromkeys(DROP_REASONS, 0)
         self.last_push_ok = 0.0     # epoch seconds of the last 2xx
-        self.last_push_failed = False  # the latest push attempt failed (for /ready)
         self.body_bytes_sent = 0    # compressed bodies acknowledged
         self.lines_spooled_at_exit = 0  # undelivered at exit but safe in the spool
         self.exec_pipes_cut = 0  # exec: output pipes descendants still held at the drain limit
@@ -261,7 +260,6 @@ def batch_sent(lines: int, line_bytes: int, body_bytes: int, seconds: float, sta
     key = str(status)
     c.requests[key] = c.requests.get(key, 0) + 1
     c.last_push_ok = time.time()
-    c.last_push_failed = False
     c.push_duration.observe(seconds)
     c.batch_size.observe(line_bytes)
 
@@ -271,7 +269,6 @@ def push_failed(outcome: str, message: str, retry_in: float | None, seconds: flo
     c = COUNTERS
     c.requests[outcome] = c.requests.get(outcome, 0) + 1
     c.push_duration.observe(seconds)
-    c.last_push_failed = retry_in is not None
     if retry_in is not None:
         c.retries += 1
         log("warn", "push failed, will retry", outcome=outcome, error=message[:512],

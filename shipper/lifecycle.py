@@ -498,7 +498,7 @@ class Supervisor:
         if lost and ending == "shutdown_deadline":
             events.log("error", "shutdown deadline reached with lines undelivered",
                        lines=lost, shutdown_timeout=self.config.shutdown_timeout)
-        return Outcome(ending, lost, _run_drops(self.pipeline), kept)
+        return Outcome(ending, lost, dict(self.pipeline.dropped), kept)
 
     # --- shut down -----------------------------------------------------------
 
@@ -547,7 +547,7 @@ class Supervisor:
             reason = f"pipeline task died: {', '.join(dead)}"
         elif waiting:
             reason = f"waiting for source {', '.join(waiting)}"
-        elif _last_push_failed(self.pipeline):
+        elif self.pipeline.last_push_failed:
             reason = "the last push failed; retrying"
         return Status(healthy=not dead, ready=not reason, reason=reason,
                       pending_lines=self.pipeline.undelivered_lines,
@@ -619,12 +619,3 @@ def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
     pipeline.pending.clear()
     return lost, kept
 
-
-def _run_drops(pipeline: Pipeline) -> dict[str, int]:
-    """Every line given up so far, by reason (the pipeline's and the ending's: _give_up drops through it)."""
-    return dict(pipeline.dropped)
-
-
-def _last_push_failed(pipeline: Pipeline) -> bool:
-    """The latest push failed and is being retried (a final refusal is an answer)."""
-    return pipeline.last_push_failed
