@@ -150,12 +150,14 @@ class Processor:
 
     def _record_runs(self, records: list[Record]) -> list[Run]:
         """Records cut into runs: same stream, and all with or all without a time."""
-        out: list[Run] = []
-        for i, j in spans([(r.stream, r.ts_ns is None) for r in records]):
-            lines, times, _, metadata, entry_levels = zip(*records[i:j])  # columns of the run
-            out.append(Run(records[i].stream, list(lines), None if records[i].ts_ns is None else times,
-                           _unless_empty(metadata, ()), _unless_empty(entry_levels, None)))
-        return out
+        lines, times, streams, metadata, entry_levels = zip(*records)  # columns, one C-level pass
+        if streams.count(streams[0]) == len(streams) and (None not in times or times.count(None) == len(times)):
+            bounds = [(0, len(records))]  # the usual case: one stream, one way of stamping
+        else:
+            bounds = spans(list(zip(streams, [t is None for t in times])))
+        return [Run(streams[i], list(lines[i:j]), None if times[i] is None else times[i:j],
+                    _unless_empty(metadata[i:j], ()), _unless_empty(entry_levels[i:j], None))
+                for i, j in bounds]
 
     def _merge_run(self, lines: Sequence[bytes], times: list[int], stream: str | None, now: float,
                    wall_ns: int, split_lines: bool = False) -> list[Run]:
