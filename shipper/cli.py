@@ -140,9 +140,10 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         if loki.insecure_skip_verify:
             events.log("warn", "TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
                        "anyone on the path can read and alter the logs and the credentials",
-                       url=loki.url)
+                       event="tls_verify_off", url=loki.url)
         if (loki.bearer_token_file or loki.basic_auth_password_file) and not loki.url.startswith("https://"):
-            events.log("warn", "credentials are sent over plain http (loki.url is not https://)", url=loki.url)
+            events.log("warn", "credentials are sent over plain http (loki.url is not https://)",
+                       event="credentials_over_http", url=loki.url)
 
     async def go() -> int:
         from shipper.checkpoint import CheckpointError
@@ -159,7 +160,7 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                 source.close()
             return _config_error(str(e))
         # Once nothing in the config or its state files refuses to start.
-        events.log("info", "starting", version=__version__, config=origin, sink=config.sink.type,
+        events.log("info", "starting", event="starting", version=__version__, config=origin, sink=config.sink.type,
                    url=config.loki.url if config.sink.type == "loki" else None,
                    sources=[s.path for s in config.sources] if not argv_child else ["exec"],
                    labels=sorted({s.labels for s in streams}),
@@ -182,9 +183,9 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
                 child = spawn(argv_child)
             except SpawnError as e:
                 # The task did not run: its log must say why, whatever the routing.
-                events.announce("error", "cannot run the command", error=str(e))
+                events.announce("error", "cannot run the command", event="command_not_run", error=str(e))
                 return e.code
-            events.log("info", "command started", pid=child.pid, argv=argv_child)
+            events.log("info", "command started", event="command_started", pid=child.pid, argv=argv_child)
             for fd, name, stream, out in ((child.stdout, "stdout", streams[0], 1),
                                           (child.stderr, "stderr", streams[1], 2)):
                 source = Source.from_pipe(fd, f"exec:{name}", stream, config.max_line_bytes,
@@ -246,7 +247,7 @@ def _from_vector_config(log: bool) -> tuple[Config, str]:
         from shipper import events
 
         events.log("info", "no SHIPPER_CONFIG: translated the Vector config in VECTOR_CONFIG",
-                   vector_config=origin, notes=translation.notes,
+                   event="vector_config_translated", vector_config=origin, notes=translation.notes,
                    hint="`shipper migrate-vector` prints the translation")
     return config, f"{origin}, translated from a Vector config"
 
@@ -290,5 +291,6 @@ def _config_error(msg: str) -> int:
     # hint on a second line is not needed: the message names the key.
     import json
 
-    sys.stderr.write(json.dumps({"level": "error", "msg": "refusing to start", "error": msg}) + "\n")
+    sys.stderr.write(json.dumps({"level": "error", "event": "refusing_to_start", "msg": "refusing to start",
+                                 "error": msg}) + "\n")
     return 2

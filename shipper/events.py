@@ -136,24 +136,30 @@ def to_file(f: TextIO) -> None:
     _min_level, _dest = _LEVELS["info"], f
 
 
-def log(level: str, msg: str, **fields: Any) -> None:
-    """Write one JSON diagnostic line where diagnostics go (stderr unless routed)."""
-    if _dest is None or (_LEVELS.get(level, 3) < _min_level and msg != "exit"):
+def log(level: str, msg: str, *, event: str, **fields: Any) -> None:
+    """Write one JSON diagnostic line where diagnostics go (stderr unless routed).
+
+    `event` is the record's stable name (snake_case, one of the set documented
+    in docs/diagnostics.md): what tests and alerts match on. `msg` is the
+    human-readable text and may be reworded.
+    """
+    if _dest is None or (_LEVELS.get(level, 3) < _min_level and event != "exit"):
         return
-    _write(_dest, _record(level, msg, fields))
+    _write(_dest, _record(level, event, msg, fields))
 
 
-def announce(level: str, msg: str, **fields: Any) -> None:
+def announce(level: str, msg: str, *, event: str, **fields: Any) -> None:
     """`log`, and on stderr whatever the routing: for what the task's own log must
     say because the task did not run (exec: the command could not be started)."""
-    line = _record(level, msg, fields)
+    line = _record(level, event, msg, fields)
     if _dest is not None and _dest != _STDERR:
         _write(_dest, line)
     _write(_STDERR, line)
 
 
-def _record(level: str, msg: str, fields: dict[str, Any]) -> str:
-    return json.dumps({"ts": round(time.time(), 3), "level": level, "msg": msg, **fields}, default=str) + "\n"
+def _record(level: str, event: str, msg: str, fields: dict[str, Any]) -> str:
+    return json.dumps({"ts": round(time.time(), 3), "level": level, "event": event, "msg": msg, **fields},
+                      default=str) + "\n"
 
 
 def _write(dest: TextIO | str, line: str) -> None:
@@ -177,9 +183,10 @@ def lines_cleaned(source: str, split: int, invalid_utf8: int) -> None:
     COUNTERS.lines_split += split
     COUNTERS.lines_invalid_utf8 += invalid_utf8
     if split:
-        log("info", "line longer than max_line_bytes was split", source=source, cuts=split)
+        log("info", "line longer than max_line_bytes was split", event="lines_split", source=source, cuts=split)
     if invalid_utf8:
-        log("info", "invalid UTF-8 replaced with U+FFFD", source=source, lines=invalid_utf8)
+        log("info", "invalid UTF-8 replaced with U+FFFD", event="invalid_utf8_replaced",
+            source=source, lines=invalid_utf8)
 
 
 def lines_merged(source: str, n: int) -> None:
@@ -205,7 +212,8 @@ def records_malformed(source: str, fmt: str, n: int) -> None:
     COUNTERS.records_malformed[fmt] = COUNTERS.records_malformed.get(fmt, 0) + n
     if _first("records_malformed", source):
         log("warn", "lines the source's format could not read, shipped as they came (logged once; "
-            "shipper_records_malformed_total counts them)", source=source, format=fmt, lines=n)
+            "shipper_records_malformed_total counts them)", event="records_malformed",
+            source=source, format=fmt, lines=n)
 
 
 def cri_lines_joined(source: str, n: int) -> None:
@@ -218,7 +226,7 @@ def json_kept_whole(source: str, n: int) -> None:
     COUNTERS.json_kept_whole += n
     if _first("json_kept_whole", source):
         log("info", "JSON records shipped whole: their event line is longer than max_line_bytes (logged once; "
-            "shipper_json_kept_whole_total counts them)", source=source, records=n)
+            "shipper_json_kept_whole_total counts them)", event="json_kept_whole", source=source, records=n)
 
 
 def multiline_split(source: str, reason: str, n: int) -> None:
@@ -227,7 +235,8 @@ def multiline_split(source: str, reason: str, n: int) -> None:
     COUNTERS.multiline_splits[reason] += n
     if _first(f"multiline_split_{reason}", source):
         log("info", "multiline entry closed by a bound: the lines after it begin the next entry (logged once "
-            "per bound; shipper_multiline_splits_total counts them)", source=source, reason=reason, lines=n)
+            "per bound; shipper_multiline_splits_total counts them)", event="multiline_split",
+            source=source, reason=reason, lines=n)
 
 
 def timestamps_replaced(stream: str, n: int, reason: str) -> None:
@@ -235,20 +244,21 @@ def timestamps_replaced(stream: str, n: int, reason: str) -> None:
     TIMESTAMP_REASONS) got their read time instead; the own time is kept as the
     entry's structured metadata `original_timestamp`."""
     COUNTERS.timestamps_replaced[reason] += n
-    log("info", "entry time outside what Loki accepts, read time used instead", stream=stream,
+    log("info", "entry time outside what Loki accepts, read time used instead", event="timestamps_replaced",
+        stream=stream,
         entries=n, reason=reason)
 
 
 def source_opened(path: str, kind: str) -> None:
-    log("info", "source opened", path=path, kind=kind)
+    log("info", "source opened", event="source_opened", path=path, kind=kind)
 
 
 def source_rotated(path: str, why: str) -> None:
-    log("info", "source file replaced, reading the new one", path=path, why=why)
+    log("info", "source file replaced, reading the new one", event="source_rotated", path=path, why=why)
 
 
 def source_eof(path: str) -> None:
-    log("info", "source reached end of input", path=path)
+    log("info", "source reached end of input", event="source_eof", path=path)
 
 
 def batch_sent(lines: int, line_bytes: int, body_bytes: int, seconds: float, status: int) -> None:
@@ -271,21 +281,22 @@ def push_failed(outcome: str, message: str, retry_in: float | None, seconds: flo
     c.push_duration.observe(seconds)
     if retry_in is not None:
         c.retries += 1
-        log("warn", "push failed, will retry", outcome=outcome, error=message[:512],
+        log("warn", "push failed, will retry", event="push_failed", outcome=outcome, error=message[:512],
             retry_in=round(retry_in, 3))
     else:
-        log("error", "push refused by Loki, batch dropped", outcome=outcome, error=message[:512])
+        log("error", "push refused by Loki, batch dropped", event="push_refused",
+            outcome=outcome, error=message[:512])
 
 
 def push_cut(lines: int, pieces: int, cause: str) -> None:
     """A push Loki refused whole, larger than a second of the rate it named, goes again in `pieces`."""
-    log("warn", "Loki refused a push whole: pushing it in pieces of its named rate",
+    log("warn", "Loki refused a push whole: pushing it in pieces of its named rate", event="push_cut",
         lines=lines, pieces=pieces, cause=cause)
 
 
 def stored_asked(uncertain: int, resolved: bool) -> None:
     """Loki was asked which of `uncertain` entries it holds (an answer that named too few)."""
-    log("info", "asked Loki which entries of a partly refused push it holds",
+    log("info", "asked Loki which entries of a partly refused push it holds", event="stored_asked",
         uncertain=uncertain, resolved=resolved)
 
 
@@ -306,7 +317,8 @@ def push_stored_part(outcome: str, stored: int, stored_bytes: int, again: int, u
     c.lines_sent += stored
     c.bytes_sent += stored_bytes
     c.lines_resent_uncertain += uncertain
-    log("warn", "Loki stored part of a push; pushing the rest again", outcome=outcome, cause=cause,
+    log("warn", "Loki stored part of a push; pushing the rest again", event="push_stored_part",
+        outcome=outcome, cause=cause,
         stored=stored, again=again, uncertain=uncertain)
 
 
@@ -317,7 +329,7 @@ def descriptor_shortage(path: str, error: str, first_of_episode: bool) -> None:
     """
     COUNTERS.descriptor_shortages += 1
     if first_of_episode:
-        log("warn", "out of file descriptors: closing idle files, retrying the open",
+        log("warn", "out of file descriptors: closing idle files, retrying the open", event="descriptor_shortage",
             path=path, error=error, shortages=COUNTERS.descriptor_shortages)
 
 
@@ -327,4 +339,4 @@ def lines_dropped(reason: str, n: int, **detail: Any) -> None:
         raise ValueError(f"unknown drop reason {reason!r}")
     COUNTERS.dropped[reason] += n
     if n:
-        log("error", "lines dropped", reason=reason, lines=n, **detail)
+        log("error", "lines dropped", event="lines_dropped", reason=reason, lines=n, **detail)

@@ -109,7 +109,7 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
         state.spool = Spool(config.spool_dir, config.spool_max_bytes)
         state.replay = state.spool.load()
         for path in state.spool.corrupt:
-            events.log("error", "unreadable spool file set aside", path=path + ".corrupt")
+            events.log("error", "unreadable spool file set aside", event="spool_file_set_aside", path=path + ".corrupt")
         if not state.checkpoint_file:
             state.checkpoint_file = os.path.join(config.spool_dir, "checkpoint.json")
     if state.checkpoint_file:
@@ -128,7 +128,8 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
         source.resume = resume.get(source.path)
     state.resume = resume
     if state.replay:
-        events.log("info", "replaying batches spooled by an earlier run", batches=len(state.replay),
+        events.log("info", "replaying batches spooled by an earlier run", event="spool_replay",
+                   batches=len(state.replay),
                    lines=sum(e.lines for e in state.replay))
     return state
 
@@ -183,7 +184,8 @@ def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
             stream = task_stream(config, {**ctx, **context_from_log_path(path)}, cfg.stream)
             source = new_source(config, cfg, path, stream)
             source.resume = durable.resume.get(path)
-            events.log("info", "source file found", pattern=cfg.path, path=path, labels=stream.labels)
+            events.log("info", "source file found", event="source_found",
+                       pattern=cfg.path, path=path, labels=stream.labels)
             return source
 
         watchers.append(GlobWatcher(expand_pattern(cfg.path, dict(env)), make_source))
@@ -321,10 +323,10 @@ class Supervisor:
         try:
             bound = await self.server.start(host, port)
         except OSError as e:
-            events.log("error", "refusing to start",
+            events.log("error", "refusing to start", event="refusing_to_start",
                        error=f"metrics.listen: cannot listen on {listen}: {e.strerror or e}")
             return False
-        events.log("info", "metrics endpoint listening", host=host or "*", port=bound)
+        events.log("info", "metrics endpoint listening", event="metrics_listening", host=host or "*", port=bound)
         return True
 
     def _take_signals(self) -> None:
@@ -366,16 +368,16 @@ class Supervisor:
         name = signal.Signals(signum).name
         child = self.child
         if child is not None and child.status is None:
-            events.log("info", "signal forwarded to the command", signal=name, pid=child.pid)
+            events.log("info", "signal forwarded to the command", event="signal_forwarded", signal=name, pid=child.pid)
             child.send(signum)
             return
         self.signals += 1
         if self.signals == 1:
-            events.log("info", "signal received: reading to the end, flushing",
+            events.log("info", "signal received: reading to the end, flushing", event="signal_received",
                        signal=name, shutdown_timeout=self.config.shutdown_timeout)
             self.begin_shutdown(name)
         else:
-            events.log("warn", "second signal: exiting now", signal=name)
+            events.log("warn", "second signal: exiting now", event="second_signal", signal=name)
         self.changed.set()
 
     async def _watch_stop_file(self) -> None:
@@ -383,7 +385,7 @@ class Supervisor:
         while not os.path.exists(self.config.stop_file):
             await asyncio.sleep(self.config.file_poll_interval)
         if not self.deadline:
-            events.log("info", "stop file appeared: reading to the end, flushing",
+            events.log("info", "stop file appeared: reading to the end, flushing", event="stop_file_seen",
                        path=self.config.stop_file, shutdown_timeout=self.config.shutdown_timeout)
             self.begin_shutdown("stop_file")
         self.changed.set()
@@ -399,7 +401,7 @@ class Supervisor:
             return
         self.loop.remove_reader(child.pidfd)
         child.close()
-        events.log("info", "command exited: reading its output to the end, flushing",
+        events.log("info", "command exited: reading its output to the end, flushing", event="command_exited",
                    code=child.status, shutdown_timeout=self.config.shutdown_timeout)
         if not self.deadline:
             self.reason = f"command exited with {child.status}"
@@ -409,7 +411,8 @@ class Supervisor:
                 # its stdout/stderr: read on, passing through and shipping, until
                 # the pipes close (intake then ends by itself) or the drain limit.
                 events.log("warn", "the command exited but a process it started still holds its output open: "
-                           "reading on until it closes", pipes=held, drain_seconds=DRAIN_SECONDS)
+                           "reading on until it closes", event="output_held_open",
+                           pipes=held, drain_seconds=DRAIN_SECONDS)
                 self.loop.call_later(DRAIN_SECONDS, self._drain_expired)
             else:
                 self.begin_shutdown(self.reason)
@@ -430,7 +433,7 @@ class Supervisor:
         events.COUNTERS.exec_pipes_cut += len(held)
         events.log("warn", "drain limit passed: no longer reading the output the command's descendants "
                    "still write (what they write from now on is neither passed through nor shipped)",
-                   pipes=held, drain_seconds=DRAIN_SECONDS)
+                   event="drain_limit_passed", pipes=held, drain_seconds=DRAIN_SECONDS)
         self.begin_shutdown(self.reason)
         self.changed.set()
 
@@ -456,7 +459,7 @@ class Supervisor:
         if dead:
             for t in dead:
                 exc = t.exception()
-                events.log("error", "internal error: a pipeline task died", task=t.get_name(),
+                events.log("error", "internal error: a pipeline task died", event="internal_error", task=t.get_name(),
                            error=f"{type(exc).__name__}: {exc}")
             return "internal_error"
         assert self.sender is not None
@@ -496,7 +499,7 @@ class Supervisor:
         if ending != "delivered":
             lost, kept = _give_up(self.pipeline, ending)
         if lost and ending == "shutdown_deadline":
-            events.log("error", "shutdown deadline reached with lines undelivered",
+            events.log("error", "shutdown deadline reached with lines undelivered", event="shutdown_deadline_reached",
                        lines=lost, shutdown_timeout=self.config.shutdown_timeout)
         return Outcome(ending, lost, dict(self.pipeline.dropped), kept)
 
@@ -513,7 +516,7 @@ class Supervisor:
         """The exit summary on stderr, then (not after a second signal) in Loki and
         the final metrics to the Pushgateway."""
         summary = _summary(code, self.reason, time.monotonic() - self.started)
-        events.log("info", "exit", **summary)
+        events.log("info", "exit", event="exit", **summary)
         if self.signals > 1:
             return
         # The record of a run must not wait on a dead Loki longer than its own
@@ -578,12 +581,14 @@ async def _push_once(what: str, sink: Sink, body: bytes, timeout: float) -> bool
     try:
         answer = await sink.push(body, timeout=timeout)
     except Exception as e:
-        events.log("warn", f"{what} push failed", error=f"{type(e).__name__}: {e}")
+        events.log("warn", f"{what} push failed", event="exit_push_failed", target=what,
+                   error=f"{type(e).__name__}: {e}")
         return False
     if not 200 <= answer.status < 300:
-        events.log("warn", f"{what} push refused", status=answer.status, error=answer.message[:512])
+        events.log("warn", f"{what} push refused", event="exit_push_refused", target=what,
+                   status=answer.status, error=answer.message[:512])
         return False
-    events.log("info", f"{what} pushed")
+    events.log("info", f"{what} pushed", event="exit_pushed", target=what)
     return True
 
 
@@ -614,7 +619,7 @@ def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
         pipeline.drop(reason, lost)
     if kept:
         events.COUNTERS.lines_spooled_at_exit = kept
-        events.log("warn", "lines left in the spool for the next run", lines=kept,
+        events.log("warn", "lines left in the spool for the next run", event="lines_left_in_spool", lines=kept,
                    spool_dir=pipeline.spool.directory if pipeline.spool else None)
     pipeline.pending.clear()
     return lost, kept

@@ -89,7 +89,8 @@ class SecretFile:
                 from shipper import events
 
                 self._value, self._signature = value, signature
-                events.log("info", "credential file changed, re-read", key=self.key, path=self.path)
+                events.log("info", "credential file changed, re-read", event="credential_reread",
+                           key=self.key, path=self.path)
                 self._failing = False
         elif self._failing:
             self._failing = False  # back to the file we last read successfully
@@ -101,7 +102,7 @@ class SecretFile:
 
             self._failing = True
             events.log("warn", "credential file unreadable, keeping the last good value",
-                       key=self.key, path=self.path, error=problem)
+                       event="credential_unreadable", key=self.key, path=self.path, error=problem)
 
     def _load(self) -> tuple[bytes, tuple[int, ...], str | None]:
         """(value, signature, None) or (b"", (), problem); the problem never quotes the value."""
@@ -380,7 +381,8 @@ class LokiClient:
                     from shipper import events
 
                     events.log("info", "refused with a credential its file no longer holds; "
-                               "pushing again with the new one", status=answer.status)
+                               "pushing again with the new one", event="credential_stale_retry",
+                               status=answer.status)
                     answer = await self._exchange(body)
                 return answer
         except BaseException:
@@ -492,10 +494,11 @@ class LokiClient:
         try:
             self._ssl_context = tls_context(c)
         except ConfigError as e:
-            events.log("warn", "TLS files changed but cannot be loaded; keeping the previous ones", error=str(e))
+            events.log("warn", "TLS files changed but cannot be loaded; keeping the previous ones",
+                       event="tls_reload_failed", error=str(e))
             return
         events.log("info", "TLS files changed, reloaded for the next connection",
-                   files=[path for _, path in _tls_files(c)])
+                   event="tls_reloaded", files=[path for _, path in _tls_files(c)])
 
     async def close(self) -> None:
         """Close the connection (it is reopened by the next push)."""

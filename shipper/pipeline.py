@@ -479,7 +479,7 @@ class Pipeline:
             except OSError as e:
                 # The spool is a safety net: when it fails the batch stays in memory.
                 events.log("error", "cannot write to the spool; keeping the batch in memory",
-                           spool_dir=spool.directory, error=str(e))
+                           event="spool_write_failed", spool_dir=spool.directory, error=str(e))
             else:
                 if self.pending_bytes + item.size > self.config.buffer_max_bytes:
                     item.body, item.size = None, 0  # memory is full: on disk only
@@ -644,7 +644,7 @@ class Pipeline:
             except OSError as e:
                 # The old file stays: a restart would replay lines Loki holds (it dedups what it can).
                 events.log("error", "cannot rewrite a spooled batch after a partial answer",
-                           path=item.spooled.path, error=str(e))
+                           event="spool_rewrite_failed", path=item.spooled.path, error=str(e))
                 rest.spooled = item.spooled
         self.pending.popleft()
         self.pending.extendleft(reversed(items))
@@ -675,7 +675,7 @@ class Pipeline:
         self.pending.appendleft(first)
         self._inflight = None
         events.log("warn", "Loki refused the push as too large or over a limit's burst: splitting it",
-                   lines=item.lines, halves=[lines1, lines2])
+                   event="push_split", lines=item.lines, halves=[lines1, lines2])
         return True
 
     def _body(self, item: Sealed) -> bytes:
@@ -695,7 +695,7 @@ class Pipeline:
                 try:
                     checkpoint.save(self.checkpoint_file, self.positions)
                 except OSError as e:
-                    events.log("error", "cannot write the checkpoint", path=self.checkpoint_file,
+                    events.log("error", "cannot write the checkpoint", event="checkpoint_write_failed", path=self.checkpoint_file,
                                error=str(e))
         self._wake.set()  # intake may be waiting for room
 

@@ -269,11 +269,11 @@ class Source:
             if resume is not None and (resume.dev, resume.ino) == self._ident:
                 if resume.offset <= fst.st_size:
                     self._pos = self._line_end = os.lseek(self.fd, resume.offset, os.SEEK_SET)
-                    events.log("info", "source resumed after what was already shipped",
+                    events.log("info", "source resumed after what was already shipped", event="source_resumed",
                                path=self.path, offset=resume.offset)
                 else:
                     events.log("warn", "source is shorter than its checkpoint: reading it from the start",
-                               path=self.path, offset=resume.offset, size=fst.st_size)
+                               event="source_shorter_than_checkpoint", path=self.path, offset=resume.offset, size=fst.st_size)
         elif stat.S_ISFIFO(mode) or stat.S_ISCHR(mode):
             self.fd = self._open(os.O_RDONLY | os.O_NONBLOCK)
             self.anonymous = _link_target(self.path).startswith("pipe:")

@@ -114,7 +114,7 @@ def test_usage_errors_exit_2(args: list[str], message: str) -> None:
 def test_unknown_key_exits_2_naming_the_key(command: list[str]) -> None:
     run = shipper(*command, config="bogus = 1\n")
     assert refusal(run) == f"unknown key bogus (known keys in top level: {TOP_KEYS})"
-    assert run.records == [{"level": "error", "msg": "refusing to start",
+    assert run.records == [{"level": "error", "event": "refusing_to_start", "msg": "refusing to start",
                             "error": f"unknown key bogus (known keys in top level: {TOP_KEYS})"}]
     assert run.logged("starting") == []
 

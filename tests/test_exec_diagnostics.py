@@ -25,7 +25,7 @@ from tests.loki_receiver import LokiReceiver
 from tests.real_loki import free_port
 from tests.test_exec import TASK, run_bare, run_exec, split_diagnostics
 
-ENVELOPE = ("ts", "level", "msg")
+ENVELOPE = ("ts", "level", "event", "msg")
 
 
 def summary_in_loki(receiver: LokiReceiver) -> dict[str, object]:

@@ -302,7 +302,7 @@ async def ship(loki: RealLoki, folder: Path, run: Run) -> None:
         assert await proc.wait() == 0, proc.stderr_text
     finally:
         await proc.kill()
-    run.summary = {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "msg")}
+    run.summary = {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "event", "msg")}
 
 
 def belongs(run: Run, meta: dict[str, str]) -> bool:

@@ -305,7 +305,7 @@ async def test_summary_in_loki_matches_the_last_scrape_before_sigterm(
         assert record["dropped"] == by_label(last, "shipper_lines_dropped_total", "reason")
         assert (record["code"], record["reason"]) == (0, "SIGTERM")
         # The Loki entry is the stderr summary, field for field.
-        assert record == {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "msg")}
+        assert record == {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "event", "msg")}
         assert dict(entry.metadata) == {"run_id": AIRFLOW_ENV["AIRFLOW_CTX_DAG_RUN_ID"], "try_number": "1"}
     finally:
         await proc.kill()

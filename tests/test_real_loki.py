@@ -63,7 +63,7 @@ def summary_in_loki(loki: RealLoki, run: str, tenant: str = "default") -> tuple[
 
 def exit_summary(proc: ShipperProcess) -> dict[str, object]:
     """The stderr exit record without its log envelope (ts, level, msg): what goes to Loki."""
-    return {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "msg")}
+    return {k: v for k, v in proc.summary().items() if k not in ("ts", "level", "event", "msg")}
 
 
 def task_rows(loki: RealLoki, run: str, tenant: str = "default") -> list[tuple[dict[str, str], int, str, dict[str, str]]]:

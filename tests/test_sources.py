@@ -58,7 +58,7 @@ async def test_fifo_lines_arrive_in_order_with_labels_and_metadata(tmp_path: Pat
     assert (summary["code"], summary["lines_read"], summary["lines_sent"]) == (0, len(lines), len(lines))
     # The same summary, as one entry of the task's own job="shipper" stream.
     (pushed,) = streams[summary_key]
-    assert json.loads(pushed.line) == {k: v for k, v in summary.items() if k not in ("ts", "level", "msg")}
+    assert json.loads(pushed.line) == {k: v for k, v in summary.items() if k not in ("ts", "level", "event", "msg")}
     assert pushed.metadata == entries[0].metadata
 
 
