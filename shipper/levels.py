@@ -99,35 +99,44 @@ _AIRFLOW_LINE = re.compile(rb"\} ([A-Za-z]{4,9}) - .*")
 _JSON_LINE = re.compile(rb'"level(?:name)?"[ \t\r\f\v]*:[ \t\r\f\v]*"([A-Za-z]{1,16})".*')
 
 
-def detect_many(entries: Sequence[bytes], single_lines: bool = False) -> list[str | None]:
+def detect_many(entries: Sequence[bytes], single_lines: bool = False,
+                firsts: Sequence[bytes] | None = None) -> list[str | None]:
     """`[detect(e) for e in entries]`, for a chunk at once.
 
     `single_lines`: the caller knows no entry holds a newline (lines as a
-    LineSplitter gives them, entries a merger did not join); only then does
-    the chunk form apply. Entries it leaves unsettled (no form, a word that
-    is no level, a line longer than HEAD, whose form may lie past the head)
-    go through `detect`, so the result is always detect's.
+    LineSplitter gives them, entries a merger did not join), or gives each
+    entry's first line in `firsts` (a merger's entries: a traceback joined
+    to its record); only then does the chunk form apply, to those lines.
+    Entries it leaves unsettled (no form, a word that is no level, a line
+    longer than HEAD, whose form may lie past the head) go through
+    `detect`, so the result is always detect's: for the Airflow 2 form, the
+    first hit in an entry is its first line's (the form holds no newline),
+    and a JSON chunk takes the chunk form only when no entry was merged.
     """
-    if not single_lines or len(entries) < 2:
+    if firsts is None:
+        if not single_lines:
+            return list(map(detect, entries))
+        firsts = entries
+    if len(entries) < 2:
         return list(map(detect, entries))
-    json = entries[0][:2] == b'{"'
+    json = firsts[0][:2] == b'{"'
     if json:
-        if not all(map(bytes.startswith, entries, repeat(b'{"'))):
+        if firsts is not entries or not all(map(bytes.startswith, entries, repeat(b'{"'))):
             return list(map(detect, entries))
         words = _JSON_LINE.findall(b"\n".join(entries))
     else:
-        if any(map(bytes.startswith, entries, repeat(b'{"'))):
+        if any(map(bytes.startswith, firsts, repeat(b'{"'))):
             return list(map(detect, entries))
-        words = _AIRFLOW_LINE.findall(b"\n".join(entries))
+        words = _AIRFLOW_LINE.findall(b"\n".join(firsts))
     if len(words) != len(entries):
         return list(map(detect, entries))
     found: list[str | None] = list(map(_WORDS.get, words))
-    if None in found or (not json and max(map(len, entries)) > HEAD):
+    if None in found or (not json and max(map(len, firsts)) > HEAD):
         # Unsettled entries, one by one (JSON: a level in another spelling;
         # text: the head limit, or a word that is no level).
-        for i, entry in enumerate(entries):
-            if found[i] is None or (not json and len(entry) > HEAD):
-                found[i] = detect(entry)
+        for i, first in enumerate(firsts):
+            if found[i] is None or (not json and len(first) > HEAD):
+                found[i] = detect(entries[i])
     return found
 
 

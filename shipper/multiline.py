@@ -232,10 +232,12 @@ class Merger:
         return self._opened + self.max_wait if self._parts else None
 
     def feed(self, lines: Sequence[bytes], now: float, stamps: Sequence[int] | None = None,
-             out_stamps: list[int] | None = None) -> list[bytes]:
+             out_stamps: list[int] | None = None, out_firsts: list[tuple[int, bytes]] | None = None) -> list[bytes]:
         """Add `lines` (read at `now`); return the entries they complete, in order.
 
         `stamps`, if given, has one int per line; see the module docstring.
+        `out_firsts`, if given, gets `(i, first line)` for each returned entry
+        `i` that joins several lines (what levels.detect_many reads of it).
         """
         if not self._grammar:
             return self._feed_firstline(lines, now, stamps, out_stamps)
@@ -300,6 +302,8 @@ class Merger:
                         else:
                             append(join(parts))
                             merged_entries += 1
+                            if out_firsts is not None:
+                                out_firsts.append((len(out) - 1, parts[0]))
                         if out_stamps is not None:
                             out_stamps.append(stamp)
                         parts = []
@@ -338,6 +342,8 @@ class Merger:
                         closed_by = _LINES if len(parts) >= max_lines else _BYTES
                         append(join(parts))
                         merged_entries += 1
+                        if out_firsts is not None:
+                            out_firsts.append((len(out) - 1, parts[0]))
                         if out_stamps is not None:
                             out_stamps.append(stamp)
                         parts = []
@@ -354,6 +360,8 @@ class Merger:
                 else:
                     append(join(parts))
                     merged_entries += 1
+                    if out_firsts is not None:
+                        out_firsts.append((len(out) - 1, parts[0]))
                 if out_stamps is not None:
                     out_stamps.append(stamp)
             elif closed_by != _NONE and after > 0:

@@ -170,23 +170,37 @@ class Processor:
         if merger is None:
             merger = self._mergers[stream] = Merger(*self._merger_args)
         stamps: list[int] = []
-        joined = merger.merged_entries
-        merged = merger.feed(lines, now, times, stamps)
-        return self._finish(merged, stamps, stream, wall_ns,
-                            single_lines=split_lines and merger.merged_entries == joined)
+        joined: list[tuple[int, bytes]] = []
+        merged = merger.feed(lines, now, times, stamps, joined)
+        firsts = None
+        if split_lines and self.detect_level:
+            firsts = merged
+            if joined:  # a traceback joined to its record: its level is its first line's
+                firsts = merged.copy()
+                for i, first in joined:
+                    firsts[i] = first
+        return self._finish(merged, stamps, stream, wall_ns, firsts)
 
     def _finish(self, merged: list[bytes], stamps: list[int], stream: str | None,
-                wall_ns: int | None, single_lines: bool = False) -> list[Run]:
+                wall_ns: int | None, firsts: list[bytes] | None = None) -> list[Run]:
         """Runs of merged entries. An entry's time is its first line's (read time, or the CRI time);
         one read in this very call (`wall_ns`) needs no time of its own: the accumulator stamps
-        those as a block, in one C-level pass."""
+        those as a block, in one C-level pass. `firsts`: each entry's first line, when known
+        (levels.detect_many's chunk form)."""
         if not merged:
             return []
-        found = levels.detect_many(merged, single_lines) if self.detect_level else None
-        if wall_ns is not None and stamps.count(wall_ns) == len(merged):
+        found = levels.detect_many(merged, firsts=firsts) if self.detect_level else None
+        n = len(merged)
+        same = stamps.count(wall_ns) if wall_ns is not None else 0
+        if same == n:
             return [Run(stream, merged, None, None, found)]  # the common case: one run
-        # An entry held open from an earlier read (usually the first) keeps its
-        # first line's time: runs where the stamping changes.
+        if same == n - 1 and n > 1 and stamps[0] != wall_ns:
+            # The next most common: the first entry was held open from an earlier
+            # read (it might have continued) and keeps its first line's time.
+            return [Run(stream, merged[:1], stamps[:1], None, found[:1] if found is not None else None),
+                    Run(stream, merged[1:], None, None, found[1:] if found is not None else None)]
+        # Entries held open from earlier reads keep their first line's time:
+        # runs where the stamping changes.
         return [Run(stream, merged[i:j], None if stamps[i] == wall_ns else stamps[i:j], None,
                     found[i:j] if found is not None else None)
                 for i, j in spans([stamp == wall_ns for stamp in stamps])]

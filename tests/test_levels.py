@@ -173,3 +173,36 @@ def test_detect_many_of_merged_entries_is_detect_of_each() -> None:
     entries = [b"[2026-11-25T10:00:00.123+0000] {x.py:1} ERROR - failed\nTraceback (most recent call last):",
                b"[2026-11-25T10:00:00.123+0000] {x.py:1} INFO - ok"]
     assert detect_many(entries) == ["error", "info"]
+
+
+# Continuation lines a merger may join to an entry: some show a level form of
+# their own (which must not count: the entry's level is its first line's form,
+# or whatever detect finds in the whole entry when the first line has none).
+_CONTINUATIONS = [
+    b"Traceback (most recent call last):",
+    b'  File "/x.py", line 1, in f',
+    b"    log.info('} ERROR - in a source line')",
+    b'{"level":"error"}',
+    b"ValueError: boom",
+    b"",
+    b"z" * 300,
+]
+
+
+@given(st.lists(st.tuples(st.sampled_from(_CHUNK_LINES),
+                          st.lists(st.sampled_from(_CONTINUATIONS), max_size=3)), max_size=30))
+def test_detect_many_of_merged_entries_given_first_lines_is_detect_of_each(
+        entries_lines: list[tuple[bytes, list[bytes]]]) -> None:
+    entries = [b"\n".join([first, *rest]) for first, rest in entries_lines]
+    firsts = [first for first, _ in entries_lines]
+    assert detect_many(entries, firsts=firsts) == [detect(entry) for entry in entries]
+
+
+def test_detect_many_given_first_lines_of_airflow_2_entries_with_tracebacks() -> None:
+    """The chunk form's own case (Airflow 2 records, one with its traceback)."""
+    firsts = [b"[2026-11-25T10:00:00.123+0000] {x.py:1} ERROR - failed",
+              b"[2026-11-25T10:00:00.123+0000] {x.py:1} WARNING - retrying",
+              b"[2026-11-25T10:00:00.123+0000] {x.py:1} INFO - ok"]
+    entries = [firsts[0] + b"\nTraceback (most recent call last):\n    log.info('} DEBUG - x')\nValueError: boom",
+               firsts[1], firsts[2]]
+    assert detect_many(entries, firsts=firsts) == ["error", "warning", "info"]

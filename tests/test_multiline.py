@@ -480,3 +480,16 @@ def test_with_time_nothing_is_lost_and_nothing_stays_overdue(steps: list[tuple[l
     out += m.flush()
     assert [line for entry in out for line in entry.split(b"\n")] == fed_lines
     assert m.entries == len(out)
+
+
+@settings(max_examples=300)
+@given(fed(), st.integers(1, 8), st.integers(1, 300))
+def test_out_firsts_names_each_joined_entry_and_its_first_line(
+        data: tuple[list[bytes], list[list[bytes]]], max_lines: int, max_bytes: int) -> None:
+    _, chunks = data
+    m = Merger(None, max_lines, 5.0, max_bytes)
+    for chunk in chunks:
+        firsts: list[tuple[int, bytes]] = []
+        entries = m.feed(chunk, 0.0, None, None, firsts)
+        # Lines hold no b"\n": an entry holds one exactly when it joins several lines.
+        assert firsts == [(i, e.split(b"\n")[0]) for i, e in enumerate(entries) if b"\n" in e]

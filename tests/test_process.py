@@ -383,3 +383,21 @@ async def test_continuation_lines_a_bound_split_off_are_counted(tmp_path: Path, 
         TASK_OUTPUT[0], "\n".join(TASK_OUTPUT[1:3]), "\n".join(TASK_OUTPUT[3:5]), TASK_OUTPUT[5],
         "\n".join(TASK_OUTPUT[6:8])]
     assert proc.summary()["multiline_splits"] == {"max_lines": 2, "max_bytes": 0, "max_wait": 0}
+
+
+def test_an_entry_held_open_across_reads_keeps_its_first_lines_read_time() -> None:
+    """The entry a read leaves open (it may continue) is returned by the next read with the
+    time its first line was read, in a run of its own; the rest of that read is stamped then."""
+    from shipper.config import SourceConfig
+    from shipper.process import Processor, Run
+    processor = Processor(SourceConfig("/x", "stdout", multiline=True, detect_level=True), 262_144)
+    first = b"[2026-11-25T10:00:00.123+0000] {x.py:1} ERROR - failed"
+    rec = [b"[2026-11-25T10:00:01.123+0000] {x.py:1} INFO - next %d" % i for i in range(3)]
+    assert processor.feed([first, b"Traceback (most recent call last):"], 1.0, 100) == []
+    runs = processor.feed([b'  File "/x.py", line 1, in f', b"ValueError: boom", *rec], 1.5, 200)
+    assert runs == [
+        Run(None, [b"\n".join([first, b"Traceback (most recent call last):", b'  File "/x.py", line 1, in f',
+                               b"ValueError: boom"])], [100], None, ["error"]),
+        Run(None, rec[:2], None, None, ["info", "info"]),
+    ]
+    assert processor.flush(2.0, 300) == [Run(None, [rec[2]], [200], None, ["info"])]
