@@ -1,7 +1,8 @@
 """Run the real `shipper` process in tests and follow its JSON diagnostics.
 
-Tests await log events (e.g. "source opened") instead of sleeping: the
-process's stderr is parsed line by line and every record is kept.
+Tests await diagnostic events by their stable name (e.g. `source_opened`,
+docs/diagnostics.md) instead of sleeping, and never by their English text:
+the process's stderr is parsed line by line and every record is kept.
 """
 
 from __future__ import annotations
@@ -65,22 +66,33 @@ class ShipperProcess:
             raise AssertionError(f"shipper wrote a non-JSON diagnostic line: {text!r}") from None
         self.records.append(record)
 
+    def events(self, name: str, **fields: Any) -> list[Record]:
+        """All records of the event `name` whose fields have these values, in order."""
+        return [r for r in self.records
+                if r.get("event") == name and all(r.get(k) == v for k, v in fields.items())]
+
+    async def wait_for_event(self, name: str, count: int = 1, **fields: Any) -> Record:
+        """Await the `count`-th record of the event `name` with these field values;
+        fail if the process ends first."""
+        async with self._changed:
+            while len(self.events(name, **fields)) < count:
+                if self._closed == 2:
+                    raise AssertionError(f"shipper exited ({self.proc.returncode}) before event {name!r} "
+                                         f"(x{count}, {fields}); stderr:\n" + "\n".join(self.stderr_text))
+                await self._changed.wait()
+        return self.events(name, **fields)[count - 1]
+
+    # Transitional, until the last test files move to events (then removed): by message text.
     def logs(self, msg: str) -> list[Record]:
-        """All records whose `msg` equals `msg`."""
         return [r for r in self.records if r.get("msg") == msg]
 
     async def wait_for_log(self, msg: str, count: int = 1, **fields: Any) -> Record:
-        """Await the `count`-th record with this msg (and field values); fail if the process ends first."""
-        def match() -> list[Record]:
-            return [r for r in self.logs(msg) if all(r.get(k) == v for k, v in fields.items())]
-
         async with self._changed:
-            while len(match()) < count:
+            while len([r for r in self.logs(msg) if all(r.get(k) == v for k, v in fields.items())]) < count:
                 if self._closed == 2:
-                    raise AssertionError(f"shipper exited ({self.proc.returncode}) before logging {msg!r}; "
-                                         f"stderr:\n" + "\n".join(self.stderr_text))
+                    raise AssertionError(f"shipper exited before logging {msg!r}")
                 await self._changed.wait()
-        return match()[count - 1]
+        return [r for r in self.logs(msg) if all(r.get(k) == v for k, v in fields.items())][count - 1]
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         """Send a real signal to the process."""
@@ -94,7 +106,7 @@ class ShipperProcess:
 
     def summary(self) -> Record:
         """The final "exit" record."""
-        (record,) = self.logs("exit")
+        (record,) = self.events("exit")
         return record
 
     async def kill(self) -> None:

@@ -156,7 +156,7 @@ async def ship_files(procs: list[ShipperProcess], receiver: LokiReceiver, tmp_pa
     proc = await launch(procs, config_for(receiver, [(paths["stdout"], "stdout"), (paths["stderr"], "stderr")],
                                           settings, podinfo))
     for path in paths.values():
-        await proc.wait_for_log("source opened", path=str(path))
+        await proc.wait_for_event("source_opened", path=str(path))
     proc.signal(signal.SIGTERM)  # the task is done: read both files to their end, flush, exit
     assert await proc.wait() == 0, proc.stderr_text
     return proc
@@ -190,7 +190,7 @@ async def ship_task_logs(procs: list[ShipperProcess], receiver: LokiReceiver, tm
         target.write_bytes(f.read("task.log"))
     proc = await launch(procs, config_for(receiver, [("{AIRFLOW_HOME}/logs/**/attempt=*.log", "stdout")], settings),
                         env={"AIRFLOW_HOME": str(home)})
-    await proc.wait_for_log("source file found", count=len(fixtures))
+    await proc.wait_for_event("source_found", count=len(fixtures))
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0, proc.stderr_text
     return proc

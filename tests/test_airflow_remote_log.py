@@ -71,7 +71,7 @@ async def ship_files(procs: list[ShipperProcess], loki: RealLoki, tmp: Path, run
     (d / "stderr.log").write_bytes(stderr)
     proc = await launch(procs, pod_config(loki, tmp, run, ctx, [(d / "stdout.log", "stdout"),
                                                                 (d / "stderr.log", "stderr")], tenant))
-    await proc.wait_for_log("source opened", path=str(d / "stderr.log"))
+    await proc.wait_for_event("source_opened", path=str(d / "stderr.log"))
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     return proc.summary()
@@ -250,7 +250,7 @@ async def test_a_running_try_is_streamed_and_each_poll_extends_the_last(
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, pod_config(loki3, tmp_path, run, ctx, [(fifo, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     start = now()
     io = reader(loki3, run, settle=0.3)
     ti = fake_ti(ctx, start, None, state="running")

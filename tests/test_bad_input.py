@@ -76,7 +76,7 @@ async def ship(tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProces
         path = tmp_path / "stdout"
         os.mkfifo(path)
         proc = await launch(procs, make_config(receiver.url, [(path, "stdout")], **config))
-        await proc.wait_for_log("source opened", path=str(path))
+        await proc.wait_for_event("source_opened", path=str(path))
         fd = open_fifo_writer(path)
         await asyncio.to_thread(write_all, fd, data)
         os.close(fd)
@@ -217,7 +217,7 @@ async def labelled_run(tmp_path: Path, receiver: LokiReceiver, procs: list[Shipp
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, config_of(make_config(receiver.url, [(fifo, "stdout")])), env=env)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     write_all(fd, b"one\ntwo\n")
     os.close(fd)
@@ -288,7 +288,7 @@ async def test_no_airflow_context_at_all(
     proc, labels, metadata = await labelled_run(tmp_path, receiver, procs, lambda c: c, {})
     assert labels == {"dag_id": "unknown", "task_id": "unknown", "stream": "stdout", "service_name": "airflow"}
     assert metadata == ()
-    assert proc.logs("starting")[0]["context_keys"] == []
+    assert proc.events("starting")[0]["context_keys"] == []
 
 
 async def test_partial_airflow_context_dag_id_only(
@@ -298,7 +298,7 @@ async def test_partial_airflow_context_dag_id_only(
         tmp_path, receiver, procs, lambda c: with_airflow(c, annotations_file="/nonexistent", missing="n/a"), env)
     assert labels == {"dag_id": "etl", "task_id": "n/a", "stream": "stdout", "service_name": "airflow"}
     assert metadata == ()
-    assert proc.logs("starting")[0]["context_keys"] == ["dag_id"]
+    assert proc.events("starting")[0]["context_keys"] == ["dag_id"]
 
 
 async def test_partial_context_completed_from_the_annotations_file(
@@ -391,7 +391,7 @@ def spoil_url(url: str, how: str) -> str:
 async def assert_refused(proc: ShipperProcess, receiver: LokiReceiver, message: str) -> str:
     """Exit 2 with one JSON error starting with `message`; nothing started, nothing sent."""
     assert await proc.wait() == 2
-    assert [r["msg"] for r in proc.records] == ["refusing to start"]
+    assert [r["event"] for r in proc.records] == ["refusing_to_start"]
     (record,) = proc.records
     assert record["level"] == "error" and record["error"].startswith(message), record
     assert proc.stdout_lines == []
@@ -460,10 +460,10 @@ async def test_unusable_checkpoint_or_spool_exits_2_and_ships_nothing(
         message = f"spool_dir {state}: "
     proc = await launch(procs, make_config(receiver.url, [(log, "stdout")], **settings))
     assert await proc.wait() == 2
-    (record,) = proc.logs("refusing to start")
+    (record,) = proc.events("refusing_to_start")
     assert record["error"].startswith(message), record
     # Refused before "starting", before any source is opened, any endpoint bound or any push made.
-    assert [r["msg"] for r in proc.records] == ["refusing to start"]
+    assert [r["event"] for r in proc.records] == ["refusing_to_start"]
     assert receiver.requests == []
 
 
@@ -492,7 +492,7 @@ async def test_unreadable_spool_files_are_set_aside_and_the_rest_replayed(
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == ["fresh line"]
-    set_aside = sorted(r["path"] for r in proc.logs("unreadable spool file set aside"))
+    set_aside = sorted(r["path"] for r in proc.events("spool_file_set_aside"))
     assert set_aside == sorted(str(spool / name) + ".corrupt" for name in bad)
     assert sorted(p.name for p in spool.iterdir()) == sorted([name + ".corrupt" for name in bad] + ["checkpoint.json"])
 
@@ -509,7 +509,7 @@ async def test_checkpoint_file_in_a_missing_directory_is_refused_or_works(
         code = None
     if code is not None:  # refused: the whole problem named, nothing shipped
         assert code == 2
-        (record,) = proc.logs("refusing to start")
+        (record,) = proc.events("refusing_to_start")
         assert "checkpoint_file" in record["error"] and str(checkpoint.parent) in record["error"]
         assert receiver.requests == []
         return
@@ -520,7 +520,7 @@ async def test_checkpoint_file_in_a_missing_directory_is_refused_or_works(
         await asyncio.sleep(0.05)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
-    assert proc.logs("cannot write the checkpoint") == []
+    assert proc.events("checkpoint_write_failed") == []
     assert json.loads(checkpoint.read_bytes())["files"][0]["offset"] == len(b"one line\n")
 
 

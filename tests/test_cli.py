@@ -31,8 +31,9 @@ class Run:
         """stderr, one JSON object per line (every diagnostic is JSON)."""
         return [json.loads(line) for line in self.stderr.splitlines()]
 
-    def logged(self, msg: str) -> list[dict[str, Any]]:
-        return [r for r in self.records if r.get("msg") == msg]
+    def events(self, name: str) -> list[dict[str, Any]]:
+        """The records of the event `name` (docs/diagnostics.md)."""
+        return [r for r in self.records if r.get("event") == name]
 
 
 def shipper(*args: str, config: str | None = None) -> Run:
@@ -52,7 +53,7 @@ def refusal(run: Run) -> str:
     """The error of the single 'refusing to start' record; asserts nothing was started."""
     assert run.code == 2, run
     assert run.stdout == ""
-    (record,) = run.logged("refusing to start")
+    (record,) = run.events("refusing_to_start")
     assert record["level"] == "error"
     return str(record["error"])
 
@@ -116,20 +117,20 @@ def test_unknown_key_exits_2_naming_the_key(command: list[str]) -> None:
     assert refusal(run) == f"unknown key bogus (known keys in top level: {TOP_KEYS})"
     assert run.records == [{"level": "error", "event": "refusing_to_start", "msg": "refusing to start",
                             "error": f"unknown key bogus (known keys in top level: {TOP_KEYS})"}]
-    assert run.logged("starting") == []
+    assert run.events("starting") == []
 
 
 def test_unknown_key_in_a_table_is_named() -> None:
     run = shipper(config="[loki]\nbatchwait = 1\n")
     assert refusal(run).startswith("unknown key loki.batchwait (known keys in loki: ")
-    assert run.logged("starting") == []
+    assert run.events("starting") == []
 
 
 def test_missing_config_file_exits_2_naming_the_path(tmp_path: Path) -> None:
     path = tmp_path / "missing.toml"
     run = shipper("--config", str(path))
     assert refusal(run).startswith(f"cannot read config file {path}: ")
-    assert run.logged("starting") == []
+    assert run.events("starting") == []
 
 
 # --- source paths refused --------------------------------------------------------------
@@ -138,7 +139,7 @@ def test_dev_null_source_exits_2() -> None:
     run = shipper(config=source_config("/dev/null"))
     error = refusal(run)
     assert error.startswith("source /dev/null resolves to /dev/null: nothing will ever be read from it.")
-    assert run.logged("starting") == []
+    assert run.events("starting") == []
 
 
 def test_symlink_to_dev_null_exits_2(tmp_path: Path) -> None:
@@ -155,13 +156,13 @@ def test_the_shippers_own_output_as_source_exits_2(path: str, fd: int) -> None:
     error = refusal(run)
     assert error.startswith(f"source {path} is the shipper's own fd {fd}: ")
     assert "/proc/1 inside the sidecar is the sidecar itself, not the task" in error
-    assert run.logged("starting") == []
+    assert run.events("starting") == []
 
 
 def test_a_directory_as_source_exits_2(tmp_path: Path) -> None:
     run = shipper(config=source_config(tmp_path))
     assert refusal(run) == f"source {tmp_path} is a directory; give a file, FIFO or pipe path"
-    assert run.logged("exit") == []
+    assert run.events("exit") == []
 
 
 # Regression (was a strict xfail): an OverflowError escaped config.py _convert(), so the CLI died

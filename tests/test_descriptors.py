@@ -57,7 +57,7 @@ async def test_150_task_log_files_under_a_100_descriptor_limit_are_all_shipped(
         port = await metrics_port(proc)
         await receiver.wait_for_entries(FILES * LINES, timeout=120)
         # The limit was reached (else this test proves nothing), warned about once per episode, counted.
-        warning = (await proc.wait_for_log("out of file descriptors: closing idle files, retrying the open"))
+        warning = (await proc.wait_for_event("descriptor_shortage"))
         assert warning["level"] == "warn" and warning["shortages"] >= 1, warning
         # Every file is parked once idle: no descriptor held for a file at its end.
         samples = await scrape_until(port, lambda s: value(s, "shipper_sources_open") == 0, "every file parked")
@@ -110,7 +110,7 @@ async def test_1000_finished_task_logs_hold_no_descriptor_once_idle(tmp_path: Pa
         # Parked once idle for IDLE_CLOSE_SECONDS (awaited, not timed).
         samples = await scrape_until(port, lambda s: value(s, "shipper_sources_open") == 0, "every file parked")
         assert value(samples, "process_open_fds") < 30, samples
-        assert proc.logs("out of file descriptors: closing idle files, retrying the open") == []
+        assert proc.events("descriptor_shortage") == []
         with task_log(home, 7).open("a") as f:
             f.write("t007 one more\n")
         await receiver.wait_for_entries(n + 1, timeout=120)

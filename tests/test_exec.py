@@ -251,8 +251,7 @@ async def test_output_its_descendants_write_after_the_command_exits_is_passed_th
     # The shipper's own records come on stderr once the command is gone.
     try:
         record = json.loads(await proc.stderr.readline())
-        assert record["msg"] == "the command exited but a process it started still holds its output open: " \
-                                "reading on until it closes"
+        assert record["event"] == "output_held_open"
         assert record["pipes"] == ["exec:stdout", "exec:stderr"]
         release(go)  # the descendant writes now
         out, err = await proc.communicate()
@@ -261,7 +260,7 @@ async def test_output_its_descendants_write_after_the_command_exits_is_passed_th
     assert (proc.returncode, out) == (3, b"command done\nwritten after the command exited\n")
     assert err.startswith(b"late stderr\n")
     summary = json.loads(err.splitlines()[-1])
-    assert (summary["msg"], summary["exec_pipes_cut"]) == ("exit", 0)
+    assert (summary["event"], summary["exec_pipes_cut"]) == ("exit", 0)
     assert receiver.lines(stream="stdout") == ["command done", "written after the command exited"]
     assert receiver.lines(stream="stderr") == ["late stderr"]
 
@@ -274,15 +273,15 @@ async def test_descendants_holding_the_output_open_are_cut_after_the_drain_limit
     assert proc.stderr is not None
     try:
         record = json.loads(await proc.stderr.readline())
-        assert record["msg"].startswith("the command exited but a process it started")
+        assert record["event"] == "output_held_open"
         release(go)  # it writes its lines, then waits on the FIFO again with the pipes open
         out, err = await proc.communicate()
     finally:
         release(go, wait=False)  # let the descendant end
     assert (proc.returncode, out) == (0, b"written after the command exited\n")
     records = [json.loads(line) for line in err.splitlines()[1:]]
-    assert records[0]["msg"].startswith("drain limit passed")
+    assert records[0]["event"] == "drain_limit_passed"
     assert records[0]["pipes"] == ["exec:stdout", "exec:stderr"]
-    assert (records[-1]["msg"], records[-1]["exec_pipes_cut"]) == ("exit", 2)
+    assert (records[-1]["event"], records[-1]["exec_pipes_cut"]) == ("exit", 2)
     assert receiver.lines(stream="stdout") == ["written after the command exited"]
     assert receiver.lines(stream="stderr") == ["late stderr"]

@@ -64,11 +64,10 @@ async def test_stderr_carries_warnings_errors_and_the_summary_after_the_commands
     records = split_diagnostics(err, bare[2])
     # Warnings and errors (Loki is down), and of the info records the summary only.
     assert {r["level"] for r in records} == {"warn", "error", "info"}
-    assert [r["msg"] for r in records if r["level"] == "info"] == ["exit"]
-    assert {r["msg"] for r in records if r["level"] != "info"} == {
-        "push failed, will retry", "lines dropped", "shutdown deadline reached with lines undelivered",
-        "summary push failed"}
-    assert [r["msg"] for r in records[-2:]] == ["exit", "summary push failed"]
+    assert [r["event"] for r in records if r["level"] == "info"] == ["exit"]
+    assert {r["event"] for r in records if r["level"] != "info"} == {
+        "push_failed", "lines_dropped", "shutdown_deadline_reached", "exit_push_failed"}
+    assert [(r["event"], r.get("target")) for r in records[-2:]] == [("exit", None), ("exit_push_failed", "summary")]
     exit_record = records[-2]
     assert (exit_record["code"], exit_record["lines_read"], exit_record["dropped"]) == (  # type: ignore[index]
         1, 5, {"rejected": 0, "shutdown_deadline": 5, "forced_exit": 0, "buffer_full": 0, "spool_error": 0,
@@ -86,11 +85,11 @@ async def test_a_file_gets_every_diagnostic_and_the_same_summary_as_loki(
     assert (proc.returncode, out, err) == bare
     earlier, *records = [json.loads(line) for line in log.read_text().splitlines()]
     assert earlier == {"earlier": "run"}
-    msgs = [r["msg"] for r in records]
-    assert msgs[:2] == ["starting", "command started"]
-    assert "command exited: reading its output to the end, flushing" in msgs
-    assert msgs[-2:] == ["exit", "summary pushed"]
-    (exit_record,) = [r for r in records if r["msg"] == "exit"]
+    names = [r["event"] for r in records]
+    assert names[:2] == ["starting", "command_started"]
+    assert "command_exited" in names
+    assert names[-2:] == ["exit", "exit_pushed"] and records[-1]["target"] == "summary"
+    (exit_record,) = [r for r in records if r["event"] == "exit"]
     assert {k: v for k, v in exit_record.items() if k not in ENVELOPE} == summary_in_loki(receiver)
 
 
@@ -110,7 +109,7 @@ async def test_a_file_descriptor_the_parent_passes_gets_the_diagnostics(receiver
     with os.fdopen(r, "rb") as f:
         records = [json.loads(line) for line in f.read().splitlines()]  # EOF: the shipper has exited
     assert (proc.returncode, out, err) == bare
-    (exit_record,) = [r for r in records if r["msg"] == "exit"]
+    (exit_record,) = [r for r in records if r["event"] == "exit"]
     assert {k: v for k, v in exit_record.items() if k not in ENVELOPE} == summary_in_loki(receiver)
 
 
@@ -122,7 +121,7 @@ async def test_a_diagnostics_file_that_cannot_be_opened_stops_before_the_command
     out, err = await proc.communicate()
     assert (proc.returncode, out) == (2, b"")
     (record,) = [json.loads(line) for line in err.decode().splitlines()]
-    assert record["msg"] == "refusing to start"
+    assert record["event"] == "refusing_to_start"
     assert record["error"].startswith(f"exec_diagnostics: cannot open {tmp_path / 'no' / 'dir.log'} for appending: ")
     assert not marker.exists()
     assert receiver.lines() == []
@@ -146,8 +145,10 @@ async def test_a_command_that_cannot_run_is_still_said_on_stderr_with_diagnostic
         out, err = await proc.communicate()
         assert (proc.returncode, out) == (127, b"")
         (record,) = [json.loads(line) for line in err.decode().splitlines()]
-        assert (record["msg"], record["error"]) == ("cannot run the command", "exec: /nonexistent/task: no such file")
-    assert [r["msg"] for r in map(json.loads, log.read_text().splitlines())] == ["starting", "cannot run the command"]
+        # The task's log says it in words: the wording is what a reader of `kubectl logs` gets.
+        assert (record["event"], record["msg"], record["error"]) == (
+            "command_not_run", "cannot run the command", "exec: /nonexistent/task: no such file")
+    assert [r["event"] for r in map(json.loads, log.read_text().splitlines())] == ["starting", "command_not_run"]
 
 
 async def test_run_mode_keeps_every_diagnostic_on_stderr(receiver: LokiReceiver) -> None:
@@ -159,6 +160,6 @@ async def test_run_mode_keeps_every_diagnostic_on_stderr(receiver: LokiReceiver)
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, err = await proc.communicate(b"one\n")  # a pipe: read to EOF, then the shipper exits
     assert proc.returncode == 0
-    msgs = [json.loads(line)["msg"] for line in err.decode().splitlines()]
-    assert msgs[0] == "starting" and msgs[-2:] == ["exit", "summary pushed"]
+    names = [json.loads(line)["event"] for line in err.decode().splitlines()]
+    assert names[0] == "starting" and names[-2:] == ["exit", "exit_pushed"]
     assert receiver.lines(stream="stdout") == ["one"]

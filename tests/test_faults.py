@@ -160,7 +160,7 @@ async def start_on_fifo(tmp_path: Path, procs: list[ShipperProcess], url: str,
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, make_config(url, [(fifo, "stdout")], **config))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, open_fifo_writer(fifo)
 
 
@@ -180,9 +180,9 @@ async def test_error_answers_for_a_while_then_recovery(
     failures = 2 if "Retry-After" in headers else 4
     before, during, after = numbered("before", 300), numbered("during", 300), numbered("after", 300)
     write_all(fd, text(before))
-    await proc.wait_for_log("push failed, will retry", count=failures, outcome=str(status))
+    await proc.wait_for_event("push_failed", count=failures, outcome=str(status))
     write_all(fd, text(during))  # lines keep coming while Loki fails
-    await proc.wait_for_log("push failed, will retry", count=2 * failures, outcome=str(status))
+    await proc.wait_for_event("push_failed", count=2 * failures, outcome=str(status))
     receiver.clear_actions()  # Loki recovers
     write_all(fd, text(after))
     os.close(fd)
@@ -192,9 +192,9 @@ async def test_error_answers_for_a_while_then_recovery(
     refused = [r for r in receiver.requests if r.status != 204]
     assert len(refused) >= 2 * failures and {r.status for r in refused} == {status}
     if "Retry-After" in headers:
-        assert {r["retry_in"] for r in proc.logs("push failed, will retry")} == {1.0}
+        assert {r["retry_in"] for r in proc.events("push_failed")} == {1.0}
     # The diagnostic quotes the answer, cut short.
-    assert all(len(r["error"]) <= 512 for r in proc.logs("push failed, will retry"))
+    assert all(len(r["error"]) <= 512 for r in proc.events("push_failed"))
     summary = proc.summary()
     assert (summary["code"], summary["lines_read"], summary["lines_sent"]) == (0, 900, 900)
     assert summary["retries"] == len(refused)
@@ -210,7 +210,7 @@ async def test_connection_refused_for_30_seconds_then_loki_comes_up(
     proc, fd = await start_on_fifo(tmp_path, procs, url, loki=PRODUCTION_BACKOFF)
     before, during, after = numbered("before", 200), numbered("during", 200), numbered("after", 200)
     write_all(fd, text(before))
-    await proc.wait_for_log("push failed, will retry", outcome="connection_refused")
+    await proc.wait_for_event("push_failed", outcome="connection_refused")
     down_since = time.monotonic()
     await asyncio.sleep(REFUSED_OUTAGE / 2)
     write_all(fd, text(during))
@@ -228,7 +228,7 @@ async def test_connection_refused_for_30_seconds_then_loki_comes_up(
         assert rx.dedup_dropped == 0
     finally:
         await rx.stop()
-    failed = proc.logs("push failed, will retry")
+    failed = proc.events("push_failed")
     assert {r["outcome"] for r in failed} == {"connection_refused"}
     # Backoff grew to its cap during the outage and never beyond it; the
     # first push after Loki came up waited at most one capped delay.
@@ -257,7 +257,7 @@ async def test_loki_that_never_answers_is_timed_out_and_retried(
     # Each hung push was given up after the request timeout, not before.
     gaps = [(b.received_ns - a.received_ns) / 1e9 for a, b in zip(receiver.requests, receiver.requests[1:3])]
     assert min(gaps) >= 0.5, gaps
-    assert [r["outcome"] for r in proc.logs("push failed, will retry")] == ["timeout", "timeout"]
+    assert [r["outcome"] for r in proc.events("push_failed")] == ["timeout", "timeout"]
     summary = proc.summary()
     assert (summary["code"], summary["lines_sent"], summary["retries"]) == (0, 500, 2)
     no_drops(summary)
@@ -277,7 +277,7 @@ async def test_answer_lost_after_loki_stored_the_batch_is_deduplicated_on_retry(
         lines = numbered("line", 300)
         write_all(fd, text(lines))
         await receiver.wait_for_entries(300, stream="stdout")
-        await proc.wait_for_log("push failed, will retry", outcome="timeout")
+        await proc.wait_for_event("push_failed", outcome="timeout")
         proxy.swallow = False
         os.close(fd)
         assert await proc.wait() == 0
@@ -310,7 +310,7 @@ async def test_connection_reset_is_retried(
     assert receiver.dedup_dropped == 0
     assert [r.status for r in receiver.requests[:4]] == [None, None, None, 204]
     assert receiver.requests[3].wire_bytes > 400_000
-    failed = proc.logs("push failed, will retry")
+    failed = proc.events("push_failed")
     assert len(failed) == 3
     assert {r["outcome"] for r in failed} <= {"connection_reset", "transport_error"}
     summary = proc.summary()
@@ -360,7 +360,7 @@ async def test_413_for_a_single_line_is_a_counted_rejection(
     os.close(fd)
     assert await proc.wait() == 0  # refused by Loki and counted: not "undelivered"
     assert delivered(receiver) == []
-    (refused,) = proc.logs("push refused by Loki, batch dropped")
+    (refused,) = proc.events("push_refused")
     assert refused["outcome"] == "413"
     assert proc.summary()["dropped"]["rejected"] == 1
 
@@ -402,7 +402,7 @@ async def test_sigkill_mid_stream_with_spool_then_restart(
 
         proxy.swallow = False
         second = await launch(procs, config)
-        replay = await second.wait_for_log("replaying batches spooled by an earlier run")
+        replay = await second.wait_for_event("spool_replay")
         assert replay["lines"] >= 300
         await receiver.wait_for_entries(1200, stream="stdout")
         second.signal(signal.SIGTERM)
@@ -440,7 +440,7 @@ async def test_sigkill_with_checkpoint_only_resends_nothing_acknowledged(
     append(log, later)
 
     second = await launch(procs, config)
-    resumed = await second.wait_for_log("source resumed after what was already shipped")
+    resumed = await second.wait_for_event("source_resumed")
     assert resumed["offset"] == acked_bytes
     await receiver.wait_for_entries(3 * n, stream="stdout")
     second.signal(signal.SIGTERM)
@@ -501,7 +501,7 @@ async def test_sigkill_after_a_rotation_resumes_in_the_new_file(
     assert await first.wait() == -signal.SIGKILL
     append(log, phases[4])
     second = await launch(procs, config)
-    resumed = await second.wait_for_log("source resumed after what was already shipped")
+    resumed = await second.wait_for_event("source_resumed")
     assert resumed["offset"] == len(text(phases[2]))
     await receiver.wait_for_entries(1000, stream="stdout")
     second.signal(signal.SIGTERM)
@@ -526,7 +526,7 @@ async def test_sigkill_while_a_long_line_is_shipped_in_pieces_then_restart(
         f.write(text(head) + long_line.encode())  # its newline is not written yet
     first = await launch(procs, config)
     await receiver.wait_for_entries(10 + 4, stream="stdout")  # 4 full pieces shipped, 904 bytes held
-    await first.wait_for_log("line longer than max_line_bytes was split")
+    await first.wait_for_event("lines_split")
     await asyncio.sleep(0.5)  # the acknowledgement is processed (nothing to observe it by)
     first.signal(signal.SIGKILL)
     assert await first.wait() == -signal.SIGKILL
@@ -556,11 +556,11 @@ async def test_sigterm_during_outage_with_spool_exits_4_and_the_next_run_replays
         sizes = {"max_line_bytes": 1024, "buffer_max_bytes": 65536, "loki": {"batch_max_bytes": 16384}}
     config = make_config(receiver.url, [(fifo, "stdout")], spool_dir=str(spool), shutdown_timeout=1.0, **sizes)
     first = await launch(procs, config)
-    await first.wait_for_log("source opened", path=str(fifo))
+    await first.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     lines = [f"{line} " + "s" * 90 for line in numbered("line", n)] if n > 500 else numbered("line", n)
     await asyncio.to_thread(write_all, fd, text(lines))
-    await first.wait_for_log("push failed, will retry")
+    await first.wait_for_event("push_failed")
     first.signal(signal.SIGTERM)
     started = time.monotonic()
     assert await first.wait() == 4
@@ -569,14 +569,14 @@ async def test_sigterm_during_outage_with_spool_exits_4_and_the_next_run_replays
     summary = first.summary()
     assert (summary["code"], summary["lines_read"], summary["lines_sent"], summary["lines_spooled"]) == (4, n, 0, n)
     no_drops(summary)
-    assert first.logs("lines left in the spool for the next run")[0]["lines"] == n
+    assert first.events("lines_left_in_spool")[0]["lines"] == n
     assert delivered(receiver) == []
     assert batch_files(spool)
 
     receiver.clear_actions()  # Loki is back
     restarted_ns = time.time_ns()
     second = await launch(procs, config)
-    assert (await second.wait_for_log("replaying batches spooled by an earlier run"))["lines"] == n
+    assert (await second.wait_for_event("spool_replay"))["lines"] == n
     await receiver.wait_for_entries(n, stream="stdout")
     second.signal(signal.SIGTERM)
     assert await second.wait() == 0
@@ -604,7 +604,7 @@ async def test_sigterm_during_outage_without_spool_a_checkpointed_file_is_reread
     await receiver.wait_for_entries(200, stream="stdout")
     receiver.add_actions(*[Action.status(503)] * 100_000)
     append(log, unacked)
-    await first.wait_for_log("push failed, will retry")
+    await first.wait_for_event("push_failed")
     first.signal(signal.SIGTERM)
     assert await first.wait() == 1
     summary = first.summary()
@@ -637,7 +637,7 @@ async def test_source_file_deleted_while_being_read(
         writer.write(text(before))
         writer.flush()
         proc = await launch(procs, config)
-        await proc.wait_for_log("source opened", path=str(log))
+        await proc.wait_for_event("source_opened", path=str(log))
         await receiver.wait_for_requests(1)
         log.unlink()  # the task's log is deleted under the shipper (its fd stays valid)
         assert receiver.count(stream="stdout") < len(before)

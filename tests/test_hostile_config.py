@@ -43,7 +43,7 @@ async def test_an_annotations_file_that_is_not_a_small_regular_file_exits_2_nami
         Path(path).write_bytes(b'dag_id="x"\n' * 3_000_000)  # 33 MB
     code, err = await run(annotations(path))
     (record,) = [json.loads(line) for line in err]
-    assert (code, record["msg"]) == (2, "refusing to start")
+    assert (code, record["event"]) == (2, "refusing_to_start")
     assert record["error"].startswith(f"airflow.annotations_file: {path} ")
 
 

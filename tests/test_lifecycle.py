@@ -27,7 +27,7 @@ async def start_on_fifo(tmp_path: Path, receiver: LokiReceiver, **config: object
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], **config))  # type: ignore[arg-type]
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, open_fifo_writer(fifo)
 
 
@@ -50,7 +50,7 @@ async def test_signal_mid_stream_delivers_everything_already_written(
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-@pytest.mark.parametrize("moment", ["starting", "source opened", "metrics endpoint listening"])
+@pytest.mark.parametrize("moment", ["starting", "source_opened", "metrics_listening"])
 async def test_a_signal_while_sources_open_is_a_shutdown_not_a_kill(
         tmp_path: Path, receiver: LokiReceiver, sig: signal.Signals, moment: str) -> None:
     """Before the pipeline runs (file sources opening, the metrics endpoint starting) a
@@ -60,27 +60,27 @@ async def test_a_signal_while_sources_open_is_a_shutdown_not_a_kill(
     lines = [f"line {i}" for i in range(2000)]
     out.write_text("\n".join(lines) + "\n")
     proc = await ShipperProcess.start(make_config(receiver.url, [(out, "stdout")]))
-    await proc.wait_for_log(moment)
+    await proc.wait_for_event(moment)
     proc.signal(sig)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == lines
     summary = proc.summary()
     assert (summary["code"], summary["reason"], summary["lines_sent"]) == (0, sig.name, 2000)
-    assert proc.logs("second signal: exiting now") == []
+    assert proc.events("second_signal") == []
 
 
 async def test_loki_down_at_shutdown_exits_1_after_the_deadline(tmp_path: Path, receiver: LokiReceiver) -> None:
     receiver.add_actions(*[Action.status(503)] * 1000)
     proc, fd = await start_on_fifo(tmp_path, receiver, shutdown_timeout=1.0)
     os.write(fd, b"one\ntwo\nthree\n")
-    await proc.wait_for_log("push failed, will retry")
+    await proc.wait_for_event("push_failed")
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 1
     os.close(fd)
     assert receiver.lines() == []
     summary = proc.summary()
     assert summary["dropped"]["shutdown_deadline"] == 3
-    assert proc.logs("shutdown deadline reached with lines undelivered")[0]["lines"] == 3
+    assert proc.events("shutdown_deadline_reached")[0]["lines"] == 3
 
 
 async def test_second_signal_exits_at_once(tmp_path: Path, receiver: LokiReceiver) -> None:
@@ -89,7 +89,7 @@ async def test_second_signal_exits_at_once(tmp_path: Path, receiver: LokiReceive
     os.write(fd, b"stuck\n")
     await receiver.wait_for_requests(1)
     proc.signal(signal.SIGTERM)
-    await proc.wait_for_log("signal received: reading to the end, flushing")
+    await proc.wait_for_event("signal_received")
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 1
     os.close(fd)
@@ -114,7 +114,7 @@ async def test_diagnostics_never_enter_the_shipped_stream(tmp_path: Path, receiv
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == ["only this"]
     assert proc.stdout_lines == []
-    assert len(proc.logs("push failed, will retry")) == 1
+    assert len(proc.events("push_failed")) == 1
 
 
 async def test_bad_input_lines_are_cleaned_and_counted(tmp_path: Path, receiver: LokiReceiver) -> None:
@@ -185,8 +185,8 @@ async def test_a_task_that_dies_is_exit_3_unhealthy_and_logged(
     status = supervisor.status()
     assert (status.healthy, status.ready, status.reason) == (False, False, "pipeline task died: sender")
     records = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
-    died = [r for r in records if r["msg"] == "internal error: a pipeline task died"]
+    died = [r for r in records if r["event"] == "internal_error"]
     assert [(r["level"], r["task"], r["error"]) for r in died] == [("error", "sender", "KeyError: 'a bug in the sink'")]
-    summary = next(r for r in records if r["msg"] == "exit")
+    summary = next(r for r in records if r["event"] == "exit")
     assert (summary["code"], summary["dropped"]["internal_error"], summary["dropped"]["rejected"]) == (3, 2, 0)
     assert sink.closed and all(s.fd is None for s in sources)

@@ -293,10 +293,10 @@ async def ship(loki: RealLoki, folder: Path, run: Run) -> None:
     proc = await ShipperProcess.start(pod_config(loki, folder, run))
     try:
         for stream in ("stdout", "stderr"):
-            await proc.wait_for_log("source opened", path=str(folder / f"{stream}.log"))
+            await proc.wait_for_event("source_opened", path=str(folder / f"{stream}.log"))
         # File sources are opened before the SIGTERM handler is installed; the metrics endpoint
         # answers only once the event loop runs again, after it is (no await in between).
-        port = (await proc.wait_for_log("metrics endpoint listening"))["port"]
+        port = (await proc.wait_for_event("metrics_listening"))["port"]
         await asyncio.to_thread(lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=10).read())
         proc.signal(signal.SIGTERM)  # the task is done: read the files to their end, flush, exit
         assert await proc.wait() == 0, proc.stderr_text

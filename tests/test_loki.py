@@ -24,7 +24,7 @@ async def ship(tmp_path: Path, receiver: LokiReceiver, lines: list[str] = LINES,
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], **config))  # type: ignore[arg-type]
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     await asyncio.to_thread(os.write, fd, ("\n".join(lines) + "\n").encode())
     os.close(fd)
@@ -46,7 +46,7 @@ async def test_5xx_and_429_are_retried_until_loki_recovers(tmp_path: Path, recei
 async def test_retry_after_from_a_proxy_is_honoured(tmp_path: Path, receiver: LokiReceiver) -> None:
     receiver.add_actions(Action.status(429, headers={"Retry-After": "1"}))
     proc = await ship(tmp_path, receiver)
-    await proc.wait_for_log("push failed, will retry", retry_in=1.0)
+    await proc.wait_for_event("push_failed", retry_in=1.0)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == LINES
 
@@ -57,17 +57,17 @@ async def test_400_drops_the_batch_counts_it_and_goes_on(tmp_path: Path, receive
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     os.write(fd, ("\n".join(first) + "\n").encode())
-    refused = await proc.wait_for_log("push refused by Loki, batch dropped")
+    refused = await proc.wait_for_event("push_refused")
     assert (refused["outcome"], refused["error"]) == ("400", "entry out of order")
     os.write(fd, ("\n".join(rest) + "\n").encode())
     os.close(fd)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == rest
     assert proc.summary()["dropped"]["rejected"] == len(first)
-    assert len(proc.logs("push refused by Loki, batch dropped")) == 1
+    assert len(proc.events("push_refused")) == 1
 
 
 async def test_connection_reset_and_slow_answers_lose_and_repeat_nothing(tmp_path: Path, receiver: LokiReceiver) -> None:
@@ -80,7 +80,7 @@ async def test_connection_reset_and_slow_answers_lose_and_repeat_nothing(tmp_pat
 async def test_loki_that_never_answers_times_out_and_is_retried(tmp_path: Path, receiver: LokiReceiver) -> None:
     receiver.add_actions(Action.hang())
     proc = await ship(tmp_path, receiver, loki={"timeout": 0.5})
-    failed = await proc.wait_for_log("push failed, will retry")
+    failed = await proc.wait_for_event("push_failed")
     assert failed["outcome"] == "timeout"
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == LINES
@@ -133,7 +133,7 @@ async def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_a_fai
         fifo = tmp_path / "stdout"
         os.mkfifo(fifo)
         proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")]))
-        await proc.wait_for_log("source opened", path=str(fifo))
+        await proc.wait_for_event("source_opened", path=str(fifo))
         fd = open_fifo_writer(fifo)
         try:
             await asyncio.to_thread(os.write, fd, b"before the idle close\n")
@@ -147,7 +147,7 @@ async def test_a_kept_alive_connection_the_server_closed_while_idle_is_not_a_fai
     finally:
         await receiver.stop()
     assert receiver.lines(stream="stdout") == ["before the idle close", "after it"]
-    assert proc.logs("push failed, will retry") == []
+    assert proc.events("push_failed") == []
     assert proc.summary()["retries"] == 0
 
 

@@ -25,9 +25,9 @@ async def test_a_million_one_byte_lines_stay_as_bounded_as_long_ones(
     fifo = tmp_path / "task.fifo"
     os.mkfifo(fifo)
     proc = await launch(procs, make_config(receiver.url, [(fifo, "stdout")], shutdown_timeout=1.0))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     await feed_fifo(fifo, b"x\n" * 10_000, 100)  # 1,000,000 lines of one byte
-    await proc.wait_for_log("source reached end of input", path=str(fifo))
+    await proc.wait_for_event("source_eof", path=str(fifo))
     peak = vm_hwm_kib(proc.proc.pid)
     proc.signal()
     await proc.wait()

@@ -243,8 +243,8 @@ async def test_real_pushgateway_gets_the_final_metrics_grouped_by_task(
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 0
         os.close(fd)
-        assert len(proc.logs("pushgateway pushed")) == 1
-        assert proc.logs("pushgateway push failed") == proc.logs("pushgateway push refused") == []
+        assert len(proc.events("exit_pushed", target="pushgateway")) == 1
+        assert proc.events("exit_push_failed", target="pushgateway") == proc.events("exit_push_refused", target="pushgateway") == []
 
         samples = await pushgateway_samples(http, base)
         group = {"job": "shipper", "dag_id": DAG_ID, "task_id": TASK_ID, "instance": ""}
@@ -325,7 +325,7 @@ async def test_unreachable_pushgateway_costs_a_log_line_and_nothing_else(
             assert await proc.wait() == 0
         finally:
             await proc.kill()
-    (failed,) = proc.logs("pushgateway push failed")
+    (failed,) = proc.events("exit_push_failed", target="pushgateway")
     assert failed["level"] == "warn"
     assert failed["error"].startswith("ConnectionRefusedError"), failed
     assert receiver.lines(stream="stdout") == ["one", "two"]

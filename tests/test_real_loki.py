@@ -88,12 +88,12 @@ async def test_file_and_fifo_sources_arrive_once_in_order_with_labels_and_metada
     out_file.write_text("\n".join(out_lines) + "\n")
     os.mkfifo(err_fifo)
     proc = await launch(procs, config_for(loki, tmp_path, run, [(out_file, "stdout"), (err_fifo, "stderr")]))
-    await proc.wait_for_log("source opened", path=str(err_fifo))
+    await proc.wait_for_event("source_opened", path=str(err_fifo))
     err_lines = [f"warning {i}: disk at {50 + i % 40} %" for i in range(700)]
     fd = open_fifo_writer(err_fifo)
     write_all(fd, ("\n".join(err_lines) + "\n").encode())
     os.close(fd)
-    await proc.wait_for_log("source reached end of input", path=str(err_fifo))
+    await proc.wait_for_event("source_eof", path=str(err_fifo))
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
 
@@ -129,7 +129,7 @@ async def test_sigterm_mid_stream_delivers_everything_read_including_an_untermin
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, config_for(loki, tmp_path, run, [(fifo, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     first = [f"before {i}" for i in range(400)]
     write_all(fd, ("\n".join(first) + "\n").encode())
@@ -158,7 +158,7 @@ async def test_unterminated_last_line_of_a_file_at_end_of_a_fifo(
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, config_for(loki, tmp_path, run, [(fifo, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     write_all(fd, b"one\ntwo\nthe end, no newline")
     os.close(fd)
@@ -175,7 +175,7 @@ async def test_lines_over_the_tenants_max_line_size_are_rejected_and_counted_the
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, config_for(loki, tmp_path, run, [(fifo, "stdout")], tenant="line-limited"))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     write_all(fd, b"short one\n")
     await wait_for_lines(loki, f'{{test_run="{run}"}}', "line-limited", 1)
@@ -231,11 +231,11 @@ async def test_a_task_over_the_per_stream_rate_limit_loses_nothing_and_duplicate
     before = loki.metric("loki_discarded_samples_total", tenant=tenant, reason=limit)
     proc = await launch(procs, config_for(loki, tmp_path, run, [(out_file, "stdout"), (err_fifo, "stderr")],
                                           tenant=tenant, shutdown_timeout=60.0))
-    await proc.wait_for_log("source opened", path=str(err_fifo))
+    await proc.wait_for_event("source_opened", path=str(err_fifo))
     fd = open_fifo_writer(err_fifo)
     write_all(fd, b"stderr one\nstderr two\n")
     os.close(fd)
-    await proc.wait_for_log("push failed, will retry")  # Loki refused some of it
+    await proc.wait_for_event("push_failed")  # Loki refused some of it
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
     rows = task_rows(loki, run, tenant)

@@ -185,7 +185,7 @@ async def start_on_fifo(tmp_path: Path, procs: list[ShipperProcess], config: str
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await launch(procs, config)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, open_fifo_writer(fifo)
 
 
@@ -230,9 +230,9 @@ async def test_503_from_the_proxy_for_a_while_then_recovery(
         proc, fd = await start_on_fifo(tmp_path, procs, fifo_config(loki, tmp_path, run, proxy))
         before, during = numbered("before", 300), numbered("during", 300)
         write_all(fd, text(before))
-        await proc.wait_for_log("push failed, will retry", count=refusals // 2, outcome="503")
+        await proc.wait_for_event("push_failed", count=refusals // 2, outcome="503")
         write_all(fd, text(during))  # lines keep coming while "Loki" fails
-        await proc.wait_for_log("push failed, will retry", count=refusals, outcome="503")
+        await proc.wait_for_event("push_failed", count=refusals, outcome="503")
         os.close(fd)  # end of input: the shipper delivers and exits
         assert await proc.wait() == 0
     finally:
@@ -254,9 +254,9 @@ async def test_connection_refused_for_a_while_then_loki_comes_up(
         proc, fd = await start_on_fifo(tmp_path, procs, fifo_config(loki, tmp_path, run, proxy))
         before, during, after = numbered("before", 200), numbered("during", 200), numbered("after", 200)
         write_all(fd, text(before))
-        await proc.wait_for_log("push failed, will retry", count=3, outcome="connection_refused")
+        await proc.wait_for_event("push_failed", count=3, outcome="connection_refused")
         write_all(fd, text(during))
-        await proc.wait_for_log("push failed, will retry", count=6, outcome="connection_refused")
+        await proc.wait_for_event("push_failed", count=6, outcome="connection_refused")
         await proxy.listen()  # Loki comes up
         await proxy.wait_pushes(1)
         write_all(fd, text(after))
@@ -264,7 +264,7 @@ async def test_connection_refused_for_a_while_then_loki_comes_up(
         assert await proc.wait() == 0
     finally:
         await proxy.stop()
-    failed = proc.logs("push failed, will retry")
+    failed = proc.events("push_failed")
     assert {r["outcome"] for r in failed} == {"connection_refused"}
     assert {s for _, s in proxy.pushes} == {204}
     assert_stored_exactly(loki, run, before + during + after)
@@ -285,12 +285,12 @@ async def test_answer_lost_after_loki_stored_the_push_is_deduplicated_by_loki(
         write_all(fd, text(lines))  # 3.3 KB < PIPE_BUF: one read, one batch
         await proxy.wait_pushes(1)
         assert proxy.pushes[0] == ("eat", 204)  # Loki stored it; the shipper got a reset instead
-        await proc.wait_for_log("push failed, will retry")
+        await proc.wait_for_event("push_failed")
         os.close(fd)
         assert await proc.wait() == 0
     finally:
         await proxy.stop()
-    failed = proc.logs("push failed, will retry")
+    failed = proc.events("push_failed")
     assert len(failed) == 1 and failed[0]["outcome"] in {"connection_reset", "transport_error"}, failed
     assert {s for _, s in proxy.pushes} == {204}  # the retry too: Loki took it, and dropped it as a duplicate
     assert_stored_exactly(loki, run, lines)
@@ -320,7 +320,7 @@ async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays
                                     shutdown_timeout=1.0), loki, proxy, compression=spooled_as)
         first, fd = await start_on_fifo(tmp_path, procs, config)
         write_all(fd, text(lines))
-        await first.wait_for_log("push failed, will retry", outcome="connection_refused")
+        await first.wait_for_event("push_failed", outcome="connection_refused")
         first.signal(signal.SIGTERM)
         assert await first.wait() == 4
         os.close(fd)
@@ -328,7 +328,7 @@ async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays
         assert (summary["code"], summary["lines_read"], summary["lines_sent"], summary["lines_spooled"]) == (
             4, n, 0, n)
         assert set(summary["dropped"].values()) == {0}
-        assert first.logs("lines left in the spool for the next run")[0]["lines"] == n
+        assert first.events("lines_left_in_spool")[0]["lines"] == n
         assert proxy.pushes == []  # nothing reached Loki
         assert sorted(spool.glob("*.batch"))
 
@@ -336,7 +336,7 @@ async def test_sigterm_while_refused_with_spool_exits_4_and_the_next_run_replays
         config = config.replace(f"compression = {spooled_as!r}", f"compression = {replayed_as!r}")
         assert f"compression = {replayed_as!r}" in config
         second = await launch(procs, config)
-        assert (await second.wait_for_log("replaying batches spooled by an earlier run"))["lines"] == n
+        assert (await second.wait_for_event("spool_replay"))["lines"] == n
         await wait_for_lines(loki, f'{{test_run="{run}", stream="stdout"}}', TENANT, n)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0
@@ -363,7 +363,7 @@ async def test_a_push_never_answered_is_timed_out_and_resent(
         proc, fd = await start_on_fifo(tmp_path, procs, config)
         lines = numbered("line", 300)
         write_all(fd, text(lines))
-        await proc.wait_for_log("push failed, will retry", count=2, outcome="timeout")
+        await proc.wait_for_event("push_failed", count=2, outcome="timeout")
         os.close(fd)
         assert await proc.wait() == 0
     finally:
@@ -401,7 +401,7 @@ async def test_sigkill_with_a_stored_unacknowledged_push_and_spool_then_restart(
         assert await first.wait() == -signal.SIGKILL
         append(log, phases[3])  # written while no shipper runs
         second = await launch(procs, config)
-        assert (await second.wait_for_log("replaying batches spooled by an earlier run"))["lines"] >= 300
+        assert (await second.wait_for_event("spool_replay"))["lines"] >= 300
         await wait_for_lines(loki, f'{{test_run="{run}", stream="stdout"}}', TENANT, 1200)
         second.signal(signal.SIGTERM)
         assert await second.wait() == 0

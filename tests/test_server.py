@@ -123,7 +123,7 @@ def by_label(samples: Samples, name: str, label: str) -> dict[str, float]:
 # --- the shipper ------------------------------------------------------------------
 
 async def metrics_port(proc: ShipperProcess) -> int:
-    record = await proc.wait_for_log("metrics endpoint listening")
+    record = await proc.wait_for_event("metrics_listening")
     assert record["host"] == "127.0.0.1"
     port = record["port"]
     assert isinstance(port, int) and port > 0
@@ -138,7 +138,7 @@ async def start_on_fifo(tmp_path: Path, receiver: LokiReceiver, *,
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], **config),  # type: ignore[arg-type]
                                       env=env)
     port = await metrics_port(proc)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, fifo, port
 
 
@@ -255,7 +255,7 @@ async def test_ready_reports_why_not_while_source_waits_and_loki_fails(
         assert value(await scrape(port), "shipper_sources_open") == 0
 
         log.write_bytes(b"one\ntwo\nthree\n")
-        await proc.wait_for_log("source opened", path=str(log))
+        await proc.wait_for_event("source_opened", path=str(log))
         await receiver.wait_for_requests(2)  # the 503 was handled; its retry now hangs
         ready = await get(port, "/ready")
         assert (ready.status, ready.body) == (503, b"not ready: the last push failed; retrying\n")
@@ -504,10 +504,10 @@ async def test_listen_on_a_port_in_use_exits_2_naming_the_setting(tmp_path: Path
         listen = f"127.0.0.1:{taken.getsockname()[1]}"
         proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], metrics={"listen": listen}))
         assert await proc.wait() == 2
-    (refusal,) = proc.logs("refusing to start")
+    (refusal,) = proc.events("refusing_to_start")
     assert refusal["level"] == "error"
     assert refusal["error"].startswith(f"metrics.listen: cannot listen on {listen}: "), refusal
-    assert proc.logs("metrics endpoint listening") == []
+    assert proc.events("metrics_listening") == []
     assert receiver.requests == []
 
 
@@ -515,13 +515,13 @@ async def test_empty_listen_disables_the_endpoint(tmp_path: Path, receiver: Loki
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")], metrics={"listen": ""}))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     os.write(fd, b"a\nb\n")
     os.close(fd)
     assert await proc.wait() == 0
     assert receiver.lines(stream="stdout") == ["a", "b"]
-    assert proc.logs("metrics endpoint listening") == []
+    assert proc.events("metrics_listening") == []
     assert proc.summary()["lines_sent"] == 2
 
 

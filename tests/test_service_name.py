@@ -41,7 +41,7 @@ async def ship_run(loki: RealLoki, folder: Path, procs: list[ShipperProcess], ru
                             + airflow)
     proc = await launch(procs, config)
     for stream in ("stdout", "stderr"):
-        await proc.wait_for_log("source opened", path=str(folder / f"{stream}.log"))
+        await proc.wait_for_event("source_opened", path=str(folder / f"{stream}.log"))
     proc.signal(signal.SIGTERM)  # the task is done: read to the end, flush, exit
     assert await proc.wait() == 0, proc.stderr_text
     assert proc.summary()["lines_sent"] == 2, proc.stderr_text

@@ -74,11 +74,11 @@ async def test_a_failing_spool_counts_as_full_leaves_no_partial_files_and_memory
     config = make_config(receiver.url, [(fifo, "stdout")], spool_dir=str(spool_dir),
                          spool_max_bytes=64 * 1024 * 1024, shutdown_timeout=1.0)
     proc = await launch(procs, config)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     if failure == "read-only":  # as ext4 remounts itself on an error (errors=remount-ro)
         subprocess.run(["mount", "-o", "remount,ro", str(small_fs)], check=True)
     await feed_fifo(fifo, LINE * 1000, LINES // 1000)
-    await proc.wait_for_log("source reached end of input", path=str(fifo))
+    await proc.wait_for_event("source_eof", path=str(fifo))
     peak = vm_hwm_kib(proc.proc.pid)
     proc.signal()
     code = await proc.wait()
@@ -90,7 +90,7 @@ async def test_a_failing_spool_counts_as_full_leaves_no_partial_files_and_memory
     assert summary["dropped"]["buffer_full"] + summary["dropped"]["shutdown_deadline"] \
         + summary["lines_spooled"] == LINES
     assert code in (1, 4)
-    errors = proc.logs("cannot write to the spool; keeping the batch in memory")
+    errors = proc.events("spool_write_failed")
     assert errors, "the spool never failed: the test did not test anything"
     assert not [n for n in os.listdir(spool_dir) if n.endswith(".tmp")]
     print(f"VmHWM {peak} KiB")

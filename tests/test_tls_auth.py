@@ -34,8 +34,6 @@ from tests.shipper_process import ShipperProcess
 INSECURE_WARNING = ("TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
                     "anyone on the path can read and alter the logs and the credentials")
 PLAIN_HTTP_WARNING = "credentials are sent over plain http (loki.url is not https://)"
-UNREADABLE = "credential file unreadable, keeping the last good value"
-REREAD = "credential file changed, re-read"
 
 
 # --- a throwaway PKI ----------------------------------------------------------------
@@ -107,7 +105,7 @@ async def start_on_fifo(tmp_path: Path, url: str, **loki: object) -> tuple[Shipp
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(url, [(fifo, "stdout")], loki=loki, shutdown_timeout=0.5))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, open_fifo_writer(fifo)
 
 
@@ -141,7 +139,7 @@ def replace_atomically(path: Path, text: str) -> None:
 
 
 async def scrape_metrics(proc: ShipperProcess) -> str:
-    record = await proc.wait_for_log("metrics endpoint listening")
+    record = await proc.wait_for_event("metrics_listening")
     reader, writer = await asyncio.open_connection("127.0.0.1", record["port"])
     writer.write(b"GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
     await writer.drain()
@@ -165,7 +163,7 @@ async def test_https_with_ca_file_delivers(tmp_path: Path, pki: Pki, tls_receive
         os.close(fd)
     assert await proc.wait() == 0
     assert tls_receiver.lines(stream="stdout") == [f"line {i} over https" for i in range(3)]
-    assert proc.logs(INSECURE_WARNING) == []
+    assert proc.events("tls_verify_off") == []
 
 
 async def test_untrusted_server_certificate_fails_clearly_and_is_retried(
@@ -174,8 +172,8 @@ async def test_untrusted_server_certificate_fails_clearly_and_is_retried(
     proc, fd = await start_on_fifo(tmp_path, tls_receiver.url)
     try:
         os.write(fd, b"a\nb\nc\n")
-        first = await proc.wait_for_log("push failed, will retry")
-        await proc.wait_for_log("push failed, will retry", count=2)  # retried, not given up
+        first = await proc.wait_for_event("push_failed")
+        await proc.wait_for_event("push_failed", count=2)  # retried, not given up
         proc.signal(signal.SIGTERM)
         assert await proc.wait() == 1
     finally:
@@ -190,12 +188,13 @@ async def test_untrusted_server_certificate_fails_clearly_and_is_retried(
 async def test_insecure_skip_verify_delivers_and_warns(tmp_path: Path, tls_receiver: LokiReceiver) -> None:
     proc, fd = await start_on_fifo(tmp_path, tls_receiver.url, insecure_skip_verify=True)
     try:
-        warning = await proc.wait_for_log(INSECURE_WARNING)
+        warning = await proc.wait_for_event("tls_verify_off")
         await write_and_await(fd, tls_receiver, "unverified")
     finally:
         os.close(fd)
     assert await proc.wait() == 0
     assert warning["level"] == "warn" and warning["url"] == tls_receiver.url
+    assert warning["msg"] == INSECURE_WARNING  # the wording is the point: loud, and says what it risks
     assert tls_receiver.lines(stream="stdout") == ["unverified"]
 
 
@@ -206,7 +205,7 @@ async def test_a_ca_file_rotated_while_pushes_fail_is_used_by_the_next_connectio
     proc, fd = await start_on_fifo(tmp_path, tls_receiver.url, ca_file=str(ca_file))
     try:
         await asyncio.to_thread(os.write, fd, b"kept until the CA is right\n")
-        failed = await proc.wait_for_log("push failed, will retry")
+        failed = await proc.wait_for_event("push_failed")
         assert "not trusted" in failed["error"]
         replace_atomically(ca_file, pki.ca.read_text())  # as cert-manager or the kubelet does
         await tls_receiver.wait_for_entries(1, stream="stdout")
@@ -214,7 +213,7 @@ async def test_a_ca_file_rotated_while_pushes_fail_is_used_by_the_next_connectio
         os.close(fd)
     assert await proc.wait() == 0
     assert tls_receiver.lines(stream="stdout") == ["kept until the CA is right"]
-    (reloaded,) = proc.logs("TLS files changed, reloaded for the next connection")
+    (reloaded,) = proc.events("tls_reloaded")
     assert reloaded["files"] == [str(ca_file)]
 
 
@@ -225,7 +224,7 @@ async def test_client_certificate_required_by_the_server(tmp_path: Path, pki: Pk
         proc, fd = await start_on_fifo(tmp_path / "without", rx.url, ca_file=str(pki.ca))
         try:
             os.write(fd, b"refused\n")
-            await proc.wait_for_log("push failed, will retry", count=2)
+            await proc.wait_for_event("push_failed", count=2)
             proc.signal(signal.SIGTERM)
             assert await proc.wait() == 1
         finally:
@@ -264,7 +263,7 @@ async def test_bearer_token_follows_its_file_and_is_never_shown(
         token_file.unlink()  # unreadable for a while: the last good token is kept
         await write_and_await(fd, tls_receiver, "three")
         assert last_authorization(tls_receiver) == f"Bearer {tokens[1]}"
-        warning = await proc.wait_for_log(UNREADABLE)
+        warning = await proc.wait_for_event("credential_unreadable")
         await write_and_await(fd, tls_receiver, "four")
         assert last_authorization(tls_receiver) == f"Bearer {tokens[1]}"
 
@@ -278,8 +277,8 @@ async def test_bearer_token_follows_its_file_and_is_never_shown(
     assert await proc.wait() == 0
     assert tls_receiver.lines(stream="stdout") == ["one", "two", "three", "four", "five"]
     assert warning == {**warning, "level": "warn", "key": "loki.bearer_token_file", "path": str(token_file)}
-    assert len(proc.logs(UNREADABLE)) == 1  # once, not at every push
-    assert len(proc.logs(REREAD)) == 2
+    assert len(proc.events("credential_unreadable")) == 1  # once, not at every push
+    assert len(proc.events("credential_reread")) == 2
     # Every push, the exit summary's too, was authorised.
     assert all(r.headers.get("authorization", "").startswith("Bearer tok-") for r in tls_receiver.requests)
     shown = "\n".join(proc.stderr_text) + "\n".join(proc.stdout_lines) + metrics
@@ -307,7 +306,7 @@ async def test_a_token_rotated_while_its_push_was_refused_is_retried_with_the_ne
         # Control: a refusal of the token the file still holds is final, as any 401.
         receiver.add_actions(Action.status(401, "invalid token"))
         await asyncio.to_thread(os.write, fd, b"refused\n")
-        await proc.wait_for_log("push refused by Loki, batch dropped", outcome="401")
+        await proc.wait_for_event("push_refused", outcome="401")
     finally:
         os.close(fd)
     assert await proc.wait() == 0
@@ -315,7 +314,7 @@ async def test_a_token_rotated_while_its_push_was_refused_is_retried_with_the_ne
         ("status", f"Bearer {old}"), ("ok", f"Bearer {new}"), ("status", f"Bearer {new}"), ("ok", f"Bearer {new}")]
     assert receiver.lines(stream="stdout") == ["raced"]
     assert proc.summary()["dropped"]["rejected"] == 1
-    assert len(proc.logs("refused with a credential its file no longer holds; pushing again with the new one")) == 1
+    assert len(proc.events("credential_stale_retry")) == 1
 
 
 async def test_basic_auth_over_http_sends_the_header_and_warns(tmp_path: Path, receiver: LokiReceiver) -> None:
@@ -334,7 +333,8 @@ async def test_basic_auth_over_http_sends_the_header_and_warns(tmp_path: Path, r
     assert await proc.wait() == 0
     assert header is not None and header.startswith("Basic ")
     assert base64.b64decode(header[6:]).decode() == f"airflow:{password}"
-    assert proc.logs(PLAIN_HTTP_WARNING)
+    (warning,) = proc.events("credentials_over_http")
+    assert (warning["msg"], warning["url"]) == (PLAIN_HTTP_WARNING, receiver.url)  # it names the risk
     assert password not in "\n".join(proc.stderr_text)
     assert header[6:] not in "\n".join(proc.stderr_text)
 
@@ -435,9 +435,9 @@ async def test_bad_tls_or_auth_settings_exit_2_naming_the_key(tmp_path: Path, pk
     url = str(loki.pop("url", "http://127.0.0.1:9/loki/api/v1/push"))
     proc = await ShipperProcess.start(make_config(url, [(source, "stdout")], loki=loki))
     assert await proc.wait() == 2
-    (refusal,) = proc.logs("refusing to start")
+    (refusal,) = proc.events("refusing_to_start")
     assert refusal["error"].startswith(expected), refusal["error"]
-    assert proc.logs("starting") == []
+    assert proc.events("starting") == []
     assert "secret with-a-space" not in "\n".join(proc.stderr_text)
 
 

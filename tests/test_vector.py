@@ -361,7 +361,7 @@ def test_run_refuses_an_untranslatable_vector_config_with_exit_2() -> None:
     done = _cli("run", env={"VECTOR_CONFIG": SOURCE + remap(". = parse_json!(.message)") + SINK})
     assert done.returncode == 2
     (record,) = [json.loads(line) for line in done.stderr.splitlines()]
-    assert record["msg"] == "refusing to start"
+    assert record["event"] == "refusing_to_start"
     assert "parse_json!" in record["error"]
 
 
