@@ -29,7 +29,7 @@ from typing import NamedTuple, TypeVar
 
 from shipper import levels
 from shipper.config import SourceConfig
-from shipper.formats import JsonParser, Metadata, RawParser, Record, make_parser, record_new
+from shipper.formats import CriParser, JsonParser, Metadata, RawParser, Record, make_parser, record_new
 from shipper.multiline import Merger
 
 
@@ -103,7 +103,20 @@ class Processor:
             columns = self.parser.columns(lines)  # the whole chunk at C speed, when it can
             if columns is not None:
                 return [self._json_run(*columns)]
+        if not self._merge and isinstance(self.parser, CriParser):
+            runs: list[Run] = []
+            for part in self.parser.columns(lines):  # runs of whole lines at C speed, the rest as records
+                runs += self._records(part, now, wall_ns) if isinstance(part, list) else self._cri_runs(*part)
+            return runs
         return self._records(self.parser.feed(lines), now, wall_ns)
+
+    def _cri_runs(self, lines: list[bytes], times: list[int], streams: list[str]) -> list[Run]:
+        """The runs of whole CRI lines CriParser.columns read (as _record_runs would make them)."""
+        found = _unless_empty(levels.detect_many(lines, single_lines=True), None) if self.detect_level else None
+        if streams.count(streams[0]) == len(streams):
+            return [Run(streams[0], lines, times, None, found)]
+        return [Run(streams[i], lines[i:j], times[i:j], None, found[i:j] if found is not None else None)
+                for i, j in spans(streams)]
 
     def _json_run(self, lines: list[bytes], times: list[int], metadata: list[Metadata] | None,
                   entry_levels: list[str | None]) -> Run:

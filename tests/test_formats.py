@@ -669,3 +669,50 @@ def test_json_columns_leave_times_before_1970_to_the_per_line_path() -> None:
     line = b'{"timestamp":"1969-12-31T23:59:59.500000Z","level":"info","event":"m"}'
     assert JsonParser().columns([line, line]) is None
     assert [r.ts_ns for r in JsonParser().feed([line])] == [-500_000_000]
+
+
+# CriParser.columns: the chunk path gives exactly feed's records, whatever the chunk holds.
+_CRI_STAMPS = [b"2026-11-25T10:00:00.123456789Z", b"2026-11-25T10:00:00.12345678Z", b"2026-11-25T10:00:00.1Z",
+               b"2026-11-25T10:00:01.5Z", b"1969-12-31T23:59:59.25Z", b"2026-11-25T10:00:00Z",
+               b"2026-11-25T10:00:00.123+01:00", b"2026-13-25T10:00:00.1Z", b"2026-11-25T10:00:00.1234567890Z"]
+_CRI_LINE = st.builds(
+    lambda stamp, stream, tag, message: b" ".join([stamp, stream, tag, message]) if message is not None
+    else b" ".join([stamp, stream, tag]),
+    st.sampled_from(_CRI_STAMPS), st.sampled_from([b"stdout", b"stderr", b"stdin"]),
+    st.sampled_from([b"F", b"F", b"F", b"P", b"F:x", b"X"]),
+    st.one_of(st.none(), st.sampled_from([b"", b"ok", b"a b c", "caf\u00e9".encode(), b"\xff", b"x" * 20])))
+
+
+def _flat(parts: list[list[Record] | tuple[list[bytes], list[int], list[str]]]) -> list[Record]:
+    out: list[Record] = []
+    for part in parts:
+        if isinstance(part, list):
+            out += part
+        else:
+            out += [Record(line, ts, stream, (), None) for line, ts, stream in zip(*part)]
+    return out
+
+
+@settings(max_examples=300)
+@given(st.lists(st.lists(_CRI_LINE, max_size=12), max_size=4))
+def test_cri_columns_are_feeds_records(chunks: list[list[bytes]]) -> None:
+    by_feed, by_columns = CriParser(16), CriParser(16)
+    for lines in chunks:
+        assert _flat(by_columns.columns(lines)) == by_feed.feed(lines)
+    assert by_columns.flush() == by_feed.flush()
+    assert (by_columns.malformed, by_columns.joined_lines, by_columns.cut_lines, by_columns.invalid_utf8_lines) == \
+        (by_feed.malformed, by_feed.joined_lines, by_feed.cut_lines, by_feed.invalid_utf8_lines)
+
+
+def test_cri_columns_of_whole_lines_and_p_chunks() -> None:
+    """The chunk path's own case: whole lines as columns, a P run between them the per-line way."""
+    p = CriParser(1000)
+    lines = [b"2026-11-25T10:00:00.123456789Z stdout F one", b"2026-11-25T10:00:00.5Z stderr F two",
+             b"2026-11-25T10:00:01.25Z stdout P thr", b"2026-11-25T10:00:01.3Z stderr F four",
+             b"2026-11-25T10:00:01.4Z stdout F ee", b"2026-11-25T10:00:02.000000001Z stdout F five"]
+    t = 1795600800 * 10**9  # 2026-11-25T10:00:00Z
+    assert p.columns(lines) == [
+        ([b"one", b"two"], [t + 123456789, t + 500000000], ["stdout", "stderr"]),
+        [Record(b"four", t + 1_300_000_000, "stderr", (), None), Record(b"three", t + 1_250_000_000, "stdout", (), None)],
+        ([b"five"], [t + 2_000_000_001], ["stdout"]),
+    ]

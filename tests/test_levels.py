@@ -206,3 +206,25 @@ def test_detect_many_given_first_lines_of_airflow_2_entries_with_tracebacks() ->
     entries = [firsts[0] + b"\nTraceback (most recent call last):\n    log.info('} DEBUG - x')\nValueError: boom",
                firsts[1], firsts[2]]
     assert detect_many(entries, firsts=firsts) == ["error", "warning", "info"]
+
+
+_A3 = b'{"timestamp":"2026-11-25T10:00:00.123456Z","level":"'
+_A3_RECORDS = [
+    _A3 + b'info","event":"x","logger":"task"}',
+    _A3 + b'warning","event":"x"}',
+    _A3 + b'ERROR","event":"x"}',
+    _A3 + b'wArN","event":"x"}',  # another spelling: detect's normalisation
+    _A3 + b'notalevel","event":"x","level":"error"}',
+    _A3 + b'"}',  # an empty word
+    _A3 + b'abcdefghijklmnopqrstuvwxyz"}',  # longer than a level word can be
+    _A3 + b'in fo","event":"x"}',
+    _A3 + b'info',  # cut short
+    b'{"timestamp":"2026-11-25T10:00:00.123Z","level":"info","event":"milliseconds: another shape"}',
+    b'{"timestamp":"2026-11-25T10:00:00.123456Z", "level":"info","event":"a space: another shape"}',
+]
+
+
+@given(st.lists(st.sampled_from(_A3_RECORDS), min_size=2, max_size=40))
+def test_detect_many_of_airflow_3_records_is_detect_of_each(lines: list[bytes]) -> None:
+    """Records of Airflow 3's shape (the fixed-place path), mixed with others (the regex's)."""
+    assert detect_many(lines, single_lines=True) == [detect(line) for line in lines]
