@@ -316,36 +316,9 @@ class CriParser:
         streams: list[Any] = list(map(_STREAMS.get, names))
         if None in streams or max(map(len, messages)) > self.max_bytes or not b"".join(messages).isascii():
             return None
-        lengths = set(map(len, stamps))
-        # `YYYY-MM-DDTHH:MM:SS.f...Z`, 1 to 9 fraction digits (RFC3339Nano trims zeros).
-        if min(lengths) < 22 or max(lengths) > 30 or set(map(getitem, stamps, repeat(19))) != {0x2E} \
-                or set(map(getitem, stamps, repeat(-1))) != {0x5A}:
+        times = _cri_times(stamps)
+        if times is None:
             return None
-        fractions: list[bytes] = list(map(getitem, stamps, repeat(_CRI_FRACTION)))
-        if not b"".join(fractions).isdigit():
-            return None
-        heads: list[bytes] = list(map(getitem, stamps, repeat(_SECOND_BYTES)))
-        seconds: dict[bytes, bytes] = {}
-        for head in set(heads):
-            second = _SECONDS.get(head)
-            if second is None:
-                second = _epoch_second(head)
-                if second is None:
-                    return None
-                if len(_SECONDS) >= _SECONDS_MAX:
-                    _SECONDS.clear()
-                _SECONDS[head] = second
-            seconds[head] = b"%d" % second
-        if len(seconds) != 1 or min(seconds.values())[:1] == b"-":
-            # Several seconds, or one before 1970: the arithmetic, per line.
-            secs = {head: int(digits) for head, digits in seconds.items()}
-            times = list(map(add, map(mul, map(secs.__getitem__, heads), repeat(_NS)),
-                             map(mul, map(int, fractions), map(_SCALE.__getitem__, map(len, fractions)))))
-        else:
-            # One second (the usual read): its digits, then the fraction's padded to nine, as one int.
-            (digits,) = seconds.values()
-            nines = fractions if lengths == {30} else list(map(add, fractions, map(_PAD.__getitem__, map(len, fractions))))
-            times = list(map(int, map(digits.__add__, nines)))
         return list(messages), times, streams
 
     def flush(self) -> list[Record]:
@@ -370,6 +343,42 @@ class CriParser:
         self.cut_lines += splitter.split_lines
         self.invalid_utf8_lines += splitter.invalid_utf8_lines
         splitter.split_lines = splitter.invalid_utf8_lines = 0
+
+
+def _cri_times(stamps: Sequence[bytes]) -> list[int] | None:
+    """Epoch ns of each CRI time of the usual shape (`YYYY-MM-DDTHH:MM:SS.f...Z`, 1 to 9
+    fraction digits: RFC3339Nano trims zeros), as parse_time reads it; None unless all are."""
+    lengths = set(map(len, stamps))
+    # `YYYY-MM-DDTHH:MM:SS.f...Z`, 1 to 9 fraction digits (RFC3339Nano trims zeros).
+    if min(lengths) < 22 or max(lengths) > 30 or set(map(getitem, stamps, repeat(19))) != {0x2E} \
+            or set(map(getitem, stamps, repeat(-1))) != {0x5A}:
+        return None
+    fractions: list[bytes] = list(map(getitem, stamps, repeat(_CRI_FRACTION)))  # type: ignore[arg-type]  # typeshed overloads getitem
+    if not b"".join(fractions).isdigit():
+        return None
+    heads: list[bytes] = list(map(getitem, stamps, repeat(_SECOND_BYTES)))  # type: ignore[arg-type]
+    seconds: dict[bytes, bytes] = {}
+    for head in set(heads):
+        second = _SECONDS.get(head)
+        if second is None:
+            second = _epoch_second(head)
+            if second is None:
+                return None
+            if len(_SECONDS) >= _SECONDS_MAX:
+                _SECONDS.clear()
+            _SECONDS[head] = second
+        seconds[head] = b"%d" % second
+    if len(seconds) != 1 or min(seconds.values())[:1] == b"-":
+        # Several seconds, or one before 1970: the arithmetic, per line.
+        secs = {head: int(digits) for head, digits in seconds.items()}
+        times = list(map(add, map(mul, map(secs.__getitem__, heads), repeat(_NS)),
+                         map(mul, map(int, fractions), map(_SCALE.__getitem__, map(len, fractions)))))
+    else:
+        # One second (the usual read): its digits, then the fraction's padded to nine, as one int.
+        (digits,) = seconds.values()
+        nines = fractions if lengths == {30} else list(map(add, fractions, map(_PAD.__getitem__, map(len, fractions))))
+        times = list(map(int, map(digits.__add__, nines)))
+    return times
 
 
 def _is_utf8(data: bytes) -> bool:
@@ -499,6 +508,9 @@ class JsonParser:
 
     def parse(self, line: bytes) -> Record:
         """The record of one line (no state: usable on CRI messages too)."""
+        # Complexity above 15 on purpose: this runs once per line of every chunk
+        # `columns` cannot take (an exception to render, another time shape), so
+        # its steps stay inline rather than a Python call each.
         # Runs once per line: json's C scanner is called directly (decode()
         # wraps it in two Python calls and two regex matches, as much again),
         # and levels and metadata values, which repeat, come from caches.
@@ -739,38 +751,44 @@ def _render_chain(stacks: list[dict[str, object]], depth: int, out: list[str], n
         stack = stacks[i]
         if i < len(stacks) - 1:
             _emit(out, depth, _CAUSE if stacks[i + 1].get("is_cause") else _CONTEXT)
-        frames = stack.get("frames")
         subs = stack.get("exceptions")
         group = bool(stack.get("is_group")) and isinstance(subs, list) and bool(subs)
         toplevel = group and depth == 0
-        if toplevel:
-            depth = 1
-        if isinstance(frames, list) and frames:
-            if group:
-                _emit(out, depth, "Exception Group Traceback (most recent call last):\n",
-                      "+" if toplevel else "|")
-            else:
-                _emit(out, depth, "Traceback (most recent call last):\n")
-            _emit(out, depth, "".join(_frame(f) for f in frames if isinstance(f, dict)))
-        _emit(out, depth, _exception_only(stack))
+        at = 1 if toplevel else depth  # a top-level group's own lines sit in its margin
+        _render_stack(stack, at, out, group, toplevel)
         if group:
             assert isinstance(subs, list)
-            indent = "  " * depth
+            _render_group(subs, at, out, need_close)
+
+
+def _render_stack(stack: dict[str, object], depth: int, out: list[str], group: bool, toplevel: bool) -> None:
+    """One stack: its traceback header and frames (when it has frames), then `ExcType: value`."""
+    frames = stack.get("frames")
+    if isinstance(frames, list) and frames:
+        if group:
+            _emit(out, depth, "Exception Group Traceback (most recent call last):\n", "+" if toplevel else "|")
+        else:
+            _emit(out, depth, "Traceback (most recent call last):\n")
+        _emit(out, depth, "".join(_frame(f) for f in frames if isinstance(f, dict)))
+    _emit(out, depth, _exception_only(stack))
+
+
+def _render_group(subs: list[object], depth: int, out: list[str], need_close: list[bool]) -> None:
+    """An exception group's sub-exceptions, numbered, inside traceback's `+---` separators."""
+    indent = "  " * depth
+    need_close[0] = False
+    for n, sub in enumerate(subs, 1):
+        if n == len(subs):
+            need_close[0] = True  # the closing line, unless a nested group's writes it
+        out.append(f"{indent}{'+-' if n == 1 else '  '}+---------------- {n} ----------------\n")
+        inner = sub.get("stacks") if isinstance(sub, dict) else None
+        if _is_stacks(inner):
+            _render_chain(inner, depth + 1, out, need_close)  # type: ignore[arg-type]  # checked by _is_stacks
+        else:
+            _emit(out, depth + 1, "Exception\n")
+        if n == len(subs) and need_close[0]:
+            out.append(f"{indent}  +------------------------------------\n")
             need_close[0] = False
-            for n, sub in enumerate(subs, 1):
-                if n == len(subs):
-                    need_close[0] = True  # the closing line, unless a nested group's writes it
-                out.append(f"{indent}{'+-' if n == 1 else '  '}+---------------- {n} ----------------\n")
-                inner = sub.get("stacks") if isinstance(sub, dict) else None
-                if _is_stacks(inner):
-                    _render_chain(inner, depth + 1, out, need_close)  # type: ignore[arg-type]
-                else:
-                    _emit(out, depth + 1, "Exception\n")
-                if n == len(subs) and need_close[0]:
-                    out.append(f"{indent}  +------------------------------------\n")
-                    need_close[0] = False
-        if toplevel:
-            depth = 0
 
 
 def _frame(frame: dict[str, object]) -> str:
