@@ -12,8 +12,16 @@ from __future__ import annotations
 import os
 import sys
 
+from typing import TYPE_CHECKING
+
 from shipper import __version__
 from shipper.config import Config, ConfigError, dump, load
+
+if TYPE_CHECKING:  # imported where used: check-config and --help load none of them
+    from shipper.batch import Stream
+    from shipper.exec import Child
+    from shipper.pipeline import Sink
+    from shipper.sources import Source
 
 USAGE = """usage: shipper [--config PATH] [run | check-config]
        shipper [--config PATH] exec -- CMD [ARGS...]
@@ -37,40 +45,12 @@ translated), else the defaults (see README).
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the `shipper` console script; returns the exit code."""
-    args = sys.argv[1:] if argv is None else argv
-    config_path: str | None = None
-    command = "run"
-    argv_child: list[str] = []
-    rest = list(args)
-    # Hand-rolled parsing: argparse costs memory in every pod for three options.
-    while rest:
-        arg = rest.pop(0)
-        if arg in ("-h", "--help"):
-            sys.stdout.write(USAGE)
-            return 0
-        if arg == "--version":
-            sys.stdout.write(f"shipper {__version__}\n")
-            return 0
-        if arg == "--config" or arg.startswith("--config="):
-            if "=" in arg:
-                config_path = arg.split("=", 1)[1]
-            elif rest:
-                config_path = rest.pop(0)
-            else:
-                return _usage_error("--config needs a PATH")
-        elif arg in ("run", "check-config"):
-            command = arg
-        elif arg == "exec":
-            command = arg
-            if rest[:1] == ["--"]:
-                rest.pop(0)
-            if not rest:
-                return _usage_error("exec needs a command: shipper exec -- CMD [ARGS...]")
-            argv_child, rest = rest, []
-        elif arg == "migrate-vector":
-            return _migrate_vector(config_path, rest)
-        else:
-            return _usage_error(f"unknown argument {arg!r}")
+    parsed = _parse_args(sys.argv[1:] if argv is None else argv)
+    if isinstance(parsed, int):
+        return parsed
+    command, config_path, argv_child, rest = parsed
+    if command == "migrate-vector":
+        return _migrate_vector(config_path, rest)
     try:
         if config_path is None and not os.environ.get("SHIPPER_CONFIG") and os.environ.get("VECTOR_CONFIG"):
             config, origin = _from_vector_config(log=command != "check-config")
@@ -84,22 +64,53 @@ def main(argv: list[str] | None = None) -> int:
     return _run(config, origin, argv_child)
 
 
+# What the options that print and exit print.
+_INFO = {"-h": USAGE, "--help": USAGE, "--version": f"shipper {__version__}\n"}
+
+# (command, --config PATH, exec's CMD ARGS..., migrate-vector's own arguments)
+_Args = tuple[str, str | None, list[str], list[str]]
+
+
+def _parse_args(args: list[str]) -> _Args | int:
+    """The command line read in order, or the exit code when it is done with (help,
+    version, a usage error). Hand-rolled: argparse costs memory in every pod for
+    three options."""
+    config_path: str | None = None
+    command = "run"
+    rest = list(args)
+    while rest:
+        arg = rest.pop(0)
+        if arg in _INFO:
+            sys.stdout.write(_INFO[arg])
+            return 0
+        if arg == "--config" or arg.startswith("--config="):
+            if "=" not in arg and not rest:
+                return _usage_error("--config needs a PATH")
+            config_path = arg.split("=", 1)[1] if "=" in arg else rest.pop(0)
+        elif arg in ("run", "check-config"):
+            command = arg
+        elif arg == "exec":
+            argv_child = rest[1:] if rest[:1] == ["--"] else rest
+            if not argv_child:
+                return _usage_error("exec needs a command: shipper exec -- CMD [ARGS...]")
+            return arg, config_path, argv_child, []
+        elif arg == "migrate-vector":
+            return arg, config_path, [], rest
+        else:
+            return _usage_error(f"unknown argument {arg!r}")
+    return command, config_path, [], []
+
+
 def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> int:
     """`run`, or `exec` when `argv_child` is given."""
-    loki_tls = config.sink.type == "loki" and config.loki.url.startswith("https:")
-    if not loki_tls and not config.metrics.pushgateway_url.startswith("https:"):
-        # asyncio imports ssl (OpenSSL, ~4.4 MiB) even when TLS is never used;
-        # hiding it makes asyncio fall back to its no-TLS code (FACTS §6).
-        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+    _hide_ssl_unless_needed(config)
     from shipper.imports import defer_unused
 
     defer_unused()  # subprocess, logging, concurrent.futures: loaded only if used (about 1 MiB)
     import asyncio
 
-    from shipper import events, lifecycle
-    from shipper.loki import ConsoleSink, LokiClient
-    from shipper.pipeline import Sink
-    from shipper.sources import Source, SourceError, check_path, is_glob
+    from shipper import lifecycle
+    from shipper.sources import SourceError
 
     if argv_child:
         # stderr is the command's (what `kubectl logs` shows): the shipper's own
@@ -111,7 +122,7 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
         ctx = lifecycle.airflow_context(config, os.environ)
     except ConfigError as e:  # the annotations file: a directory, a FIFO, a device, too large
         return _config_error(str(e))
-    sources = []
+    sources: list[Source] = []
     if argv_child:
         # exec: the command's own stdout/stderr are the sources; [[sources]] paths are not
         # read, but the entry with stream "stdout" ("stderr") says how to process that stream.
@@ -119,82 +130,125 @@ def _run(config: Config, origin: str, argv_child: list[str] | None = None) -> in
     else:
         streams = lifecycle.build_streams(config, ctx)
         try:
-            for source_cfg, stream in zip(config.sources, streams):
-                if is_glob(source_cfg.path):
-                    continue  # a pattern: lifecycle.make_watchers turns its files into sources
-                check_path(source_cfg.path)
-                sources.append(lifecycle.new_source(config, source_cfg, source_cfg.path, stream))
+            sources = _file_sources(config, streams)
         except SourceError as e:
             return _config_error(str(e))
-    sink: Sink
+    try:
+        sink = _sink(config, exec_mode=bool(argv_child))
+    except ConfigError as e:
+        return _config_error(str(e))
+    return asyncio.run(_serve(config, origin, argv_child or [], ctx, streams, sources, sink))
+
+
+def _hide_ssl_unless_needed(config: Config) -> None:
+    loki_tls = config.sink.type == "loki" and config.loki.url.startswith("https:")
+    if not loki_tls and not config.metrics.pushgateway_url.startswith("https:"):
+        # asyncio imports ssl (OpenSSL, ~4.4 MiB) even when TLS is never used;
+        # hiding it makes asyncio fall back to its no-TLS code (FACTS §6).
+        sys.modules.setdefault("ssl", None)  # type: ignore[arg-type]
+
+
+def _file_sources(config: Config, streams: list[Stream]) -> list[Source]:
+    """`run`: a Source for each configured path that is not a glob (checked, not opened yet)."""
+    from shipper import lifecycle
+    from shipper.sources import check_path, is_glob
+
+    sources = []
+    for source_cfg, stream in zip(config.sources, streams):
+        if is_glob(source_cfg.path):
+            continue  # a pattern: lifecycle.make_watchers turns its files into sources
+        check_path(source_cfg.path)
+        sources.append(lifecycle.new_source(config, source_cfg, source_cfg.path, stream))
+    return sources
+
+
+def _sink(config: Config, exec_mode: bool) -> Sink:
+    """Where batches go; raises ConfigError for a TLS or credential file that cannot be used."""
+    from shipper import events
+    from shipper.loki import ConsoleSink, LokiClient
+
     if config.sink.type == "console":
         # In exec mode stdout carries the command's output: pushes go to stderr.
-        sink = ConsoleSink(sys.stderr if argv_child else sys.stdout)
-    else:
-        try:
-            # Reads the CA/client-cert/credential files now: a bad one exits 2 naming its key.
-            sink = LokiClient.from_config(config.loki)
-        except ConfigError as e:
-            return _config_error(str(e))
-        loki = config.loki
-        if loki.insecure_skip_verify:
-            events.log("warn", "TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
-                       "anyone on the path can read and alter the logs and the credentials",
-                       event="tls_verify_off", url=loki.url)
-        if (loki.bearer_token_file or loki.basic_auth_password_file) and not loki.url.startswith("https://"):
-            events.log("warn", "credentials are sent over plain http (loki.url is not https://)",
-                       event="credentials_over_http", url=loki.url)
+        return ConsoleSink(sys.stderr if exec_mode else sys.stdout)
+    # Reads the CA/client-cert/credential files now: a bad one exits 2 naming its key.
+    sink = LokiClient.from_config(config.loki)
+    loki = config.loki
+    if loki.insecure_skip_verify:
+        events.log("warn", "TLS CERTIFICATE VERIFICATION IS OFF (loki.insecure_skip_verify = true): "
+                   "anyone on the path can read and alter the logs and the credentials",
+                   event="tls_verify_off", url=loki.url)
+    if (loki.bearer_token_file or loki.basic_auth_password_file) and not loki.url.startswith("https://"):
+        events.log("warn", "credentials are sent over plain http (loki.url is not https://)",
+                   event="credentials_over_http", url=loki.url)
+    return sink
 
-    async def go() -> int:
-        from shipper.checkpoint import CheckpointError
-        from shipper.spool import SpoolError
 
-        # A SIGTERM from here on is a shutdown request, even before the pipeline runs.
-        lifecycle.catch_early_signals()
+async def _serve(config: Config, origin: str, argv_child: list[str], ctx: dict[str, str],
+                 streams: list[Stream], sources: list[Source], sink: Sink) -> int:
+    """Inside the loop: open the state and the sources, start the command (exec), run."""
+    from shipper import events, lifecycle
+    from shipper.checkpoint import CheckpointError
+    from shipper.spool import SpoolError
+    from shipper.sources import SourceError
 
-        # Sources are opened inside the loop so open errors exit 2 before any push.
-        try:
-            durable = lifecycle.open_durable(config, sources)
-        except (SourceError, CheckpointError, SpoolError) as e:
-            for source in sources:
-                source.close()
-            return _config_error(str(e))
-        # Once nothing in the config or its state files refuses to start.
-        events.log("info", "starting", event="starting", version=__version__, config=origin, sink=config.sink.type,
-                   url=config.loki.url if config.sink.type == "loki" else None,
-                   sources=[s.path for s in config.sources] if not argv_child else ["exec"],
-                   labels=sorted({s.labels for s in streams}),
-                   context_keys=sorted(ctx))
-        try:
-            for source in sources:
-                if source.kind == "waiting":
-                    source.try_open()
-        except (SourceError, CheckpointError, SpoolError) as e:
-            for source in sources:
-                source.close()
-            return _config_error(str(e))
-        child = None
-        if argv_child:
-            import functools
+    # A SIGTERM from here on is a shutdown request, even before the pipeline runs.
+    lifecycle.catch_early_signals()
 
-            from shipper.exec import SpawnError, copy_all, spawn
+    # Sources are opened inside the loop so open errors exit 2 before any push.
+    try:
+        durable = lifecycle.open_durable(config, sources)
+    except (SourceError, CheckpointError, SpoolError) as e:
+        return _refuse(sources, str(e))
+    # Once nothing in the config or its state files refuses to start.
+    events.log("info", "starting", event="starting", version=__version__, config=origin, sink=config.sink.type,
+               url=config.loki.url if config.sink.type == "loki" else None,
+               sources=[s.path for s in config.sources] if not argv_child else ["exec"],
+               labels=sorted({s.labels for s in streams}),
+               context_keys=sorted(ctx))
+    try:
+        for source in sources:
+            if source.kind == "waiting":
+                source.try_open()
+    except (SourceError, CheckpointError, SpoolError) as e:
+        return _refuse(sources, str(e))
+    if not argv_child:
+        watchers = lifecycle.make_watchers(config, ctx, durable, os.environ)
+        return await lifecycle.run(config, sources, sink, ctx, None, durable, watchers)
+    child = _start_command(config, argv_child, streams, sources)
+    if isinstance(child, int):
+        return child
+    return await lifecycle.run(config, sources, sink, ctx, child, durable, [])
 
-            try:
-                child = spawn(argv_child)
-            except SpawnError as e:
-                # The task did not run: its log must say why, whatever the routing.
-                events.announce("error", "cannot run the command", event="command_not_run", error=str(e))
-                return e.code
-            events.log("info", "command started", event="command_started", pid=child.pid, argv=argv_child)
-            for fd, name, stream, out in ((child.stdout, "stdout", streams[0], 1),
-                                          (child.stderr, "stderr", streams[1], 2)):
-                source = Source.from_pipe(fd, f"exec:{name}", stream, config.max_line_bytes,
-                                          passthrough=functools.partial(copy_all, out))
-                sources.append(lifecycle.process_as(config, lifecycle.exec_source_config(config, name), source))
-        watchers = lifecycle.make_watchers(config, ctx, durable, os.environ) if not argv_child else []
-        return await lifecycle.run(config, sources, sink, ctx, child, durable, watchers)
 
-    return asyncio.run(go())
+def _refuse(sources: list[Source], error: str) -> int:
+    for source in sources:
+        source.close()
+    return _config_error(error)
+
+
+def _start_command(config: Config, argv_child: list[str], streams: list[Stream],
+                   sources: list[Source]) -> Child | int:
+    """exec: the command started, its stdout and stderr added to `sources`; or its exit code
+    (126, 127) when it cannot be run."""
+    import functools
+
+    from shipper import events, lifecycle
+    from shipper.exec import SpawnError, copy_all, spawn
+    from shipper.sources import Source
+
+    try:
+        child = spawn(argv_child)
+    except SpawnError as e:
+        # The task did not run: its log must say why, whatever the routing.
+        events.announce("error", "cannot run the command", event="command_not_run", error=str(e))
+        return e.code
+    events.log("info", "command started", event="command_started", pid=child.pid, argv=argv_child)
+    for fd, name, stream, out in ((child.stdout, "stdout", streams[0], 1),
+                                  (child.stderr, "stderr", streams[1], 2)):
+        source = Source.from_pipe(fd, f"exec:{name}", stream, config.max_line_bytes,
+                                  passthrough=functools.partial(copy_all, out))
+        sources.append(lifecycle.process_as(config, lifecycle.exec_source_config(config, name), source))
+    return child
 
 
 def _route_exec_diagnostics(where: str) -> str | None:
