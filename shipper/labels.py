@@ -249,48 +249,43 @@ def go_unquote(s: str) -> str:
     i = 0
     while i < len(body):
         c = body[i]
-        if c != "\\":
-            if c == '"':
-                raise ValueError("unescaped quote")
-            if raw:
-                out.append(raw.decode("utf-8", "replace"))
-                raw.clear()
-            out.append(c)
-            i += 1
+        if c == '"':
+            raise ValueError("unescaped quote")
+        piece, i = _escape(body, i + 1) if c == "\\" else (c, i + 1)
+        if isinstance(piece, int):
+            raw.append(piece)
             continue
-        if i + 1 >= len(body):
-            raise ValueError("trailing backslash")
-        e = body[i + 1]
-        if e in _UNESCAPES:
-            if raw:
-                out.append(raw.decode("utf-8", "replace"))
-                raw.clear()
-            out.append(_UNESCAPES[e])
-            i += 2
-        elif e == "x":
-            raw.append(int(_hex(body, i + 2, 2), 16))
-            i += 4
-        elif e in "01234567":
-            digits = body[i + 1:i + 4]
-            if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
-                raise ValueError("bad octal escape")
-            raw.append(int(digits, 8))
-            i += 4
-        elif e in "uU":
-            n = 4 if e == "u" else 8
-            if raw:
-                out.append(raw.decode("utf-8", "replace"))
-                raw.clear()
-            cp = int(_hex(body, i + 2, n), 16)
-            if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
-                raise ValueError("bad code point")
-            out.append(chr(cp))
-            i += 2 + n
-        else:
-            raise ValueError(f"unknown escape \\{e}")
+        if raw:
+            out.append(raw.decode("utf-8", "replace"))
+            raw.clear()
+        out.append(piece)
     if raw:
         out.append(raw.decode("utf-8", "replace"))
     return "".join(out)
+
+
+def _escape(body: str, j: int) -> tuple[str | int, int]:
+    """The escape whose backslash is at `j - 1`, and the index after it: a character,
+    or a byte (\\xNN, octal) that may form a UTF-8 sequence with the bytes around it."""
+    if j >= len(body):
+        raise ValueError("trailing backslash")
+    e = body[j]
+    if e in _UNESCAPES:
+        return _UNESCAPES[e], j + 1
+    if e == "x":
+        return int(_hex(body, j + 1, 2), 16), j + 3
+    if e in "01234567":
+        digits = body[j:j + 3]
+        if len(digits) != 3 or any(d not in "01234567" for d in digits) or int(digits, 8) > 255:
+            raise ValueError("bad octal escape")
+        return int(digits, 8), j + 3
+    if e in "uU":
+        n = 4 if e == "u" else 8
+        cp = int(_hex(body, j + 1, n), 16)
+        if cp > 0x10FFFF or 0xD800 <= cp <= 0xDFFF:
+            raise ValueError("bad code point")
+        return chr(cp), j + 1 + n
+    raise ValueError(f"unknown escape \\{e}")
 
 
 def _hex(s: str, start: int, n: int) -> str:
