@@ -92,6 +92,38 @@ def translate(text: str, *, origin: str = "VECTOR_CONFIG", capture_dir: str | No
     `<capture_dir>/stdout.log` and `<capture_dir>/stderr.log`, the files the
     capture wrapper of k8s/pod-template-configmap.yaml writes.
     """
+    raw, sources, transforms, (sink_name, sink) = _read_top(text, origin)
+    tr = Translation(config={})
+    if "data_dir" in raw:
+        tr.notes.append("data_dir is dropped: Vector's state directory means nothing to the shipper.")
+
+    paths: list[tuple[str, str]] = []  # (path, stream)
+    for name, src in sources.items():
+        paths += _file_source(name, src, origin, tr)
+    fields = _remap_fields(transforms, origin)
+    _check_topology(sources, transforms, sink_name, sink, origin)
+    loki, labels, context_labels = _loki_sink(sink_name, sink, fields, origin, tr)
+    tr.config["airflow"] = _airflow_table(fields, context_labels, origin, tr)
+    if labels:
+        tr.config["labels"] = labels
+    paths = _capture_paths(paths, capture_dir, tr)
+    # A stable, readable order: loki, airflow, labels, sources.
+    tr.config = {"loki": loki, "airflow": tr.config["airflow"],
+                 **({"labels": tr.config["labels"]} if "labels" in tr.config else {}),
+                 "sources": [{"path": p, "stream": s} for p, s in paths]}
+    if capture_dir is not None:
+        # The task's own output, as the pod template ships it: tracebacks as
+        # one entry, the level as structured metadata.
+        for src in tr.config["sources"]:
+            src.update(multiline=True, detect_level=True)
+        tr.add_comment("sources[0]", "multiline merges a traceback into the entry it belongs to; "
+                       "detect_level sends info/warning/error as structured metadata `level`.")
+    return tr
+
+
+def _read_top(text: str, origin: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]],
+                                                dict[str, dict[str, Any]], tuple[str, dict[str, Any]]]:
+    """The parsed config, its sources, its transforms and its one sink (name, table)."""
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
@@ -106,23 +138,23 @@ def translate(text: str, *, origin: str = "VECTOR_CONFIG", capture_dir: str | No
         raise ConfigError(f"{origin}: exactly one sink can be translated, found {len(sinks)} "
                           f"({', '.join(sinks) or 'none'})")
     ((sink_name, sink),) = sinks.items()
-    tr = Translation(config={})
-    if "data_dir" in raw:
-        tr.notes.append("data_dir is dropped: Vector's state directory means nothing to the shipper.")
+    return raw, sources, transforms, (sink_name, sink)
 
-    paths: list[tuple[str, str]] = []  # (path, stream)
-    for name, src in sources.items():
-        paths += _file_source(name, src, origin, tr)
-    fields: dict[str, tuple[str, str, str]] = {}  # remap field -> (context key, default, env var)
+
+def _remap_fields(transforms: dict[str, dict[str, Any]], origin: str) -> dict[str, tuple[str, str, str]]:
+    """remap field -> (context key, default, env var), over every transform."""
+    fields: dict[str, tuple[str, str, str]] = {}
     for name, transform in transforms.items():
         for fld, ctx_default in _remap(name, transform, origin).items():
             if fld in fields:
                 raise ConfigError(f"{origin}: transforms.{name}: field .{fld} is set twice")
             fields[fld] = ctx_default
-    _check_topology(sources, transforms, sink_name, sink, origin)
-    loki, labels, context_labels = _loki_sink(sink_name, sink, fields, origin, tr)
+    return fields
 
-    # The Airflow context: what the seed tried to read from AIRFLOW_CTX_*.
+
+def _airflow_table(fields: dict[str, tuple[str, str, str]], context_labels: list[str], origin: str,
+                   tr: Translation) -> dict[str, Any]:
+    """[airflow]: the Airflow context, what the seed tried to read from AIRFLOW_CTX_*."""
     defaults = {d for _, d, _ in fields.values()}
     if len(defaults) > 1:
         listing = ", ".join(f".{f} ?? {json.dumps(d)}" for f, (_, d, _) in fields.items())
@@ -136,7 +168,6 @@ def translate(text: str, *, origin: str = "VECTOR_CONFIG", capture_dir: str | No
                               'label values; use a non-empty default such as "unknown"')
         airflow["missing"] = missing
     airflow["labels"] = list(context_labels)
-    tr.config["airflow"] = airflow
     if fields:
         names = ", ".join(f'.{f} = get_env_var("{var}")' for f, (_, _, var) in fields.items())
         tr.add_comment("airflow", (
@@ -149,42 +180,35 @@ def translate(text: str, *, origin: str = "VECTOR_CONFIG", capture_dir: str | No
     tr.add_comment("airflow.labels", (
         "Context values sent as labels; the others (run_id, try_number, map_index, logical_date) "
         "go to structured metadata, never labels (one stream per task, not per run)."))
-    if labels:
-        tr.config["labels"] = labels
+    return airflow
 
-    if capture_dir is not None:
-        capture_dir = capture_dir.rstrip("/") or "/"
-        rewritten = []
-        for path, stream in paths:
-            m = _PROC_FD.match(path)
-            if m:
-                path = f"{capture_dir}/{'stdout' if m.group('fd') == '1' else 'stderr'}.log"
-            rewritten.append((path, stream))
-        paths = rewritten
-        tr.add_comment("top", (
-            f"Sources are the files the capture wrapper writes in {capture_dir} (docs/deployment.md). "
-            "On clusters without native sidecars (< 1.29) the shipper runs as a regular container and "
-            f"must also stop by itself: add  stop_file = \"{capture_dir}/.done\"  (the wrapper creates "
-            "it once the task's output is complete). Leave it out for a native sidecar, which is "
-            "stopped by SIGTERM after the task container has exited."))
-    elif any(_PROC_FD.match(p) for p, _ in paths):
-        tr.notes.append(
-            "/proc/1/fd/1 and /proc/1/fd/2 are kept as written, but in a Kubernetes sidecar /proc/1 is the "
-            "sidecar itself, not the task, and reading another process's stdout pipe steals its lines: the "
-            "shipper refuses to start on them there. Use the capture path of docs/deployment.md "
-            "(`shipper migrate-vector --capture-dir /var/log/task`).")
-    # A stable, readable order: loki, airflow, labels, sources.
-    tr.config = {"loki": loki, "airflow": tr.config["airflow"],
-                 **({"labels": tr.config["labels"]} if "labels" in tr.config else {}),
-                 "sources": [{"path": p, "stream": s} for p, s in paths]}
-    if capture_dir is not None:
-        # The task's own output, as the pod template ships it: tracebacks as
-        # one entry, the level as structured metadata.
-        for src in tr.config["sources"]:
-            src.update(multiline=True, detect_level=True)
-        tr.add_comment("sources[0]", "multiline merges a traceback into the entry it belongs to; "
-                       "detect_level sends info/warning/error as structured metadata `level`.")
-    return tr
+
+def _capture_paths(paths: list[tuple[str, str]], capture_dir: str | None,
+                   tr: Translation) -> list[tuple[str, str]]:
+    """`paths` with /proc/1/fd/1 and 2 read from the capture wrapper's files in `capture_dir`
+    (given), else as they are, with a note when they are /proc/1/fd paths."""
+    if capture_dir is None:
+        if any(_PROC_FD.match(p) for p, _ in paths):
+            tr.notes.append(
+                "/proc/1/fd/1 and /proc/1/fd/2 are kept as written, but in a Kubernetes sidecar /proc/1 is the "
+                "sidecar itself, not the task, and reading another process's stdout pipe steals its lines: the "
+                "shipper refuses to start on them there. Use the capture path of docs/deployment.md "
+                "(`shipper migrate-vector --capture-dir /var/log/task`).")
+        return paths
+    capture_dir = capture_dir.rstrip("/") or "/"
+    rewritten = []
+    for path, stream in paths:
+        m = _PROC_FD.match(path)
+        if m:
+            path = f"{capture_dir}/{'stdout' if m.group('fd') == '1' else 'stderr'}.log"
+        rewritten.append((path, stream))
+    tr.add_comment("top", (
+        f"Sources are the files the capture wrapper writes in {capture_dir} (docs/deployment.md). "
+        "On clusters without native sidecars (< 1.29) the shipper runs as a regular container and "
+        f"must also stop by itself: add  stop_file = \"{capture_dir}/.done\"  (the wrapper creates "
+        "it once the task's output is complete). Leave it out for a native sidecar, which is "
+        "stopped by SIGTERM after the task container has exited."))
+    return rewritten
 
 
 def config_file_path(value: str) -> str | None:
@@ -334,7 +358,26 @@ def _loki_sink(name: str, sink: dict[str, Any], fields: dict[str, tuple[str, str
     if kind != "loki":
         raise ConfigError(f"{origin}: {where}: sink type {kind!r} cannot be translated (only \"loki\")")
     _refuse_unknown(sink, _LOKI_KEYS, where + ".", origin)
-    loki: dict[str, Any] = {}
+    loki: dict[str, Any] = {"url": _loki_url(where, sink, origin, tr)}
+    tenant = sink.get("tenant_id")
+    if tenant is not None:
+        if not isinstance(tenant, str) or "{{" in tenant:
+            raise ConfigError(f"{origin}: {where}.tenant_id: only a literal string can be translated")
+        loki["tenant_id"] = tenant
+    loki.update(_loki_batch(where, sink, origin))
+    _loki_encoding(where, sink, origin, tr)
+    for key in ("compression", "out_of_order_action", "remove_label_fields", "healthcheck"):
+        if key in sink:
+            tr.notes.append(f"{where}.{key} is dropped: the shipper sends protobuf (gzip over snappy framing "
+                            "unless [loki] compression says otherwise), with strictly increasing timestamps "
+                            "per stream and no label fields in the line.")
+            break
+    labels, context_labels = _sink_labels(where, sink, fields, origin, tr)
+    return loki, labels, context_labels
+
+
+def _loki_url(where: str, sink: dict[str, Any], origin: str, tr: Translation) -> str:
+    """[loki] url: Vector's endpoint and push path joined."""
     endpoint = sink.get("endpoint")
     if not isinstance(endpoint, str) or not endpoint:
         raise ConfigError(f"{origin}: {where}.endpoint: expected the Loki base URL as a string")
@@ -343,50 +386,63 @@ def _loki_sink(name: str, sink: dict[str, Any], fields: dict[str, tuple[str, str
     path = sink.get("path", VECTOR_LOKI_PATH)
     if not isinstance(path, str) or not path.startswith("/"):
         raise ConfigError(f"{origin}: {where}.path: expected a path starting with /")
-    loki["url"] = endpoint.rstrip("/") + path
     tr.add_comment("loki.url", f"Vector's endpoint {endpoint} plus its push path {path}.")
-    tenant = sink.get("tenant_id")
-    if tenant is not None:
-        if not isinstance(tenant, str) or "{{" in tenant:
-            raise ConfigError(f"{origin}: {where}.tenant_id: only a literal string can be translated")
-        loki["tenant_id"] = tenant
+    return endpoint.rstrip("/") + path
+
+
+def _positive_number(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, (int, float)) and value > 0
+
+
+def _positive_int(value: Any) -> bool:
+    return not isinstance(value, bool) and isinstance(value, int) and value > 0
+
+
+# Vector's batch key -> (the shipper's [loki] key, the check, what the error says it expects, conversion)
+_BATCH = {
+    "timeout_secs": ("batch_wait", _positive_number, "a positive number", float),
+    "max_bytes": ("batch_max_bytes", _positive_int, "a positive integer", int),
+}
+
+
+def _loki_batch(where: str, sink: dict[str, Any], origin: str) -> dict[str, Any]:
+    """The [loki] keys Vector's `batch` table translates to."""
     batch = sink.get("batch", {})
     if not isinstance(batch, dict):
         raise ConfigError(f"{origin}: {where}.batch: expected a table")
     _refuse_unknown(batch, _BATCH_KEYS, where + ".batch.", origin)
-    if "timeout_secs" in batch:
-        value = batch["timeout_secs"]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
-            raise ConfigError(f"{origin}: {where}.batch.timeout_secs: expected a positive number")
-        loki["batch_wait"] = float(value)
-    if "max_bytes" in batch:
-        value = batch["max_bytes"]
-        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-            raise ConfigError(f"{origin}: {where}.batch.max_bytes: expected a positive integer")
-        loki["batch_max_bytes"] = value
-    encoding = sink.get("encoding")
-    if encoding is not None:
-        if not isinstance(encoding, dict) or set(encoding) != {"codec"} or encoding["codec"] not in _ENCODING_CODECS:
-            raise ConfigError(f"{origin}: {where}.encoding: only encoding.codec = "
-                              f"{' | '.join(sorted(_ENCODING_CODECS))} can be translated")
-        if encoding["codec"] == "json":
-            tr.notes.append("encoding.codec = \"json\" is dropped: the shipper sends each line as it was "
-                            "written, not wrapped in a JSON event; queries that parsed the event "
-                            "(`| json` and its message field) must match the plain line instead.")
-    for key in ("compression", "out_of_order_action", "remove_label_fields", "healthcheck"):
-        if key in sink:
-            tr.notes.append(f"{where}.{key} is dropped: the shipper sends protobuf (gzip over snappy framing "
-                            "unless [loki] compression says otherwise), with strictly increasing timestamps "
-                            "per stream and no label fields in the line.")
-            break
+    out: dict[str, Any] = {}
+    for key, (ours, valid, expected, convert) in _BATCH.items():
+        if key in batch:
+            if not valid(batch[key]):
+                raise ConfigError(f"{origin}: {where}.batch.{key}: expected {expected}")
+            out[ours] = convert(batch[key])
+    return out
 
+
+def _loki_encoding(where: str, sink: dict[str, Any], origin: str, tr: Translation) -> None:
+    """Vector's `encoding`: only a codec the shipper's plain lines stand for."""
+    encoding = sink.get("encoding")
+    if encoding is None:
+        return
+    if not isinstance(encoding, dict) or set(encoding) != {"codec"} or encoding["codec"] not in _ENCODING_CODECS:
+        raise ConfigError(f"{origin}: {where}.encoding: only encoding.codec = "
+                          f"{' | '.join(sorted(_ENCODING_CODECS))} can be translated")
+    if encoding["codec"] == "json":
+        tr.notes.append("encoding.codec = \"json\" is dropped: the shipper sends each line as it was "
+                        "written, not wrapped in a JSON event; queries that parsed the event "
+                        "(`| json` and its message field) must match the plain line instead.")
+
+
+def _sink_labels(where: str, sink: dict[str, Any], fields: dict[str, tuple[str, str, str]], origin: str,
+                 tr: Translation) -> tuple[dict[str, str], list[str]]:
+    """The sink's `labels`: static labels, and the context keys its templates name."""
     labels: dict[str, str] = {}
     context_labels: list[str] = []
     raw_labels = sink.get("labels")
     if raw_labels is None:
         # The seed sets no sink labels; its intent ("labeling with DAG ID, task ID") is the default.
-        context_labels = list(DEFAULT_CONTEXT_LABELS)
-        return loki, labels, context_labels
+        return labels, list(DEFAULT_CONTEXT_LABELS)
     if not isinstance(raw_labels, dict):
         raise ConfigError(f"{origin}: {where}.labels: expected a table")
     for label, value in raw_labels.items():
@@ -398,31 +454,37 @@ def _loki_sink(name: str, sink: dict[str, Any], fields: dict[str, tuple[str, str
             raise ConfigError(f"{origin}: {lw}: expected a string")
         m = _TEMPLATE.match(value.strip())
         if m:
-            fld = m.group("field")
-            if fld in fields:
-                key = fields[fld][0]
-            elif fld in CONTEXT_KEYS:
-                key = fld
-            else:
-                raise ConfigError(f"{origin}: {lw}: template {value!r} cannot be translated: .{fld} is not "
-                                  "set by the remap; the shipper's labels are stream, the Airflow context "
-                                  f"({', '.join(CONTEXT_KEYS)}) and static values")
-            if label != key:
-                raise ConfigError(f"{origin}: {lw}: the shipper names this label {key!r}; rename it")
+            key = _template_key(lw, label, value, m.group("field"), fields, origin)
             if key not in context_labels:
                 context_labels.append(key)
         elif "{{" in value or "{%" in value:
             raise ConfigError(f"{origin}: {lw}: template {value!r} cannot be translated (only a whole "
                               "{{ field }} or a literal)")
+        elif label == "stream" or label in CONTEXT_KEYS:
+            raise ConfigError(f"{origin}: {lw}: {label!r} is set by the shipper itself")
         else:
-            if label == "stream" or label in CONTEXT_KEYS:
-                raise ConfigError(f"{origin}: {lw}: {label!r} is set by the shipper itself")
             labels[label] = value
     per_run = [k for k in context_labels if k not in DEFAULT_CONTEXT_LABELS]
     if per_run:
         tr.notes.append(f"{', '.join(per_run)} as labels make one Loki stream per task run (high "
                         "cardinality); consider leaving them to structured metadata.")
-    return loki, labels, context_labels
+    return labels, context_labels
+
+
+def _template_key(lw: str, label: str, value: str, fld: str, fields: dict[str, tuple[str, str, str]],
+                  origin: str) -> str:
+    """The context key a label template `{{ fld }}` stands for (through the remap, or named directly)."""
+    if fld in fields:
+        key = fields[fld][0]
+    elif fld in CONTEXT_KEYS:
+        key = fld
+    else:
+        raise ConfigError(f"{origin}: {lw}: template {value!r} cannot be translated: .{fld} is not "
+                          "set by the remap; the shipper's labels are stream, the Airflow context "
+                          f"({', '.join(CONTEXT_KEYS)}) and static values")
+    if label != key:
+        raise ConfigError(f"{origin}: {lw}: the shipper names this label {key!r}; rename it")
+    return key
 
 
 def _refuse_unknown(table: dict[str, Any], allowed: set[str], prefix: str, origin: str) -> None:
