@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from shipper import encoder, events
-from shipper.checkpoint import Position
+from shipper.cursor import Position, Positions
 from shipper.config import DEFAULT_CREATION_GRACE_PERIOD, DEFAULT_REJECT_OLD_SAMPLES_MAX_AGE
 from shipper.labels import label_string
 
@@ -182,8 +182,8 @@ class Batch:
     line_bytes: int = 0  # sum of line lengths (what users call "log bytes")
     size: int = 0  # upper bound of the uncompressed PushRequest size
     # Per file source: the position its lines in this batch end at. Once the
-    # batch is acknowledged, a checkpoint may record it (shipper.checkpoint).
-    marks: dict[str, Position] = field(default_factory=dict)
+    # batch is acknowledged, a checkpoint may record it (shipper.cursor: rule 3).
+    positions: Positions = field(default_factory=dict)
 
     def body(self) -> bytes:
         """The uncompressed PushRequest."""
@@ -232,22 +232,24 @@ class Accumulator:
         return self._open.opened + self.batch_wait if self._open else None
 
     def add(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
-            mark: tuple[str, Position] | None = None, *, times: Sequence[int] | None = None,
+            position: tuple[str, Position] | None = None, *, times: Sequence[int] | None = None,
             each_metadata: Sequence[bytes] | None = None) -> list[Batch]:
         """Add `lines` read at `wall_ns` (epoch ns) / `now` (monotonic s).
 
         Returns the batches this filled up (sealed, oldest first); usually none.
-        With a `mark` (a file source's key and the position these lines end
-        at) the lines are kept in one batch when they fit in an empty one (the
-        open batch is sealed first if needed), so the mark is exact for the
-        batch that gets it. `times` gives each line a time of its own, kept
+        With a `position` (a file source's key and the position these lines
+        end at) the lines are kept in one batch when they fit in an empty one
+        (the open batch is sealed first if needed), so the position is exact
+        for the batch that gets it. `times` gives each line a time of its own, kept
         when Loki would accept it (Stream's docstring: the stamping rule; an
         entry outside gets `original_timestamp` metadata and `on_replaced` is
         told); `each_metadata` gives each line its own encoded metadata (e.g.
         its level) after the stream's.
         """
-        # Complexity above 15 on purpose: one pass per call does the stamping, the
-        # size arithmetic and the encoding of a chunk of lines (once per read).
+        # Complexity above 15 on purpose (the per-line hot path): one pass per call does the stamping, the
+        # size arithmetic and the encoding of a chunk of lines (once per read),
+        # its state in locals. Split into helpers it would pass a dozen of them
+        # back and forth on every chunk for nothing a reader gains.
         if not lines:
             return []
         sealed: list[Batch] = []
@@ -262,7 +264,7 @@ class Accumulator:
                 stamps, each_metadata = self._stamp_outside(stream, times, wall_ns, floor, ceiling, each_metadata)
         extra = max(map(len, each_metadata)) if each_metadata else 0  # a bound, as the overhead
         per_line = self._entry_overhead + len(metadata) + extra
-        if mark is not None and self._open is not None and self._open.lines:
+        if position is not None and self._open is not None and self._open.lines:
             room = self.batch_max_bytes - self._open.size
             if stream not in self._open.parts:
                 room -= len(stream.labels.encode()) + _STREAM_OVERHEAD
@@ -323,9 +325,9 @@ class Accumulator:
             start = end
             if start < len(lines):
                 sealed.append(self._seal())
-        if mark is not None:
+        if position is not None:
             assert self._open is not None  # the last lines stay in the open batch
-            self._open.marks[mark[0]] = mark[1]
+            self._open.positions[position[0]] = position[1]
         return sealed
 
     def _stamp_outside(self, stream: Stream, times: Sequence[int], wall_ns: int, floor: int, ceiling: int,

@@ -1,4 +1,7 @@
-"""Checkpoints: per regular file, the offset up to which Loki has acknowledged every line.
+"""Checkpoints: acknowledged file positions in, a durable file out (and back at start).
+
+Only the format and the atomic write live here: what a position is and when
+it may be recorded are shipper.cursor's rules.
 
 A file is identified by (device, inode), not by its path or a fingerprint of
 its first line: a file without a newline yet must still be read, and a rotated
@@ -14,25 +17,19 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+
+from shipper.cursor import Position, Positions
+
+__all__ = ["VERSION", "CheckpointError", "Position", "load", "save", "write_atomically", "fsync_dir"]
 
 VERSION = 1
-
-
-@dataclass(frozen=True)
-class Position:
-    """Acknowledged offset in one file identity."""
-
-    dev: int
-    ino: int
-    offset: int
 
 
 class CheckpointError(Exception):
     """The checkpoint file exists but cannot be used."""
 
 
-def load(path: str) -> dict[str, Position]:
+def load(path: str) -> Positions:
     """Read the checkpoint: source path -> acknowledged position. Missing file: empty."""
     try:
         with open(path, "rb") as f:
@@ -50,7 +47,7 @@ def load(path: str) -> dict[str, Position]:
         raise CheckpointError(f"checkpoint {path}: malformed ({type(e).__name__}: {e})") from None
 
 
-def save(path: str, positions: dict[str, Position]) -> None:
+def save(path: str, positions: Positions) -> None:
     """Replace the checkpoint atomically (tmp + fsync + rename + directory fsync)."""
     data = json.dumps({"version": VERSION, "files": [
         {"path": p, "dev": pos.dev, "ino": pos.ino, "offset": pos.offset}

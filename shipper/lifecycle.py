@@ -40,7 +40,7 @@ from shipper.labels import (clean_value, context_from_env, context_from_log_path
                             read_annotations, run_metadata, summary_labels, task_stream)
 from shipper.pipeline import Pipeline, Sink
 from shipper.server import MetricsServer, Status
-from shipper.checkpoint import Position
+from shipper.cursor import Position, resume_positions
 from shipper.sources import GlobWatcher, Source, expand_pattern, is_glob
 from shipper.spool import Spool, SpoolEntry
 
@@ -121,11 +121,10 @@ def open_durable(config: Config, sources: list[Source]) -> Durable:
         except OSError as e:
             raise checkpoint.CheckpointError(
                 f"checkpoint_file: cannot write {state.checkpoint_file}: {e.strerror or e}") from None
-    resume = dict(state.positions)
-    for entry in state.replay:
-        resume.update(entry.marks)  # spooled lines were read: start after them
+    # Spooled lines were read: start after them (shipper.cursor: rule 4).
+    resume = resume_positions(state.positions, (entry.positions for entry in state.replay))
     for source in sources:
-        source.resume = resume.get(source.path)
+        source.cursor.resume = resume.get(source.path)
     state.resume = resume
     if state.replay:
         events.log("info", "replaying batches spooled by an earlier run", event="spool_replay",

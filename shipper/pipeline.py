@@ -1,8 +1,22 @@
-"""The pipeline: sources -> accumulator -> pending queue -> sink.
+"""The pipeline: a line's journey from its source to the checkpoint, one module a step. The asyncio shell.
 
-Two tasks share it. `intake()` reads sources on a tick and never waits for
-Loki (except when the buffer is full); `sender()` pushes sealed batches one
-at a time, oldest first, retrying with backoff while intake goes on.
+    read        sources.Source.read       bytes from a pipe, FIFO or file (IO)
+    frame       framing.LineSplitter      bytes in, complete lines out
+    process     process.Processor         lines in, runs of entries out (format, multiline, level)
+    route       route.Router              runs in, each with its stream and encoded metadata
+    accumulate  batch.Accumulator         entries in, sealed batches out (stamps, batch_wait, size)
+    seal        buffer.seal, Buffer.offer  a batch in, one compressed push per stream, spooled, queued
+    push        Sink.push (loki)          a push body in, Loki's answer out (IO)
+    decide      Buffer.judge (delivery)   the answer in, a decision out: ack, retry, split
+    acknowledge Buffer.settle, checkpoint  answered positions (shipper.cursor) to the checkpoint file
+
+The methods right below the constructor are that chain, top to bottom:
+`_read` -> `_add` -> `_process` -> `_route` -> `_accumulate` -> `_seal`, and
+`_deliver` -> `_push` -> `buffer.judge` -> `buffer.settle` -> `_acknowledge`.
+What is left here is the IO and the schedule: two tasks share the pipeline.
+`intake()` reads sources on a tick and never waits for Loki (except when the
+buffer is full); `sender()` pushes queued batches one at a time, oldest
+first, sleeping through the backoff while intake goes on.
 
 Wakeups cost budget (FACTS §6: ~31 us each), so intake does not react to
 every write. While lines flow it reads every `batch_wait` (sooner only when a
@@ -15,30 +29,27 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import deque
-from itertools import repeat
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from shipper import checkpoint, delivery, encoder, events
+from shipper import checkpoint, events
 from shipper.batch import Accumulator, Batch, Stream
-from shipper.checkpoint import Position
-from shipper.config import LEVEL_NAMES, Config
-from shipper.labels import clean_value
+from shipper.buffer import Buffer, Sealed, Step, Verdict, seal
+from shipper.config import Config
+from shipper.cursor import Position, Positions
 from shipper.loki import Answer
-from shipper.retry import MAX_RETRY_AFTER, backoff, parse_retry_after
+from shipper.route import Router
 from shipper.sources import GlobWatcher, Source
 from shipper.spool import Spool, SpoolEntry
 
 if TYPE_CHECKING:  # imported at run time only by sources that use it
+    from collections import deque
     from collections.abc import Sequence
 
-    from shipper.formats import Metadata
     from shipper.process import Run
 
 # Lines given to Accumulator.add at once (see _add).
 ADD_SLICE = 4096
-# Shortest pause between reads of a busy pipe (reads are adaptive; see _next_read).
+# Shortest pause between reads of a busy pipe (reads are adaptive; see _read_interval).
 MIN_READ_INTERVAL = 0.02
 
 
@@ -54,89 +65,191 @@ class Sink(Protocol):
     async def close(self) -> None: ...
 
 
-@dataclass
-class Sealed:
-    """One push: a stream's part of a batch, encoded and compressed once.
-
-    The same bytes are resent on retry; when Loki stored part of it, the
-    rest becomes a new, smaller push in its place (shipper.delivery).
-    """
-
-    body: bytes | None  # None: only in the spool, read back when its turn comes
-    lines: int
-    line_bytes: int
-    size: int  # bytes it holds against buffer_max_bytes (0 when only on disk)
-    marks: dict[str, Position]  # file positions its lines end at (checkpoints)
-    spooled: SpoolEntry | None = None
-    counted: int = 0  # entries Loki may already hold, already counted as sent
-    whole_refusals: int = 0  # times in a row Loki refused it as a whole (rate limits)
-
-
 class Pipeline:
     """Moves lines from sources to the sink; see the module docstring."""
 
     def __init__(self, config: Config, sources: list[Source], sink: Sink, *,
-                 spool: Spool | None = None, replay: list[SpoolEntry] | None = None,
-                 checkpoint_file: str = "", positions: dict[str, Position] | None = None,
+                 spool: Spool | None = None, replay: Sequence[SpoolEntry] = (),
+                 checkpoint_file: str = "", positions: Positions | None = None,
                  watchers: list[GlobWatcher] | None = None) -> None:
         self.config = config
         self.sources = sources  # grows when a watcher finds a new file
         self.watchers = watchers or []
         self.sink = sink
         self.spool = spool
-        # Acknowledged positions, saved to checkpoint_file after each ack that moves one.
+        # Acknowledged positions (buffer.positions) are saved here after each ack that moves one.
         self.checkpoint_file = checkpoint_file
-        self.positions: dict[str, Position] = dict(positions or {})
-        # Streams other than a source's own: a CRI line's stream, a routed level
-        # (level_labels). Built once per (source stream, stream name, level).
-        self._variants: dict[tuple[Stream, str | None, str | None], Stream] = {}
-        self._level_labels = frozenset(config.level_labels)
-        # Encoded structured metadata per distinct tuple (levels, JSON keys):
-        # a handful of values, encoded once. Bounded: JSON values could vary,
-        # so the cache is dropped when it grows past a few hundred.
-        self._metadata_cache: dict[tuple[Metadata, str | None], bytes] = {}
-        # The encoded `level` metadata of each level an entry can have (levels.detect's, or none).
-        self._level_metadata: dict[str | None, bytes] = {
-            level: encoder.encode_metadata([("level", level)]) for level in LEVEL_NAMES}
-        self._level_metadata[None] = b""
-        self._compression = config.loki.compression
+        self.router = Router(config.level_labels)
         self.acc = Accumulator(config.loki.batch_wait, config.loki.batch_max_bytes,
                                reject_old_samples_max_age=config.loki.reject_old_samples_max_age,
                                creation_grace_period=config.loki.creation_grace_period)
-        self.pending: deque[Sealed] = deque()
-        self.pending_bytes = 0  # queued batches; the open batch is acc.open_bytes
-        # What the run gave up, by reason (drop), and whether the latest push failed
-        # and is being retried: what the supervisor's exit code and /ready read.
-        self.dropped: dict[str, int] = dict.fromkeys(events.DROP_REASONS, 0)
-        self.last_push_failed = False
+        self.buffer = Buffer(config, spool, replay, positions)
         self.stopping = False  # set by stop(): read to the current end, then finish
         self.intake_done = False
-        self._inflight: Sealed | None = None  # the batch the sender is pushing now
-        self._failing = False  # the latest push failed (retrying): a full buffer may drop
         self._wake = asyncio.Event()  # intake: something to do
         self._queued = asyncio.Event()  # sender: a batch was queued (or intake ended)
         self._ready: set[Source] = set()  # pipes the loop reported readable
         self._armed: set[int] = set()
         self._loop = asyncio.get_running_loop()
-        for entry in replay or []:
-            # An earlier run's batches go first, with their original timestamps.
-            self.pending.append(Sealed(None, entry.lines, entry.line_bytes, 0, entry.marks, entry))
+
+    # --- the journey: read -> frame -> process -> route -> accumulate -> seal ---
+
+    def _read(self, source: Source, budget: int, ready: bool, now: float) -> tuple[int, bool]:
+        """One read of `source` down the chain; returns (bytes read, more to read now)."""
+        lines, n, more = source.read(budget, readiness=ready)  # read, frame: sources, framing
+        source.note_read(n, now)
+        self._add(source, lines, now)
+        return n, more
+
+    def _add(self, source: Source, lines: list[bytes], now: float) -> None:
+        """Lines just read (or flushed) from `source`; its cursor's position is where they end."""
+        if not lines:
+            return
+        position = source.cursor.position
+        split, invalid = source.splitter.split_lines, source.splitter.invalid_utf8_lines
+        if split or invalid:
+            events.lines_cleaned(source.path, split, invalid)
+            source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
+        events.lines_read(source.path, len(lines), sum(map(len, lines)))
+        if source.processor is not None:
+            self._process(source, lines, position, now)
+            return
+        marked = (source.path, position) if position is not None else None
+        wall_ns = time.time_ns()
+        # In slices: the encoder's transient objects are per line (~72 bytes
+        # each), so one add() of 32,768 one-byte lines would peak at 2.4 MB.
+        # The position goes with the last slice; earlier slices may seal
+        # earlier batches, which are answered first.
+        for start in range(0, len(lines) - ADD_SLICE, ADD_SLICE):
+            self._accumulate(source.stream, lines[start:start + ADD_SLICE], now, wall_ns)
+        last = lines if len(lines) <= ADD_SLICE else lines[(len(lines) - 1) // ADD_SLICE * ADD_SLICE:]
+        self._accumulate(source.stream, last, now, wall_ns, marked)
+
+    def _process(self, source: Source, lines: list[bytes], position: Position | None, now: float) -> None:
+        """A processed source's lines through its processor (shipper.process), in slices.
+
+        A 64 KiB read of one-byte lines is 32,768 of them, and processing them
+        at once peaked at 19 MB of transient objects. The read's position is
+        held with the last slice only: it covers all of them (shipper.cursor: rule 2).
+        """
+        assert source.processor is not None
+        feed = source.processor.feed
+        for start in range(0, len(lines), ADD_SLICE):
+            if start + ADD_SLICE >= len(lines):
+                source.cursor.hold(position)
+            self._route(source, feed(lines[start:start + ADD_SLICE], now, time.time_ns()), now)
+
+    def _route(self, source: Source, runs: list[Run], now: float) -> None:
+        """Processed entries, each run to its stream (shipper.route), to the accumulator."""
+        proc = source.processor
+        assert proc is not None
+        counts = proc.take_counts()
+        if counts:
+            _report(source.path, proc.format, counts)
+        position = source.cursor.release(proc.pending)
+        wall_ns = time.time_ns()
+        routed = self.router.route(source.stream, runs)
+        last = len(routed) - 1
+        for i, (stream, run, metadata) in enumerate(routed):
+            marked = (source.path, position) if position is not None and i == last else None
+            self._accumulate(stream, run.lines, now, wall_ns, marked, run.times, metadata)
+
+    def _accumulate(self, stream: Stream, lines: list[bytes], now: float, wall_ns: int,
+                    position: tuple[str, Position] | None = None, times: Sequence[int] | None = None,
+                    metadata: Sequence[bytes] | None = None) -> None:
+        """Entries to the open batch (shipper.batch); the batches they fill up are sealed."""
+        for batch in self.acc.add(stream, lines, now, wall_ns, position, times=times, each_metadata=metadata):
+            self._seal(batch)
+
+    def _seal(self, batch: Batch) -> None:
+        """A sealed batch as one push per stream, spooled and queued (shipper.buffer)."""
+        now = time.monotonic()
+        for item in seal(batch, self.buffer.compression):
+            self.buffer.offer(item, now)
+        self._queued.set()
+
+    # --- the journey: push -> decide -> acknowledge -----------------------------
+
+    async def _deliver(self, item: Sealed) -> float | None:
+        """The push at the head of the queue, answered and settled; the backoff before the next, if any."""
+        body = self._body(item)
+        if body is None:
+            return None
+        started = time.monotonic()
+        outcome, answer = await self._push(body)
+        seconds = time.monotonic() - started
+        verdict = self.buffer.judge(item, body, outcome, answer.message)  # decide: shipper.delivery
+        if verdict.to_resolve:
+            verdict = await self._resolve(verdict, body)
+        step = self.buffer.settle(item, body, verdict, answer.message, answer.retry_after, seconds, time.time())
+        self._acknowledge(step)
+        return step.delay
+
+    def _body(self, item: Sealed) -> bytes | None:
+        """The push's bytes, from the spool when only there; None when they cannot be read back."""
+        if item.body is not None:
+            return item.body
+        assert self.spool is not None and item.spooled is not None
+        try:
+            return self.spool.read_body(item.spooled)  # transient: dropped after the push
+        except OSError as e:
+            self._acknowledge(Step(answered=True, moved=self.buffer.acknowledge(item)))
+            self.buffer.drop("spool_error", item.lines, error=str(e))
+            return None
+
+    async def _push(self, body: bytes) -> tuple[int | BaseException, Answer]:
+        """The sink's answer: its status, or the transport error the push ended with."""
+        try:
+            answer = await self.sink.push(body)
+        except (OSError, TimeoutError, EOFError) as e:
+            # Transport errors (http1.ProtocolError is a ConnectionError): the
+            # policy decides. Anything else is a bug: it ends the sender, and
+            # the supervisor exits 3 naming it, instead of counting a refusal.
+            return e, Answer(0, f"{type(e).__name__}: {e}")
+        return answer.status, answer
+
+    async def _resolve(self, verdict: Verdict, body: bytes) -> Verdict:
+        """Ask Loki which of the entries its answer left uncertain it holds (see shipper.delivery)."""
+        held = await self.sink.stored_times(*self.buffer.lookup(verdict, body))
+        return self.buffer.resolved(verdict, held)
+
+    def _acknowledge(self, step: Step) -> None:
+        """Save the checkpoint when acknowledged positions moved; wake intake when room was freed."""
+        if step.moved and self.checkpoint_file:
+            try:
+                checkpoint.save(self.checkpoint_file, self.buffer.positions)
+            except OSError as e:
+                events.log("error", "cannot write the checkpoint", event="checkpoint_write_failed",
+                           path=self.checkpoint_file, error=str(e))
+        if step.answered or step.delay is not None:
+            # Room was freed, or Loki is failing (a full buffer may drop now).
+            self._wake.set()
 
     # --- control -------------------------------------------------------------
 
     def drop(self, reason: str, lines: int, **fields: Any) -> None:
-        """Give up `lines` for `reason` (events.DROP_REASONS): counted here (the run's
-        outcome, shipper.lifecycle.exit_code) and reported (events.lines_dropped)."""
-        self.dropped[reason] += lines
-        events.lines_dropped(reason, lines, **fields)
+        """Give up `lines` for `reason` (events.DROP_REASONS); see Buffer.drop."""
+        self.buffer.drop(reason, lines, **fields)
 
-    def _push_failed(self, outcome: str, message: str, retry_in: float | None, seconds: float) -> None:
-        self.last_push_failed = retry_in is not None  # a final refusal is an answer, not a failure
-        events.push_failed(outcome, message, retry_in, seconds)
+    @property
+    def dropped(self) -> dict[str, int]:
+        """Lines the run gave up, by reason (what the supervisor's exit code reads)."""
+        return self.buffer.dropped
 
-    def _sent(self, lines: int, line_bytes: int, body_bytes: int, seconds: float, status: int) -> None:
-        self.last_push_failed = False
-        events.batch_sent(lines, line_bytes, body_bytes, seconds, status)
+    @property
+    def last_push_failed(self) -> bool:
+        """The latest push failed and is being retried (what /ready reads)."""
+        return self.buffer.last_push_failed
+
+    @property
+    def pending(self) -> deque[Sealed]:
+        """Queued pushes, oldest first."""
+        return self.buffer.pending
+
+    @property
+    def positions(self) -> Positions:
+        """Acknowledged file positions (what the checkpoint holds)."""
+        return self.buffer.positions
 
     def stop(self) -> None:
         """Begin shutdown: intake reads every source to its current end, then ends."""
@@ -146,64 +259,75 @@ class Pipeline:
     @property
     def spooled_lines(self) -> int:
         """Queued lines that are safe in the spool (a restart replays them)."""
-        return sum(s.lines for s in self.pending if s.spooled is not None)
+        return self.buffer.spooled_lines
 
     @property
     def undelivered_lines(self) -> int:
         """Lines read but not acknowledged (queued, or in the open batch)."""
-        return sum(s.lines for s in self.pending) + self.acc.open_lines
+        return self.buffer.lines + self.acc.open_lines
 
     @property
     def undelivered_line_bytes(self) -> int:
         """Line bytes read but not acknowledged (queued, or in the open batch)."""
-        return sum(s.line_bytes for s in self.pending) + self.acc.open_line_bytes
+        return self.buffer.line_bytes + self.acc.open_line_bytes
 
-    # --- intake --------------------------------------------------------------
+    # --- intake: the read schedule ---------------------------------------------
 
     async def intake(self) -> None:
         """Read, batch and queue until every source ended or stop() was called."""
         next_read = 0.0
         while True:
-            now = time.monotonic()
             if self.stopping:
                 await self._final_read()
                 break
-            got = 0
+            now = time.monotonic()
             # Woken early (the sender freed room, a signal): keep the schedule.
             read_now = now >= next_read or bool(self._ready)
-            if read_now:
-                got, full = self._read_all(now)
-                if next_read and now >= next_read:
-                    # A scheduled read while lines flow: what it read is pushed
-                    # now, so no line waits more than one read interval plus
-                    # the push (p99 latency ~ batch_wait, not twice that).
-                    self._flush_open()
-            else:
-                full = self._buffer_full() and not self._drops_for_pipes()
-            self._seal_due(time.monotonic(), after_read=read_now)
+            got, full = self._tick(now, next_read, read_now)
             if not self.watchers and all(s.finished for s in self.sources):
                 break
-            timeout: float | None
-            if full:
-                timeout = None  # the sender wakes us when it frees room
-            elif got or self._next_due() is not None or not read_now:
-                self._disarm()
-                if read_now:
-                    next_read = now + self._read_interval(got, now)
-                due = self._next_due()
-                timeout = max(0.0, min(next_read, due if due is not None else next_read) - time.monotonic())
-            else:
-                self._arm()
-                next_read = 0.0  # wake from a pipe or the poll: read at once
-                idle_poll = bool(self.watchers) or any(s.kind != "pipe" for s in self.sources if not s.finished)
-                timeout = self.config.file_poll_interval if idle_poll else None
+            timeout, next_read = self._schedule(now, next_read, read_now, got, full)
             await self._sleep(timeout)
+        self._end_intake()
+
+    def _tick(self, now: float, next_read: float, read_now: bool) -> tuple[int, bool]:
+        """Read (when it is time), seal what is due; returns (bytes read, buffer full)."""
+        got = 0
+        if read_now:
+            got, full = self._read_all(now)
+            if next_read and now >= next_read:
+                # A scheduled read while lines flow: what it read is pushed
+                # now, so no line waits more than one read interval plus
+                # the push (p99 latency ~ batch_wait, not twice that).
+                self._flush_open()
+        else:
+            full = self._budget(now) <= 0 and not self._drops_for_pipes()
+        self._seal_due(time.monotonic(), after_read=read_now)
+        return got, full
+
+    def _schedule(self, now: float, next_read: float, read_now: bool, got: int,
+                  full: bool) -> tuple[float | None, float]:
+        """How long to sleep (None: until woken) and when to read next (0: at once when woken)."""
+        if full:
+            return None, next_read  # the sender wakes us when it frees room
+        if got or self._next_due() is not None or not read_now:
+            self._disarm()
+            if read_now:
+                next_read = now + self._read_interval(got, now)
+            due = self._next_due()
+            return max(0.0, min(next_read, due if due is not None else next_read) - time.monotonic()), next_read
+        # Idle: a pipe wakes us (one-shot), files are polled.
+        self._arm()
+        idle_poll = bool(self.watchers) or any(s.kind != "pipe" for s in self.sources if not s.finished)
+        return (self.config.file_poll_interval if idle_poll else None), 0.0
+
+    def _end_intake(self) -> None:
+        """Every source ended or shutdown: ship what is held (partial lines, open entries), then close."""
         self._disarm()
         for source in self.sources:
             self._add(source, source.flush(), time.monotonic())
             if source.processor is not None:
-                self._add_entries(source, source.processor.flush(time.monotonic(), time.time_ns()),
-                                  time.monotonic())
+                self._route(source, source.processor.flush(time.monotonic(), time.time_ns()), time.monotonic())
         self._flush_open()
         for source in self.sources:
             source.close()
@@ -260,131 +384,24 @@ class Pipeline:
             if source.kind == "waiting" and not source.try_open():
                 continue
             while True:
-                budget = self._budget()
+                budget = self._budget(now)
                 if budget <= 0 and source.kind == "pipe" and self._drops_for_pipes():
-                    budget = self._drop_oldest()
+                    budget = self.buffer.make_room(self.acc.open_bytes, now)
                 if budget <= 0:
                     return total, True
-                lines, n, more = source.read(budget, readiness=source in ready)
-                source.note_read(n, now)
+                n, more = self._read(source, budget, source in ready, now)
                 total += n
-                self._add(source, lines, now)
                 if not more:
                     break
         return total, False
 
-    def _add(self, source: Source, lines: list[bytes], now: float) -> None:
-        """Lines just read (or flushed) from `source`; its last_mark is where they end."""
-        if not lines:
-            return
-        mark = source.last_mark
-        split, invalid = source.splitter.split_lines, source.splitter.invalid_utf8_lines
-        if split or invalid:
-            events.lines_cleaned(source.path, split, invalid)
-            source.splitter.split_lines = source.splitter.invalid_utf8_lines = 0
-        events.lines_read(source.path, len(lines), sum(map(len, lines)))
-        if source.processor is not None:
-            # In slices too (see below): a 64 KiB read of one-byte lines is 32,768 of
-            # them, and processing them at once peaked at 19 MB of transient objects.
-            # The read's mark goes with the last slice only: it covers all of them.
-            feed = source.processor.feed
-            for start in range(0, len(lines), ADD_SLICE):
-                if start + ADD_SLICE >= len(lines):
-                    source.held_mark = mark
-                self._add_entries(source, feed(lines[start:start + ADD_SLICE], now, time.time_ns()), now)
-            return
-        marked = (source.path, mark) if mark is not None else None
-        wall_ns = time.time_ns()
-        # In slices: the encoder's transient objects are per line (~72 bytes
-        # each), so one add() of 32,768 one-byte lines would peak at 2.4 MB.
-        # The mark goes with the last slice; earlier slices may seal earlier
-        # batches, which are answered first.
-        for start in range(0, len(lines) - ADD_SLICE, ADD_SLICE):
-            for batch in self.acc.add(source.stream, lines[start:start + ADD_SLICE], now, wall_ns):
-                self._queue(batch)
-        last = lines if len(lines) <= ADD_SLICE else lines[(len(lines) - 1) // ADD_SLICE * ADD_SLICE:]
-        for batch in self.acc.add(source.stream, last, now, wall_ns, marked):
-            self._queue(batch)
+    def _budget(self, now: float) -> int:
+        """Bytes intake may read now (shipper.buffer: the open batch counts too)."""
+        return self.buffer.budget(self.acc.open_bytes, now)
 
-    def _add_entries(self, source: Source, runs: list[Run], now: float) -> None:
-        """Processed entries (shipper.process runs) to the accumulator, a run at a time."""
-        proc = source.processor
-        assert proc is not None
-        counts = proc.take_counts()
-        if counts:
-            _report(source.path, proc.format, counts)
-        # The file position is only exact once the processor holds nothing back.
-        mark = source.held_mark if proc.pending == 0 else None
-        if mark is not None:
-            source.held_mark = None
-        wall_ns = time.time_ns()
-        if self._level_labels:
-            runs = [part for run in runs for part in self._routed(run)]
-        last = len(runs) - 1
-        for i, run in enumerate(runs):
-            entry_levels = run.levels
-            routed = entry_levels[0] if entry_levels and entry_levels[0] in self._level_labels else None
-            stream = self._stream_for(source.stream, run.stream, routed)
-            marked = (source.path, mark) if mark is not None and i == last else None
-            for batch in self.acc.add(stream, run.lines, now, wall_ns, marked, times=run.times,
-                                      each_metadata=self._encoded_metadata(run.metadata, entry_levels)):
-                self._queue(batch)
-
-    def _routed(self, run: Run) -> list[Run]:
-        """`run` cut where the level routed to a label of its own (level_labels) changes."""
-        entry_levels = run.levels
-        if not entry_levels:
-            return [run]
-        from shipper.process import spans  # loaded: a processed source made this run
-
-        labels = self._level_labels
-        routed = [level if level in labels else None for level in entry_levels]
-        if routed.count(routed[0]) == len(routed):
-            return [run]
-        return [run._replace(lines=run.lines[i:j], times=run.times[i:j] if run.times is not None else None,
-                             metadata=run.metadata[i:j] if run.metadata is not None else None,
-                             levels=entry_levels[i:j])
-                for i, j in spans(routed)]
-
-    def _encoded_metadata(self, metadata: Sequence[Metadata] | None,
-                          entry_levels: Sequence[str | None] | None) -> list[bytes] | None:
-        """Each entry's structured metadata, encoded, with its level last; None when no entry has any.
-
-        Values repeat (a few levels, a few loggers): each distinct one is
-        encoded once (and cached across calls), and the per-entry list is
-        built by C-level lookups, not a Python loop.
-        """
-        if metadata is None:
-            if entry_levels is None:
-                return None
-            # Levels only (the pod template's sources): one lookup an entry.
-            return list(map(self._level_metadata.__getitem__, entry_levels))
-        cache = self._metadata_cache
-        if len(cache) > 256:
-            cache.clear()
-        keys = list(zip(metadata, entry_levels if entry_levels is not None else repeat(None)))
-        encoded = {}
-        for key in set(keys):
-            md = cache.get(key)
-            if md is None:
-                pairs, level = key
-                md = cache[key] = encoder.encode_metadata((*pairs, ("level", level)) if level else pairs)
-            encoded[key] = md
-        return list(map(encoded.__getitem__, keys))
-
-    def _stream_for(self, base: Stream, name: str | None, level: str | None) -> Stream:
-        """The source's stream, or its variant for a CRI stream name or a routed level."""
-        routed = level if level in self._level_labels else None
-        if (name is None or name == base.name) and routed is None:
-            return base
-        key = (base, name, routed)
-        stream = self._variants.get(key)
-        if stream is None:
-            changes = {"stream": clean_value(name or base.name)}
-            if routed:
-                changes["level"] = routed
-            stream = self._variants[key] = base.variant(**changes)
-        return stream
+    def _drops_for_pipes(self) -> bool:
+        """A full buffer makes room instead of pausing a pipe (Buffer.drops_for_pipes)."""
+        return self.buffer.drops_for_pipes(any(s.kind == "pipe" and not s.finished for s in self.sources))
 
     def _next_due(self) -> float | None:
         """When the open batch or a held multiline entry must be released."""
@@ -392,59 +409,11 @@ class Pipeline:
                                                    if s.processor is not None)) if t is not None]
         return min(times) if times else None
 
-    def _drops_for_pipes(self) -> bool:
-        """True when a full buffer makes room (drop_oldest) instead of pausing a pipe.
-
-        Only while Loki is failing: a Loki that answers, just slower than the
-        task writes, gets backpressure (the task's write() waits a moment),
-        never lost lines. A Loki that is down would block the task forever.
-        """
-        return self.config.when_full == "drop_oldest" and self._failing and any(
-            s.kind == "pipe" and not s.finished for s in self.sources)
-
-    def _budget(self) -> int:
-        """Bytes intake may read now.
-
-        Memory holds the open batch and queued batches up to buffer_max_bytes.
-        With a spool that has room, queued batches beyond that live on disk
-        only, so only the open batch counts. A spool whose last write failed
-        (disk full, I/O error, read-only) has no room (shipper.spool).
-        """
-        cfg = self.config
-        if self.spool is not None and self.spool.has_room():
-            return cfg.buffer_max_bytes - self.acc.open_bytes
-        return cfg.buffer_max_bytes - self.pending_bytes - self.acc.open_bytes
-
-    def _drop_oldest(self) -> int:
-        """Give up queued batches, oldest first, until a quarter of the buffer is free.
-
-        The batch being pushed right now is kept (its answer is on the way).
-        Returns the budget then available.
-        """
-        cfg = self.config
-        lines = 0
-        goal = cfg.buffer_max_bytes // 4
-        while self._budget() < goal:
-            index = 1 if self.pending and self.pending[0] is self._inflight else 0
-            if index >= len(self.pending):
-                break
-            item = self.pending[index]
-            del self.pending[index]
-            self._release(item)
-            lines += item.lines
-        if lines:
-            self.drop("buffer_full", lines, buffer_max_bytes=cfg.buffer_max_bytes,
-                                 spool_max_bytes=cfg.spool_max_bytes if self.spool else None)
-        return self._budget()
-
-    def _buffer_full(self) -> bool:
-        return self._budget() <= 0
-
     def _flush_open(self) -> None:
         """Seal and queue the open batch, whatever its age."""
         batch = self.acc.flush()
         if batch is not None:
-            self._queue(batch)
+            self._seal(batch)
 
     def _seal_due(self, now: float, after_read: bool = True) -> None:
         # A held multiline entry is released only right after a read: lines
@@ -453,39 +422,10 @@ class Pipeline:
             if source.processor is not None:
                 entries = source.processor.due(now)
                 if entries:
-                    self._add_entries(source, entries, now)
+                    self._route(source, entries, now)
         batch = self.acc.due(now)
         if batch is not None:
-            self._queue(batch)
-
-    def _queue(self, batch: Batch) -> None:
-        """Queue a sealed batch as one push per stream (Loki answers a push for its last stream only).
-
-        The batch's file marks go with its last push: pushes are answered in
-        order, so once that one is, every line before the marks is.
-        """
-        last = len(batch.parts) - 1
-        for i, (stream, chunks) in enumerate(batch.parts.items()):
-            lines, line_bytes, size = batch.counts[stream]
-            body = encoder.compress_push(((stream.labels, chunks),), self._compression)
-            self._enqueue(Sealed(body, lines, line_bytes, size, batch.marks if i == last else {}))
-
-    def _enqueue(self, item: Sealed) -> None:
-        assert item.body is not None
-        spool = self.spool
-        if spool is not None and spool.has_room():
-            try:
-                item.spooled = spool.write(item.lines, item.line_bytes, item.marks, item.body)
-            except OSError as e:
-                # The spool is a safety net: when it fails the batch stays in memory.
-                events.log("error", "cannot write to the spool; keeping the batch in memory",
-                           event="spool_write_failed", spool_dir=spool.directory, error=str(e))
-            else:
-                if self.pending_bytes + item.size > self.config.buffer_max_bytes:
-                    item.body, item.size = None, 0  # memory is full: on disk only
-        self.pending.append(item)
-        self.pending_bytes += item.size
-        self._queued.set()
+            self._seal(batch)
 
     def _arm(self) -> None:
         """Idle: let each open pipe wake us once when it becomes readable."""
@@ -510,199 +450,17 @@ class Pipeline:
 
     async def sender(self) -> None:
         """Push queued batches in order until intake is done and the queue is empty."""
-        cfg = self.config.loki
-        delays = backoff(cfg.min_backoff, cfg.max_backoff)
         while True:
-            if not self.pending:
+            item = self.buffer.head()
+            if item is None:
                 if self.intake_done:
                     return
                 self._queued.clear()
                 await self._queued.wait()
                 continue
-            item = self._inflight = self.pending[0]
-            try:
-                body = self._body(item)
-            except OSError as e:
-                self._done(item)
-                self.drop("spool_error", item.lines, error=str(e))
-                continue
-            started = time.monotonic()
-            outcome: int | BaseException
-            try:
-                answer = await self.sink.push(body)
-                outcome = answer.status
-            except (OSError, TimeoutError, EOFError) as e:
-                # Transport errors (http1.ProtocolError is a ConnectionError): the
-                # policy decides below. Anything else is a bug: it ends the sender,
-                # and the supervisor exits 3 naming it, instead of counting a refusal.
-                answer = Answer(0, f"{type(e).__name__}: {e}")
-                outcome = e
-            if isinstance(outcome, int) and 200 <= outcome < 300:  # the usual case: nothing to decode
-                self._failing = False
-                self._done(item)
-                self._sent(item.lines - item.counted, item.line_bytes, len(body),
-                                  time.monotonic() - started, outcome)
-                delays = backoff(cfg.min_backoff, cfg.max_backoff)
-                continue
-            label = str(outcome) if isinstance(outcome, int) else _error_kind(outcome)
-            facts = _entry_facts(body) if outcome in (400, 429) else None
-            decision = delivery.decide(outcome, answer.message, facts if facts is not None else
-                                       [(0, 0, 0)] * item.lines, item.whole_refusals)
-            if facts is None and outcome == 429 and decision.action == delivery.RETRY:
-                decision = delivery.Decision(delivery.RETRY, whole=decision.whole, cause=decision.cause)
-            seconds = time.monotonic() - started
-            if decision.action == delivery.SPLIT and decision.max_push_bytes and facts is not None:
-                groups = delivery.chunked(range(item.lines), facts, decision.max_push_bytes)
-                if len(groups) > 1:
-                    self._replace_head(item, body, facts, groups, item.counted)
-                    events.push_cut(item.lines, len(groups), decision.cause)
-                    self._push_failed(label, answer.message, 0.0, seconds)
-                    continue
-            if decision.action == delivery.SPLIT:
-                if self._split(item, body):
-                    self._push_failed(label, answer.message, 0.0, seconds)
-                    continue  # the halves are at the front of the queue, in order
-                decision = delivery.Decision(delivery.ACK, refused=item.lines, cause=decision.cause)
-            if decision.action == delivery.ACK:
-                self._done(item)
-                stored = max(0, decision.stored - item.counted)
-                # One request, counted once: by its refusal when it refused any.
-                if decision.refused:
-                    self._push_failed(label, answer.message, None, seconds)
-                    events.entries_stored(stored, _share(item.line_bytes, stored, item.lines))
-                    self.drop("rejected", decision.refused, status=label, cause=decision.cause)
-                elif stored:
-                    self._sent(stored, _share(item.line_bytes, stored, item.lines), len(body), seconds,
-                                      outcome if isinstance(outcome, int) else 0)
-                continue
-            # RETRY: all of it, or what Loki did not store.
-            self._failing = True
-            self._wake.set()  # intake may be paused on a full buffer: it may drop now
-            self._inflight = None  # while we back off, it may be dropped for room
-            if decision.resend is not None and facts is not None:
-                if decision.uncertain:
-                    decision = await self._resolve(body, facts, decision)
-                self._keep_part(item, body, facts, decision, label)
-            else:
-                item.whole_refusals = item.whole_refusals + 1 if decision.whole else 0
-            delay = parse_retry_after(answer.retry_after, time.time())
-            if delay is None:
-                delay = next(delays)
-            delay = max(delay, min(decision.min_delay, MAX_RETRY_AFTER))
-            self._push_failed(label, answer.message, delay, seconds)
-            await asyncio.sleep(delay)
-
-    async def _resolve(self, body: bytes, facts: list[tuple[int, int, int]],
-                       decision: delivery.Decision) -> delivery.Decision:
-        """Ask Loki which of the entries its answer left uncertain it holds (see shipper.delivery)."""
-        assert decision.resend is not None
-        ((labels, _),) = encoder.push_streams(encoder.uncompress(body))
-        times = [facts[i][0] for i in decision.resend]
-        held = await self.sink.stored_times(labels.decode(), min(times), max(times))
-        resolved = delivery.resolve(decision, facts, held)
-        events.stored_asked(decision.uncertain, resolved.uncertain == 0)
-        return resolved
-
-    def _keep_part(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
-                   decision: delivery.Decision, label: str) -> None:
-        """Loki stored part of `item`: count that, drop what it refused for good, keep the rest."""
-        already = min(item.counted, decision.stored)
-        keep = decision.resend or ()
-        stored_bytes = sum(f[1] for f in facts) - sum(facts[i][1] for i in keep)
-        events.push_stored_part(label, decision.stored - already, max(0, stored_bytes), len(keep),
-                                decision.uncertain, decision.cause)
-        if decision.refused:
-            self.drop("rejected", decision.refused, status=label, cause=decision.cause)
-        groups = delivery.chunked(keep, facts, decision.max_push_bytes)
-        self._replace_head(item, body, facts, groups, item.counted - already + decision.uncertain)
-
-    def _replace_head(self, item: Sealed, body: bytes, facts: list[tuple[int, int, int]],
-                      groups: Sequence[Sequence[int]], counted: int) -> None:
-        """Put pushes of `groups` (indexes of `item`'s entries, in order) in its place at the front.
-
-        The last one carries the file marks and the spool file, rewritten to
-        hold every entry still to deliver: a restart replays them all, and
-        Loki drops the copies of pieces it had already stored.
-        """
-        ((labels, raw),) = encoder.push_streams(encoder.uncompress(body))
-        items: list[Sealed] = []
-        for k, group in enumerate(groups):
-            last = k == len(groups) - 1
-            part = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in group]), self._compression)
-            line_bytes = sum(facts[i][1] for i in group)
-            here = min(counted, len(group))  # which pieces hold them is unknown: a bound
-            counted -= here
-            items.append(Sealed(part, len(group), line_bytes, _share(item.size, len(group), item.lines),
-                                item.marks if last else {}, None, counted=here))
-        rest = items[-1]
-        if item.spooled is not None and self.spool is not None:
-            every = [i for group in groups for i in group]
-            try:
-                whole = encoder.compress(encoder.encode_stream(labels, [raw[i] for i in every]), self._compression)
-                rest.spooled = self.spool.replace(item.spooled, len(every), sum(facts[i][1] for i in every),
-                                                  whole)
-            except OSError as e:
-                # The old file stays: a restart would replay lines Loki holds (it dedups what it can).
-                events.log("error", "cannot rewrite a spooled batch after a partial answer",
-                           event="spool_rewrite_failed", path=item.spooled.path, error=str(e))
-                rest.spooled = item.spooled
-        self.pending.popleft()
-        self.pending.extendleft(reversed(items))
-        self.pending_bytes += sum(i.size for i in items) - item.size
-        self._inflight = None
-
-    def _split(self, item: Sealed, body: bytes) -> bool:
-        """Replace a batch Loki found too large (413) by its two halves; False if it is one line.
-
-        The halves keep the lines' timestamps. A spooled batch stays in the
-        spool until its second half is acknowledged: a restart in between
-        replays the whole batch and Loki deduplicates the first half.
-        """
-        try:
-            halves = encoder.split_push(encoder.uncompress(body))
-        except ValueError:
-            halves = None  # cannot be reopened (see _entry_facts): refused as it is
-        if halves is None:
-            return False
-        (body1, lines1, bytes1), (body2, lines2, bytes2) = halves
-        size1 = item.size // 2
-        counted1 = min(item.counted, lines1)  # which half holds them is unknown: a bound
-        first = Sealed(encoder.compress(body1, self._compression), lines1, bytes1, size1, {}, counted=counted1)
-        second = Sealed(encoder.compress(body2, self._compression), lines2, bytes2, item.size - size1, item.marks,
-                        item.spooled, counted=item.counted - counted1)
-        self.pending.popleft()
-        self.pending.appendleft(second)
-        self.pending.appendleft(first)
-        self._inflight = None
-        events.log("warn", "Loki refused the push as too large or over a limit's burst: splitting it",
-                   event="push_split", lines=item.lines, halves=[lines1, lines2])
-        return True
-
-    def _body(self, item: Sealed) -> bytes:
-        if item.body is not None:
-            return item.body
-        assert self.spool is not None and item.spooled is not None
-        return self.spool.read_body(item.spooled)  # transient: dropped after the push
-
-    def _done(self, item: Sealed) -> None:
-        """The batch is answered for good (2xx, or refused): forget it, advance checkpoints."""
-        self._inflight = None
-        self.pending.popleft()
-        self._release(item)
-        if item.marks:
-            self.positions.update(item.marks)
-            if self.checkpoint_file:
-                try:
-                    checkpoint.save(self.checkpoint_file, self.positions)
-                except OSError as e:
-                    events.log("error", "cannot write the checkpoint", event="checkpoint_write_failed", path=self.checkpoint_file,
-                               error=str(e))
-        self._wake.set()  # intake may be waiting for room
-
-    def _release(self, item: Sealed) -> None:
-        self.pending_bytes -= item.size
-        if item.spooled is not None and self.spool is not None:
-            self.spool.remove(item.spooled)
+            delay = await self._deliver(item)
+            if delay is not None:
+                await asyncio.sleep(delay)
 
 
 def _report(path: str, fmt: str, counts: dict[str, int]) -> None:
@@ -720,35 +478,3 @@ def _report(path: str, fmt: str, counts: dict[str, int]) -> None:
         events.lines_cleaned(path, counts.get("cut", 0), counts.get("invalid_utf8", 0))
     if "kept_whole" in counts:
         events.json_kept_whole(path, counts["kept_whole"])
-
-
-def _entry_facts(body: bytes) -> list[tuple[int, int, int]] | None:
-    """encoder.entry_facts of each entry of a one-stream push; None for several streams.
-
-    Several streams: a batch spooled by a version that pushed a batch whole;
-    Loki's answer names only its last stream, so it is resent whole.
-    """
-    try:
-        streams = encoder.push_streams(encoder.uncompress(body))
-        if len(streams) != 1:
-            return None
-        return [encoder.entry_facts(raw) for raw in streams[0][1]]
-    except ValueError:
-        # A body that cannot be reopened (a spooled file damaged on disk: the spool
-        # has no checksum of the body): decided as a whole, as Loki answered it.
-        return None
-
-
-def _share(total: int, part: int, whole: int) -> int:
-    """`total` scaled to `part` of `whole` (sizes of part of a push)."""
-    return total * part // whole if whole else 0
-
-
-def _error_kind(e: BaseException) -> str:
-    if isinstance(e, TimeoutError):
-        return "timeout"
-    if isinstance(e, ConnectionRefusedError):
-        return "connection_refused"
-    if isinstance(e, ConnectionResetError):
-        return "connection_reset"
-    return "transport_error"

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 from shipper import events
 from shipper.batch import Stream
-from shipper.checkpoint import Position
+from shipper.cursor import FileCursor, Position
 from shipper.framing import LineSplitter
 
 if TYPE_CHECKING:  # imported at run time only by sources that use it
@@ -202,24 +202,18 @@ class Source:
         self.anonymous = False  # an anonymous pipe (/proc/<pid>/fd/N -> pipe:[...])
         self.had_writer = False  # a FIFO's empty read is EOF only once a writer was seen
         self.pipe_size = 0
-        self._ident: tuple[int, int] | None = None  # (st_dev, st_ino) of the open file
         self.parked = False  # a regular file at its end, closed while idle (fd None)
         self._active_at = 0.0  # monotonic time of the last read that got data (or the open)
         self.read_rate = 0.0  # bytes/s over the last read interval (paces pipe reads)
         self._last_read_at = 0.0
         # exec mode: every chunk read is first copied here (our own stdout/stderr).
         self.passthrough: Callable[[bytes], None] | None = None
-        # Regular files: where to start (checkpoint or spool of an earlier run),
-        # the read position, and the offset just after the last newline read.
-        self.resume: Position | None = None
-        self._pos = 0
-        self._line_end = 0
-        # The position the lines of the latest read() end at (files only):
-        # what a checkpoint may record once those lines are acknowledged.
-        self.last_mark: Position | None = None
+        # Regular files: where the reads are, and the position the lines of the
+        # latest read() end at (shipper.cursor), which a checkpoint may record
+        # once those lines are acknowledged.
+        self.cursor = FileCursor()
         # format/multiline/level processing (shipper.process); None = lines as read.
         self.processor: Processor | None = None
-        self.held_mark: Position | None = None  # a mark waiting for the processor to empty
 
     @classmethod
     def from_pipe(cls, fd: int, name: str, stream: Stream, max_line_bytes: int,
@@ -234,6 +228,15 @@ class Source:
         source.passthrough = passthrough
         events.source_opened(name, "command pipe")
         return source
+
+    @property
+    def resume(self) -> Position | None:
+        """Where the file first opened here starts (checkpoint or spool of an earlier run)."""
+        return self.cursor.resume
+
+    @resume.setter
+    def resume(self, position: Position | None) -> None:
+        self.cursor.resume = position
 
     @property
     def finished(self) -> bool:
@@ -262,13 +265,11 @@ class Source:
             self.fd = self._open(os.O_RDONLY)
             self._active_at = time.monotonic()
             fst = os.fstat(self.fd)
-            self._ident = (fst.st_dev, fst.st_ino)
-            self._pos = self._line_end = 0
             self.kind = "file"
-            resume, self.resume = self.resume, None  # only for the file first opened
-            if resume is not None and (resume.dev, resume.ino) == self._ident:
-                if resume.offset <= fst.st_size:
-                    self._pos = self._line_end = os.lseek(self.fd, resume.offset, os.SEEK_SET)
+            resume, fits = self.cursor.open(fst.st_dev, fst.st_ino, fst.st_size)
+            if resume is not None:
+                if fits:
+                    self.cursor.seek(os.lseek(self.fd, resume.offset, os.SEEK_SET))
                     events.log("info", "source resumed after what was already shipped", event="source_resumed",
                                path=self.path, offset=resume.offset)
                 else:
@@ -310,10 +311,7 @@ class Source:
         if self.fd is None:
             if not self.parked:
                 return [], 0, False
-            old_end = self._mark(self._pos)
-            reopened = self._unpark(lines)
-            if lines:
-                self.last_mark = old_end  # truncated or replaced while parked: the old content's end
+            reopened = self._unpark_at_end(lines)
             if not reopened or lines or self.fd is None:
                 return lines, 0, reopened
         fd = self.fd
@@ -324,42 +322,45 @@ class Source:
                 data = os.read(fd, CHUNK)
             except BlockingIOError:
                 return lines, total, False
-            if data:
-                if self.passthrough is not None:
-                    self.passthrough(data)
-                self.had_writer = True
-                total += len(data)
-                lines += self.splitter.feed(data)
-                if self.kind == "file":
-                    newline = data.rfind(b"\n")
-                    if newline >= 0:
-                        self._line_end = self._pos + newline + 1
-                    self._pos += len(data)
-                    # Pieces of a line longer than max_line_bytes are shipped
-                    # before its newline: the mark covers them too. What the
-                    # splitter still holds is raw bytes, or cleaned ones at
-                    # least as long (U+FFFD is 3 bytes): never past the truth.
-                    consumed = self._pos - self.splitter.pending_bytes
-                    self.last_mark = self._mark(max(self._line_end, consumed))
-                    # One chunk per call: the pipeline keeps a chunk's lines in
-                    # one batch, so the mark is exact for that batch.
-                    return lines, total, True
-                continue
-            # Empty read: end of what is there now.
+            if not data:
+                return self._at_end(lines, total, readiness)
+            if self.passthrough is not None:
+                self.passthrough(data)
+            self.had_writer = True
+            total += len(data)
+            lines += self.splitter.feed(data)
             if self.kind == "file":
-                old_end = self._mark(self._pos)
-                if self._after_file_end(lines):
-                    # Truncated or rotated: these lines end the old content.
-                    self.last_mark = old_end
-                    return lines, total, True
-                return lines, total, False
-            if self.had_writer or self.anonymous or readiness:
-                lines += self.splitter.flush()
-                self._close()
-                self.kind = "eof"
-                events.source_eof(self.path)
-            return lines, total, False
+                # What the splitter still holds is raw bytes, or cleaned ones at
+                # least as long (U+FFFD is 3 bytes): never past the truth.
+                self.cursor.advance(data, self.splitter.pending_bytes)
+                # One chunk per call: the pipeline keeps a chunk's lines in
+                # one batch, so the position is exact for that batch.
+                return lines, total, True
         return lines, total, True
+
+    def _at_end(self, lines: list[bytes], total: int, readiness: bool) -> tuple[list[bytes], int, bool]:
+        """An empty read: the end of what is there now (read's result)."""
+        if self.kind == "file":
+            old_end = self.cursor.end()
+            if self._after_file_end(lines):
+                # Truncated or rotated: these lines end the old content.
+                self.cursor.position = old_end
+                return lines, total, True
+            return lines, total, False
+        if self.had_writer or self.anonymous or readiness:
+            lines += self.splitter.flush()
+            self._close()
+            self.kind = "eof"
+            events.source_eof(self.path)
+        return lines, total, False
+
+    def _unpark_at_end(self, lines: list[bytes]) -> bool:
+        """`_unpark`; lines it appends end the old content (truncated or replaced while parked)."""
+        old_end = self.cursor.end()
+        reopened = self._unpark(lines)
+        if lines:
+            self.cursor.position = old_end
+        return reopened
 
     def _after_file_end(self, out: list[bytes]) -> bool:
         """At the end of a regular file: notice truncation and rotation.
@@ -368,19 +369,19 @@ class Source:
         returns True when there is new content to read from the start.
         """
         assert self.fd is not None
-        if os.fstat(self.fd).st_size < self._pos:  # _pos: where our reads have got to
+        if os.fstat(self.fd).st_size < self.cursor.offset:  # where our reads have got to
             # Truncated (copytruncate): what was not newline-terminated is shipped,
             # and reading starts again at the new beginning.
             out += self.splitter.flush()
             os.lseek(self.fd, 0, os.SEEK_SET)
-            self._pos = self._line_end = 0
+            self.cursor.rewind()
             events.source_rotated(self.path, "truncated")
             return True
         try:
             st = os.stat(self.path)
         except FileNotFoundError:
             return False  # renamed away, no new file yet: keep following the old one
-        if (st.st_dev, st.st_ino) != self._ident:
+        if (st.st_dev, st.st_ino) != self.cursor.ident:
             # Rotated: the old file was read to its end above; ship its last
             # partial line and switch to the new file from its start.
             out += self.splitter.flush()
@@ -398,13 +399,13 @@ class Source:
             st = os.stat(self.path)
         except OSError:
             return False  # renamed away or deleted, no new file yet: nothing to read
-        if (st.st_dev, st.st_ino) != self._ident:
+        if (st.st_dev, st.st_ino) != self.cursor.ident:
             out += self.splitter.flush()
             self.parked = False
             self.kind = "waiting"
             events.source_rotated(self.path, "replaced")
             return self.try_open()
-        if st.st_size == self._pos:
+        if st.st_size == self.cursor.offset:
             return False  # still idle: stays closed
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
@@ -416,17 +417,17 @@ class Source:
                 return False
             raise SourceError(f"source {self.path}: cannot reopen: {e.strerror}") from None
         fst = os.fstat(fd)
-        if (fst.st_dev, fst.st_ino) != self._ident:
+        if (fst.st_dev, fst.st_ino) != self.cursor.ident:
             os.close(fd)  # replaced between the stat and the open: seen as such next time
             return False
         self.fd, self.parked = fd, False
         self._active_at = time.monotonic()
-        if fst.st_size < self._pos:
+        if fst.st_size < self.cursor.offset:
             out += self.splitter.flush()
-            self._pos = self._line_end = 0
+            self.cursor.rewind()
             events.source_rotated(self.path, "truncated")
         else:
-            os.lseek(fd, self._pos, os.SEEK_SET)
+            os.lseek(fd, self.cursor.offset, os.SEEK_SET)
         return True
 
     def note_read(self, nbytes: int, now: float) -> None:
@@ -448,13 +449,8 @@ class Source:
     def flush(self) -> list[bytes]:
         """The last unterminated line (shutdown)."""
         if self.kind == "file":
-            self.last_mark = self._mark(self._pos)
+            self.cursor.position = self.cursor.end()
         return self.splitter.flush()
-
-    def _mark(self, offset: int) -> Position | None:
-        if self._ident is None:
-            return None
-        return Position(self._ident[0], self._ident[1], offset)
 
     def close(self) -> None:
         """Release the file descriptor."""

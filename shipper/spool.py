@@ -5,10 +5,12 @@ before it is queued, and removed once Loki acknowledged it (or it was given
 up). So a batch survives a Loki outage longer than the memory buffer holds,
 and a shipper restart (even after SIGKILL): the files are replayed in order
 with the timestamps their lines got when first read, which Loki deduplicates
-if it had already stored them. Each file also records the file offsets its
-lines end at (`marks`), so file sources resume after what is spooled.
+if it had already stored them. Each file also records the file positions its
+lines end at (shipper.cursor), so file sources resume after what is spooled.
 
-File format, one batch per file `<seq>.batch`: one JSON header line, then the
+File format, one batch per file `<seq>.batch`: one JSON header line
+(`{"lines": N, "line_bytes": N, "marks": [[path, dev, ino, offset], ...]}`:
+`marks` are the positions, under the name earlier versions wrote), then the
 compressed push body exactly as sent.
 """
 
@@ -19,7 +21,8 @@ import os
 import time
 from dataclasses import dataclass
 
-from shipper.checkpoint import Position, write_atomically
+from shipper.checkpoint import write_atomically
+from shipper.cursor import Position, Positions
 
 SUFFIX = ".batch"
 # After a write fails (disk full, I/O error, read-only filesystem) the spool
@@ -37,7 +40,7 @@ class SpoolEntry:
     path: str
     lines: int
     line_bytes: int
-    marks: dict[str, Position]
+    positions: Positions  # file positions its lines end at (shipper.cursor)
     file_bytes: int
 
 
@@ -84,12 +87,13 @@ class Spool:
         self._names = []
         return entries
 
-    def has_room(self) -> bool:
-        """True when the next batch may be written here (under max_bytes, no recent write error)."""
+    def has_room(self, now: float | None = None) -> bool:
+        """True when the next batch may be written here (under max_bytes, no write error
+        in the RETRY_AFTER seconds before monotonic `now`, the clock's if not given)."""
         if self.used >= self.max_bytes:
             return False
         if self.failed_at is not None:
-            if time.monotonic() - self.failed_at < RETRY_AFTER:
+            if (time.monotonic() if now is None else now) - self.failed_at < RETRY_AFTER:
                 return False
             self.failed_at = None
         return True
@@ -106,16 +110,16 @@ class Spool:
                 pass  # never created, or the filesystem refuses even that
             raise
 
-    def write(self, lines: int, line_bytes: int, marks: dict[str, Position], body: bytes) -> SpoolEntry:
+    def write(self, lines: int, line_bytes: int, positions: Positions, body: bytes) -> SpoolEntry:
         """Write one batch durably; returns its entry."""
         seq = self._next_seq
         self._next_seq += 1
-        header = _header(lines, line_bytes, marks)
+        header = _header(lines, line_bytes, positions)
         path = os.path.join(self.directory, f"{seq:012d}{SUFFIX}")
         self._write(path, header + body)
         size = len(header) + len(body)
         self.used += size
-        return SpoolEntry(seq, path, lines, line_bytes, dict(marks), size)
+        return SpoolEntry(seq, path, lines, line_bytes, dict(positions), size)
 
     def replace(self, entry: SpoolEntry, lines: int, line_bytes: int, body: bytes) -> SpoolEntry:
         """Rewrite a batch in place (same file, same turn) with fewer lines: Loki stored the rest.
@@ -123,11 +127,11 @@ class Spool:
         A restart then replays only what Loki has not stored. Atomic: a crash
         leaves the old file or the new one, never half of either.
         """
-        header = _header(lines, line_bytes, entry.marks)
+        header = _header(lines, line_bytes, entry.positions)
         self._write(entry.path, header + body)
         size = len(header) + len(body)
         self.used += size - entry.file_bytes
-        return SpoolEntry(entry.seq, entry.path, lines, line_bytes, dict(entry.marks), size)
+        return SpoolEntry(entry.seq, entry.path, lines, line_bytes, dict(entry.positions), size)
 
     def read_body(self, entry: SpoolEntry) -> bytes:
         """The compressed push body of a spooled batch."""
@@ -145,11 +149,11 @@ class Spool:
         self.failed_at = None  # room came back: the next batch may try again
 
 
-def _header(lines: int, line_bytes: int, marks: dict[str, Position]) -> bytes:
+def _header(lines: int, line_bytes: int, positions: Positions) -> bytes:
     """A batch file's first line (read back by _read_header)."""
     return json.dumps({
         "lines": lines, "line_bytes": line_bytes,
-        "marks": [[p, m.dev, m.ino, m.offset] for p, m in marks.items()],
+        "marks": [[p, m.dev, m.ino, m.offset] for p, m in positions.items()],
     }, separators=(",", ":")).encode() + b"\n"
 
 
@@ -159,5 +163,5 @@ def _read_header(path: str) -> SpoolEntry:
     with open(path, "rb") as f:
         header = json.loads(f.readline())
         size = os.fstat(f.fileno()).st_size
-    marks = {str(p): Position(int(d), int(i), int(o)) for p, d, i, o in header["marks"]}
-    return SpoolEntry(seq, path, int(header["lines"]), int(header["line_bytes"]), marks, size)
+    positions = {str(p): Position(int(d), int(i), int(o)) for p, d, i, o in header["marks"]}
+    return SpoolEntry(seq, path, int(header["lines"]), int(header["line_bytes"]), positions, size)

@@ -39,3 +39,11 @@ def test_a_corrupt_checkpoint_is_refused_naming_the_file(tmp_path: Path, text: s
         load(str(path))
     assert str(e.value).startswith(f"checkpoint {path}: ")
     assert why in str(e.value)
+
+
+def test_a_checkpoint_written_by_the_previous_version_is_read(tmp_path: Path) -> None:
+    path = tmp_path / "cp.json"
+    path.write_text('{"version":1,"files":[{"path":"/logs/a.log","dev":2049,"ino":77,"offset":1234}]}')
+    assert load(str(path)) == {"/logs/a.log": Position(2049, 77, 1234)}
+    save(str(path), load(str(path)))
+    assert path.read_text() == '{"version":1,"files":[{"path":"/logs/a.log","dev":2049,"ino":77,"offset":1234}]}'

@@ -108,7 +108,7 @@ def test_a_body_that_cannot_be_reopened_is_decided_whole() -> None:
     import gzip
 
     from shipper import encoder
-    from shipper.pipeline import _entry_facts
+    from shipper.buffer import entry_facts as _entry_facts
     good = encoder.compress(encoder.encode_push([('{a="1"}', encoder.encode_entries([b"x", b"y"], 10**18))]))
     assert _entry_facts(good) == [(10**18, 1, 1), (10**18 + 1, 1, 1)]
     assert _entry_facts(good[:-5]) is None  # gzip cut short
