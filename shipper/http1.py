@@ -206,53 +206,76 @@ class ResponseReader:
         return self._finish(keep_alive=response.keep_alive and not buf)
 
     def _read_chunks(self) -> bool:
-        """Consume chunked body from the buffer; True once the last chunk and trailers are read."""
-        buf = self._buf
+        """Consume chunked body from the buffer; True once the last chunk and trailers are read.
+
+        One step of the chunk state machine at a time (`_chunk`); a step answers None
+        to go on, False when it needs more bytes, True when the body is complete.
+        """
         while True:
             if self._seen >= MAX_DRAIN_BYTES:
-                return False  # a runaway body: the caller gives the connection up
-            if self._chunk == "size":
-                m = _CHUNK_SIZE.match(buf)
-                if m is None:
-                    if b"\n" in buf or len(buf) > 1024:
-                        raise ProtocolError(f"invalid chunk size line {bytes(buf[:40])!r}")
-                    return False
-                size = int(m[1], 16)
-                del buf[:m.end()]
-                self._seen += m.end()
-                self._chunk, self._remaining = ("data", size) if size else ("trailers", 0)
-            elif self._chunk == "data":
-                n = min(self._remaining, len(buf))
-                self._take(n)
-                self._remaining -= n
-                if self._remaining:
-                    return False
-                self._chunk = "crlf"
-            elif self._chunk == "crlf":  # after a chunk's data
-                if buf[:2] == b"\r\n":
-                    del buf[:2]
-                    self._seen += 2
-                elif buf[:1] == b"\n":
-                    del buf[:1]
-                    self._seen += 1
-                elif len(buf) == 0 or buf == b"\r":
-                    return False
-                else:
-                    raise ProtocolError("chunk data not followed by CRLF")
-                self._chunk = "size"
-            else:  # trailers: header lines until an empty one
-                end = buf.find(b"\n")
-                if end < 0:
-                    if len(buf) > MAX_HEAD_BYTES:
-                        raise ProtocolError("chunked trailers too long")
-                    return False
-                line = bytes(buf[:end + 1])
-                del buf[:end + 1]
-                self._seen += len(line)
-                if line in (b"\r\n", b"\n"):
-                    return True
-                if self._seen >= MAX_DRAIN_BYTES:
-                    return False  # endless trailers: the caller gives the connection up
+                return False  # a runaway body (or endless trailers): the caller gives the connection up
+            state = self._chunk
+            if state == "size":
+                done = self._chunk_size()
+            elif state == "data":
+                done = self._chunk_data()
+            elif state == "crlf":
+                done = self._chunk_crlf()
+            else:
+                done = self._chunk_trailer()
+            if done is not None:
+                return done
+
+    def _chunk_size(self) -> bool | None:
+        buf = self._buf
+        m = _CHUNK_SIZE.match(buf)
+        if m is None:
+            if b"\n" in buf or len(buf) > 1024:
+                raise ProtocolError(f"invalid chunk size line {bytes(buf[:40])!r}")
+            return False
+        size = int(m[1], 16)
+        del buf[:m.end()]
+        self._seen += m.end()
+        self._chunk, self._remaining = ("data", size) if size else ("trailers", 0)
+        return None
+
+    def _chunk_data(self) -> bool | None:
+        n = min(self._remaining, len(self._buf))
+        self._take(n)
+        self._remaining -= n
+        if self._remaining:
+            return False
+        self._chunk = "crlf"
+        return None
+
+    def _chunk_crlf(self) -> bool | None:
+        """The line end after a chunk's data."""
+        buf = self._buf
+        if buf[:2] == b"\r\n":
+            del buf[:2]
+            self._seen += 2
+        elif buf[:1] == b"\n":
+            del buf[:1]
+            self._seen += 1
+        elif len(buf) == 0 or buf == b"\r":
+            return False
+        else:
+            raise ProtocolError("chunk data not followed by CRLF")
+        self._chunk = "size"
+        return None
+
+    def _chunk_trailer(self) -> bool | None:
+        """One trailer line: header lines until an empty one, which ends the body."""
+        buf = self._buf
+        end = buf.find(b"\n")
+        if end < 0:
+            if len(buf) > MAX_HEAD_BYTES:
+                raise ProtocolError("chunked trailers too long")
+            return False
+        line = bytes(buf[:end + 1])
+        del buf[:end + 1]
+        self._seen += len(line)
+        return True if line in (b"\r\n", b"\n") else None
 
     def _finish(self, keep_alive: bool) -> Response:
         response = self._response
@@ -353,22 +376,27 @@ class RequestReader:
         if r is None:
             raise BadRequest(f"not an HTTP/1.x request line: {request_line[:80]!r}")
         headers = _fields(lines[1:], BadRequest)
-        names = [name for name, _ in headers]
         minor = int(r[3])
-        if minor == 1 and names.count(b"host") != 1:
+        if minor == 1 and [name for name, _ in headers].count(b"host") != 1:
             raise BadRequest("an HTTP/1.1 request needs exactly one Host header")
-        keep_alive = minor == 1
-        has_body = False
-        for name, value in headers:
-            if name == b"connection" and b"close" in _tokens(value):
-                keep_alive = False
-            elif name == b"transfer-encoding":
-                has_body = True
-            elif name == b"content-length":
-                if not _DIGITS.match(value):
-                    raise BadRequest(f"invalid Content-Length {value[:20]!r}")
-                has_body = has_body or int(value) > 0
+        keep_alive, has_body = _request_framing(minor, headers)
         return Request(r[1], r[2], headers, keep_alive and not has_body, has_body)
+
+
+def _request_framing(minor: int, headers: list[tuple[bytes, bytes]]) -> tuple[bool, bool]:
+    """(the client keeps the connection, a body follows) from a request's headers."""
+    keep_alive = minor == 1
+    has_body = False
+    for name, value in headers:
+        if name == b"connection" and b"close" in _tokens(value):
+            keep_alive = False
+        elif name == b"transfer-encoding":
+            has_body = True
+        elif name == b"content-length":
+            if not _DIGITS.match(value):
+                raise BadRequest(f"invalid Content-Length {value[:20]!r}")
+            has_body = has_body or int(value) > 0
+    return keep_alive, has_body
 
 
 def response_head(status: int, content_type: bytes, content_length: int, close: bool) -> bytes:
