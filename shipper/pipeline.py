@@ -1,14 +1,14 @@
 """The pipeline: a line's journey from its source to the checkpoint, one module a step. The asyncio shell.
 
-    read        sources.Source.read       bytes from a pipe, FIFO or file (IO)
-    frame       framing.LineSplitter      bytes in, complete lines out
-    process     process.Processor         lines in, runs of entries out (format, multiline, level)
-    route       route.Router              runs in, each with its stream and encoded metadata
-    accumulate  batch.Accumulator         entries in, sealed batches out (stamps, batch_wait, size)
-    seal        buffer.seal, Buffer.offer  a batch in, one compressed push per stream, spooled, queued
-    push        Sink.push (loki)          a push body in, Loki's answer out (IO)
-    decide      Buffer.judge (delivery)   the answer in, a decision out: ack, retry, split
-    acknowledge Buffer.settle, checkpoint  answered positions (shipper.cursor) to the checkpoint file
+    read         sources.Source.read          bytes from a pipe, FIFO or file (IO)
+    frame        framing.LineSplitter         bytes in, complete lines out
+    process      process.Processor            lines in, runs of entries out (format, multiline, level)
+    route        route.Router                 runs in, each with its stream and encoded metadata
+    accumulate   batch.Accumulator            entries in, sealed batches out (stamps, batch_wait, size)
+    seal         buffer.seal, Buffer.offer    a batch in, one compressed push per stream, spooled, queued
+    push         Sink.push (loki)             a push body in, Loki's answer out (IO)
+    decide       Buffer.judge (delivery)      the answer in: ack, retry or split
+    acknowledge  Buffer.settle, checkpoint    answered positions (shipper.cursor) to the checkpoint file
 
 The methods right below the constructor are that chain, top to bottom:
 `_read` -> `_add` -> `_process` -> `_route` -> `_accumulate` -> `_seal`, and

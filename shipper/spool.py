@@ -10,8 +10,8 @@ lines end at (shipper.cursor), so file sources resume after what is spooled.
 
 File format, one batch per file `<seq>.batch`: one JSON header line
 (`{"lines": N, "line_bytes": N, "marks": [[path, dev, ino, offset], ...]}`:
-`marks` are the positions, under the name earlier versions wrote), then the
-compressed push body exactly as sent.
+the positions, under the key every version has written, so any version's
+files replay), then the compressed push body exactly as sent.
 """
 
 from __future__ import annotations

@@ -82,18 +82,6 @@ class ShipperProcess:
                 await self._changed.wait()
         return self.events(name, **fields)[count - 1]
 
-    # Transitional, until the last test files move to events (then removed): by message text.
-    def logs(self, msg: str) -> list[Record]:
-        return [r for r in self.records if r.get("msg") == msg]
-
-    async def wait_for_log(self, msg: str, count: int = 1, **fields: Any) -> Record:
-        async with self._changed:
-            while len([r for r in self.logs(msg) if all(r.get(k) == v for k, v in fields.items())]) < count:
-                if self._closed == 2:
-                    raise AssertionError(f"shipper exited before logging {msg!r}")
-                await self._changed.wait()
-        return [r for r in self.logs(msg) if all(r.get(k) == v for k, v in fields.items())][count - 1]
-
     def signal(self, sig: int = signal.SIGTERM) -> None:
         """Send a real signal to the process."""
         self.proc.send_signal(sig)

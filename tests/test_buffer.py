@@ -10,6 +10,7 @@ the second layer, through the real process.
 
 from __future__ import annotations
 
+import gzip
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -354,3 +355,25 @@ def test_seal_is_one_push_per_stream_with_the_positions_on_the_last(pb: Any) -> 
     items: list[Sealed] = seal(batch, "none")
     assert [lines_of(pb, i.body) for i in items if i.body is not None] == [["o1"], ["e1", "e2"]]
     assert [(i.lines, i.line_bytes, i.positions) for i in items] == [(1, 2, {}), (2, 4, {"/f": Position(1, 1, 9)})]
+
+
+def test_a_body_that_cannot_be_reopened_is_decided_whole() -> None:
+    """A spooled body damaged on disk (the spool keeps no checksum of it): no facts, so
+    Loki's answer is taken for the push as a whole, never an exception in the sender."""
+    good = encoder.compress(encoder.encode_push([('{a="1"}', encoder.encode_entries([b"x", b"y"], 10**18))]))
+    assert entry_facts(good) == [(10**18, 1, 1), (10**18 + 1, 1, 1)]
+    assert entry_facts(good[:-5]) is None  # gzip cut short
+    assert entry_facts(gzip.compress(encoder.snappy_frame(b"\x0a\xff"))) is None  # protobuf cut short
+    assert entry_facts(b"\x05\x10abc") is None  # snappy block cut short
+
+
+@pytest.mark.parametrize(("status", "delay", "rejected"), [(429, 0.25, 0), (413, None, 3), (400, None, 3)])
+def test_a_damaged_body_is_answered_as_a_whole(status: int, delay: float | None, rejected: int) -> None:
+    buf = Buffer(make_config(), rng=half)
+    buf.offer(Sealed(b"\x05\x10abc", 3, 30, 10, {}), 0.0)
+    item = buf.head()
+    assert item is not None and item.body is not None
+    step = buf.settle(item, item.body, buf.judge(item, item.body, status, "?"), "?", None, 0.0, WALL)
+    assert step.delay == delay
+    assert buf.dropped["rejected"] == rejected
+    assert buf.lines == (3 if delay is not None else 0)

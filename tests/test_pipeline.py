@@ -30,7 +30,7 @@ async def start(tmp_path: Path, receiver: LokiReceiver, when_full: str) -> tuple
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(
         receiver.url, [(fifo, "stdout")], loki=SMALL_LOKI, when_full=when_full, **SMALL))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     return proc, fifo
 
 
@@ -43,7 +43,7 @@ async def test_drop_oldest_never_blocks_the_writer_and_counts_every_lost_line(
     lines = numbered(30_000)
     fd = open_fifo_writer(fifo)
     await asyncio.to_thread(write_all, fd, ("\n".join(lines) + "\n").encode())
-    await proc.wait_for_log("lines dropped", reason="buffer_full")
+    await proc.wait_for_event("lines_dropped", reason="buffer_full")
     receiver.clear_actions()  # Loki recovers
     os.close(fd)
     assert await proc.wait() == 1  # lines were lost: the exit code says so
@@ -76,7 +76,7 @@ async def test_block_loses_nothing_and_holds_the_writer_until_loki_recovers(
             assert e.errno == errno.EAGAIN
             break
     assert data, "the pipe never filled: the shipper did not hold the writer"
-    await proc.wait_for_log("push failed, will retry")
+    await proc.wait_for_event("push_failed")
     receiver.clear_actions()
     os.set_blocking(fd, True)
     await asyncio.to_thread(write_all, fd, bytes(data))
@@ -101,16 +101,3 @@ async def test_a_slow_but_healthy_loki_gets_backpressure_not_drops(
     assert receiver.lines(stream="stdout") == lines
     assert proc.summary()["dropped"]["buffer_full"] == 0
 
-
-def test_a_body_that_cannot_be_reopened_is_decided_whole() -> None:
-    """A spooled body damaged on disk (the spool keeps no checksum of it): no facts, so
-    Loki's answer is taken for the push as a whole, never an exception in the sender."""
-    import gzip
-
-    from shipper import encoder
-    from shipper.buffer import entry_facts as _entry_facts
-    good = encoder.compress(encoder.encode_push([('{a="1"}', encoder.encode_entries([b"x", b"y"], 10**18))]))
-    assert _entry_facts(good) == [(10**18, 1, 1), (10**18 + 1, 1, 1)]
-    assert _entry_facts(good[:-5]) is None  # gzip cut short
-    assert _entry_facts(gzip.compress(encoder.snappy_frame(b"\x0a\xff"))) is None  # protobuf cut short
-    assert _entry_facts(b"\x05\x10abc") is None  # snappy block cut short

@@ -49,7 +49,7 @@ async def run_fifo(tmp_path: Path, receiver: LokiReceiver, data: bytes, env: dic
     top = {k: extra.pop(k) for k in list(extra) if k == "level_labels"}
     config = make_config(receiver.url, [], **top) + sources_toml(fifo, **extra)  # type: ignore[arg-type]
     proc = await ShipperProcess.start(config, env=env)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     fd = open_fifo_writer(fifo)
     write_all(fd, data)
     os.close(fd)
@@ -161,7 +161,7 @@ async def test_task_log_files_are_found_and_labelled_from_their_path(
         (("dag_id", "etl"), ("service_name", "airflow"), ("stream", "stdout"), ("task_id", "fan_out")): [
             ("three", (("map_index", "3"), run, ("try_number", "2")))],
     }
-    assert [r["path"] for r in proc.logs("source file found")] == [str(first), str(later)]
+    assert [r["path"] for r in proc.events("source_found")] == [str(first), str(later)]
 
 
 async def test_a_routed_level_keeps_the_labels_a_task_log_file_got_from_its_path(
@@ -370,7 +370,7 @@ async def test_what_a_format_could_not_read_and_a_bound_cut_is_counted(tmp_path:
     summary = proc.summary()
     assert summary["records_malformed"] == {"cri": 0, "json": 2}
     assert summary["multiline_splits"] == {"max_lines": 0, "max_bytes": 0, "max_wait": 0}
-    told = [r for r in proc.records if r.get("msg", "").startswith("lines the source's format could not read")]
+    told = proc.events("records_malformed")
     assert [(r["level"], r["lines"]) for r in told] == [("warn", 2)]
 
 

@@ -32,7 +32,7 @@ async def test_fifo_lines_arrive_in_order_with_labels_and_metadata(tmp_path: Pat
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(
         make_config(receiver.url, [(fifo, "stdout")], labels={"cluster": "prod"}), env=AIRFLOW_ENV)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     # Runs of identical lines: each must survive Loki's (timestamp, line) dedup.
     lines = [f"line {i} " + "x" * 100 for i in range(3000)] + ["same"] * 50 + ["", "", "last"]
     fd = open_fifo_writer(fifo)
@@ -66,7 +66,7 @@ async def test_fifo_opened_before_any_writer_waits_for_one(tmp_path: Path, recei
     fifo = tmp_path / "stdout"
     os.mkfifo(fifo)
     proc = await ShipperProcess.start(make_config(receiver.url, [(fifo, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     # No writer yet: the shipper must neither exit nor spin. A first writer
     # that comes and goes is the end of input.
     fd = open_fifo_writer(fifo)
@@ -83,7 +83,7 @@ async def test_anonymous_pipe_stdin_and_stderr_sources(tmp_path: Path, receiver:
     proc = await ShipperProcess.start(
         make_config(receiver.url, [("/dev/stdin", "stdout"), (fifo, "stderr")]), stdin=read_end)
     os.close(read_end)
-    await proc.wait_for_log("source opened", path=str(fifo))
+    await proc.wait_for_event("source_opened", path=str(fifo))
     err = open_fifo_writer(fifo)
     write_all(write_end, b"out 1\nout 2\n")
     write_all(err, b"err 1\r\nerr 2\n")
@@ -98,7 +98,7 @@ async def test_file_is_tailed_through_rotation_and_truncation(tmp_path: Path, re
     log = tmp_path / "task.log"
     log.write_bytes(b"")
     proc = await ShipperProcess.start(make_config(receiver.url, [(log, "stdout")]))
-    await proc.wait_for_log("source opened", path=str(log))
+    await proc.wait_for_event("source_opened", path=str(log))
     first = [f"first {i}" for i in range(200)]
     with open(log, "ab") as f:
         f.write(("\n".join(first) + "\n").encode())
@@ -110,11 +110,11 @@ async def test_file_is_tailed_through_rotation_and_truncation(tmp_path: Path, re
         f.write(b"after rename 1\nafter rename 2 without newline")
     log.write_bytes(b"new file 1\nnew file 2\n")
     await receiver.wait_for_entries(len(first) + 4)
-    await proc.wait_for_log("source file replaced, reading the new one", why="replaced")
+    await proc.wait_for_event("source_rotated", why="replaced")
     # Truncation (copytruncate): shorter content than before, from the start.
     with open(log, "r+b") as f:
         f.truncate(0)
-    await proc.wait_for_log("source file replaced, reading the new one", why="truncated")
+    await proc.wait_for_event("source_rotated", why="truncated")
     with open(log, "ab") as f:
         f.write(b"after truncate\n")
     await receiver.wait_for_entries(len(first) + 5)
@@ -128,9 +128,9 @@ async def test_file_is_tailed_through_rotation_and_truncation(tmp_path: Path, re
 async def test_path_that_does_not_exist_yet_is_waited_for(tmp_path: Path, receiver: LokiReceiver) -> None:
     log = tmp_path / "later.log"
     proc = await ShipperProcess.start(make_config(receiver.url, [(log, "stdout")]))
-    await proc.wait_for_log("starting")
+    await proc.wait_for_event("starting")
     log.write_bytes(b"appeared\n")
-    await proc.wait_for_log("source opened", path=str(log))
+    await proc.wait_for_event("source_opened", path=str(log))
     await receiver.wait_for_entries(1)
     proc.signal(signal.SIGTERM)
     assert await proc.wait() == 0
