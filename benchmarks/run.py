@@ -527,7 +527,7 @@ def exit_record(stderr_path: Path) -> dict[str, Any] | None:
             record = json.loads(line)
         except ValueError:
             continue
-        if isinstance(record, dict) and record.get("msg") == "exit":
+        if isinstance(record, dict) and record.get("event") == "exit":
             return record
     return None
 
