@@ -155,6 +155,11 @@ class Buffer:
         """Queued lines that are safe in the spool (a restart replays them)."""
         return sum(s.lines for s in self.pending if s.spooled is not None)
 
+    def clear(self) -> None:
+        """Forget every queued push (the run gave them up, or they are safe in the spool)."""
+        self.pending.clear()
+        self.pending_bytes = 0
+
     def drop(self, reason: str, lines: int, **fields: Any) -> None:
         """Give up `lines` for `reason` (events.DROP_REASONS): counted here (the run's
         outcome, shipper.lifecycle.exit_code) and reported (events.lines_dropped)."""

@@ -182,7 +182,7 @@ def make_watchers(config: Config, ctx: Mapping[str, str], durable: Durable,
         def make_source(path: str, cfg: SourceConfig = cfg) -> Source:
             stream = task_stream(config, {**ctx, **context_from_log_path(path)}, cfg.stream)
             source = new_source(config, cfg, path, stream)
-            source.resume = durable.resume.get(path)
+            source.cursor.resume = durable.resume.get(path)
             events.log("info", "source file found", event="source_found",
                        pattern=cfg.path, path=path, labels=stream.labels)
             return source
@@ -620,6 +620,6 @@ def _give_up(pipeline: Pipeline, reason: str) -> tuple[int, int]:
         events.COUNTERS.lines_spooled_at_exit = kept
         events.log("warn", "lines left in the spool for the next run", event="lines_left_in_spool", lines=kept,
                    spool_dir=pipeline.spool.directory if pipeline.spool else None)
-    pipeline.pending.clear()
+    pipeline.buffer.clear()
     return lost, kept
 

@@ -230,15 +230,6 @@ class Source:
         return source
 
     @property
-    def resume(self) -> Position | None:
-        """Where the file first opened here starts (checkpoint or spool of an earlier run)."""
-        return self.cursor.resume
-
-    @resume.setter
-    def resume(self, position: Position | None) -> None:
-        self.cursor.resume = position
-
-    @property
     def finished(self) -> bool:
         """True once a pipe reached end of input (files never finish: they are followed)."""
         return self.kind == "eof"
