@@ -288,24 +288,37 @@ class CriParser:
         if tags.count(b"F") == n and not self._partial:
             return [whole]  # the usual chunk
         messages, times, streams = whole
+        # P runs the per-line way, their joined lines put back in the columns in
+        # order: a chunk stays one set of columns (one run per stream, not one
+        # per P run); only a malformed record (no time) stands apart.
         out: list[list[Record] | tuple[list[bytes], list[int], list[str]]] = []
+        cols: tuple[list[bytes], list[int], list[str]] = ([], [], [])
         start = 0
         while start < n:
             if self._partial or tags[start] != b"F":
                 # A P chunk, or a line while a P run waits: one line the per-line way.
-                records = self.feed(lines[start:start + 1])
-                if out and isinstance(out[-1], list):
-                    out[-1] += records
-                else:
-                    out.append(records)
+                for record in self.feed(lines[start:start + 1]):
+                    if record.ts_ns is None or record.stream is None:
+                        if cols[0]:
+                            out.append(cols)
+                            cols = ([], [], [])
+                        out.append([record])
+                    else:
+                        cols[0].append(record.line)
+                        cols[1].append(record.ts_ns)
+                        cols[2].append(record.stream)
                 start += 1
                 continue
             try:
                 end = tags.index(b"P", start)  # the F run ends at the next P (any other tag: malformed)
             except ValueError:
                 end = n
-            out.append((messages[start:end], times[start:end], streams[start:end]))
+            cols[0].extend(messages[start:end])
+            cols[1].extend(times[start:end])
+            cols[2].extend(streams[start:end])
             start = end
+        if cols[0]:
+            out.append(cols)
         return out
 
     def _whole_lines(self, fields: list[list[bytes]]) -> tuple[list[bytes], list[int], list[str]] | None:

@@ -705,14 +705,21 @@ def test_cri_columns_are_feeds_records(chunks: list[list[bytes]]) -> None:
 
 
 def test_cri_columns_of_whole_lines_and_p_chunks() -> None:
-    """The chunk path's own case: whole lines as columns, a P run between them the per-line way."""
+    """The chunk path's own case: whole lines as columns, a P run between them the per-line way and
+    its joined line put back in order: the chunk stays one set of columns."""
     p = CriParser(1000)
     lines = [b"2026-11-25T10:00:00.123456789Z stdout F one", b"2026-11-25T10:00:00.5Z stderr F two",
              b"2026-11-25T10:00:01.25Z stdout P thr", b"2026-11-25T10:00:01.3Z stderr F four",
-             b"2026-11-25T10:00:01.4Z stdout F ee", b"2026-11-25T10:00:02.000000001Z stdout F five"]
+             b"2026-11-25T10:00:01.4Z stdout F ee", b"2026-11-25T10:00:02.000000001Z stdout F five",
+             b"2026-11-25T10:00:02.1Z stdout P not a time",
+             b"2026-11-25T10:00:02.2Z stdout F ime", b"2026-11-25T10:00:03.5Z stdout F six"]
     t = 1795600800 * 10**9  # 2026-11-25T10:00:00Z
     assert p.columns(lines) == [
-        ([b"one", b"two"], [t + 123456789, t + 500000000], ["stdout", "stderr"]),
-        [Record(b"four", t + 1_300_000_000, "stderr", (), None), Record(b"three", t + 1_250_000_000, "stdout", (), None)],
-        ([b"five"], [t + 2_000_000_001], ["stdout"]),
+        ([b"one", b"two", b"four", b"three", b"five", b"not a timeime", b"six"],
+         [t + 123456789, t + 500000000, t + 1_300_000_000, t + 1_250_000_000, t + 2_000_000_001,
+          t + 2_100_000_000, t + 3_500_000_000],
+         ["stdout", "stderr", "stderr", "stdout", "stdout", "stdout", "stdout"]),
     ]
+    # One line that is not CRI: the whole chunk the per-line way (its records, as feed gives them).
+    assert p.columns([b"not CRI at all", lines[0]]) == [
+        [Record(b"not CRI at all", None, None, (), None), Record(b"one", t + 123456789, "stdout", (), None)]]
