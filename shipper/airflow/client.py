@@ -17,7 +17,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,35 +175,51 @@ class TryRead:
     def start(self) -> TryRead:
         assert self.http is not None
         mode = self.config.structured_metadata
-        if mode == "auto":
-            # Loki's buildinfo names its version (a build without version info says ""): a 2.x
-            # has no structured metadata. Unknown: the metadata query first, probed if empty.
-            if self.config.url not in _VERSIONS:
-                _VERSIONS[self.config.url] = self.http.major_version()
-            major = _VERSIONS[self.config.url]
-            metadata = major is None or major >= 3
-        else:
-            metadata = mode == "on"
+        metadata = self._wants_metadata(mode)
         try:
-            self._plan(metadata)
-            if metadata and not self._first and not self._summaries and self._pager_done():
-                self.probe = self._probe()
-                if self.probe == "no metadata" and mode == "auto":
-                    self._plan(False)  # Loki stores this task's lines without any metadata: Loki 2.x
+            self._read_first(metadata, mode)
         except (LokiQueryError, lr.PagingError) as e:
             self.error = getattr(e, "message", None) or str(e)
             self.sources.append(f"could not read this try's log from Loki: {self.error}")
             return self
+        self._describe_sources()
+        return self
+
+    def _wants_metadata(self, mode: str) -> bool:
+        """Whether to query by structured metadata: as configured, or for "auto" by Loki's version."""
+        assert self.http is not None
+        if mode != "auto":
+            return mode == "on"
+        # Loki's buildinfo names its version (a build without version info says ""): a 2.x
+        # has no structured metadata. Unknown: the metadata query first, probed if empty.
+        if self.config.url not in _VERSIONS:
+            _VERSIONS[self.config.url] = self.http.major_version()
+        major = _VERSIONS[self.config.url]
+        return major is None or major >= 3
+
+    def _read_first(self, metadata: bool, mode: str) -> None:
+        """The first page; an empty metadata query probed, and in "auto" redone without metadata if need be."""
+        self._plan(metadata)
+        if metadata and self._empty():
+            self.probe = self._probe()
+            if self.probe == "no metadata" and mode == "auto":
+                self._plan(False)  # Loki stores this task's lines without any metadata: Loki 2.x
+
+    def _describe_sources(self) -> None:
+        """The `sources` Airflow shows above the log: where and how it was read, and why it is empty."""
         tenant = f" (tenant {self.config.tenant_id})" if self.config.tenant_id else ""
         self.sources.append(f"Loki {self.config.url}{tenant}: {self.query}, "
                             f"{lr.rfc3339(self.window[0])} to {lr.rfc3339(self.window[1])}")
         if not self.metadata:
             self.sources.append(lr.fallback_note(self.window))
-        if self.running and not self._first and not self._summaries and self._pager_done():
+        if self.running and self._empty():
             # said here, not as a line: a later poll would have to take a line back
             self.sources.append(lr.no_lines_text(self.key, self.query, self.window, finished=False,
                                                  labels_only_hits=self.probe == "no metadata"))
-        return self
+
+    def _empty(self) -> bool:
+        """Whether the query found nothing at all: no line, no summary, no page left."""
+        return not self._first and not self._summaries and self._pager_done()
 
     def _pager_done(self) -> bool:
         return self._pager is None or self._pager.done
@@ -247,6 +263,12 @@ class TryRead:
         if self.error is not None:
             yield ("message", f"could not read this try's log from Loki: {self.error}", "error", None)
             return
+        complete, last_ts = yield from self._lines()
+        if complete:
+            yield from self._ending(finished, last_ts)
+
+    def _lines(self) -> Generator[tuple[Any, ...], None, tuple[bool, int | None]]:
+        """The try's lines, page by page; returns (read to the end, the last line's time)."""
         page = self._first
         self._first = []
         last_ts: int | None = None
@@ -255,7 +277,7 @@ class TryRead:
                 if self.count >= self.config.max_lines:
                     yield ("message", f"this log has more than {self.config.max_lines} lines: the rest is in "
                            f"Loki ({self.query})", "warning", last_ts)
-                    return
+                    return False, last_ts
                 self.count += 1
                 last_ts = entry.ts_ns
                 yield ("line", entry)
@@ -264,7 +286,11 @@ class TryRead:
             except (LokiQueryError, lr.PagingError) as e:
                 text = getattr(e, "message", None) or str(e)
                 yield ("message", f"reading from Loki stopped after {self.count} lines: {text}", "error", last_ts)
-                return
+                return False, last_ts
+        return True, last_ts
+
+    def _ending(self, finished: bool, last_ts: int | None) -> Iterator[tuple[Any, ...]]:
+        """After the last line: why there is none, or the shipper's exit summary (or why there is none)."""
         if self.count == 0 and not self._summaries:
             hits = self.probe == "no metadata"
             text = lr.no_lines_text(self.key, self.query, self.window, finished=finished, labels_only_hits=hits)

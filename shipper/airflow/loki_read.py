@@ -123,31 +123,56 @@ def config_from_toml(text: str) -> ReadConfig:
     except tomllib.TOMLDecodeError as e:
         raise ReadConfigError(f"not TOML: {e}") from None
     kwargs: dict[str, Any] = {}
-    for key, value in dict(doc.get("loki") or {}).items():
-        if key in _SIDECAR_ONLY_LOKI_KEYS:
-            continue
-        if key not in _LOKI_KEYS:
-            raise ReadConfigError(f"[loki] {key}: unknown key")
-        kwargs[key] = value
-    for key, value in dict(doc.get("read") or {}).items():
-        if key not in _READ_KEYS:
-            raise ReadConfigError(f"[read] {key}: unknown key")
-        kwargs[key] = value
-    labels = doc.get("labels") or {}
-    if not all(isinstance(v, str) for v in labels.values()):
-        raise ReadConfigError("[labels]: values must be strings")
-    kwargs["selector"] = dict(labels)
+    # [loki] before [read]: the first unknown key named is the same as ever.
+    for section, allowed, ignored in _KEYED_SECTIONS:
+        kwargs.update(_section_keys(doc, section, allowed, ignored))
+    kwargs["selector"] = _static_labels(doc)
     airflow_labels = (doc.get("airflow") or {}).get("labels")
     if airflow_labels is not None:
         kwargs["label_keys"] = tuple(str(k) for k in airflow_labels)
-    for section, value in doc.items():
-        # The sidecar's own sections and top-level keys are not ours and not an error.
-        if isinstance(value, dict) and section not in ("loki", "read", "labels", "airflow", "metrics", "sink"):
-            raise ReadConfigError(f"[{section}]: unknown section")
+    _check_sections(doc)
     try:
         return ReadConfig(**kwargs)
     except TypeError as e:
         raise ReadConfigError(str(e)) from None
+
+
+# The sections whose keys become ReadConfig's: (section, keys taken, keys skipped).
+_KEYED_SECTIONS: tuple[tuple[str, frozenset[str], frozenset[str]], ...] = (
+    ("loki", _LOKI_KEYS, _SIDECAR_ONLY_LOKI_KEYS),
+    ("read", _READ_KEYS, frozenset()),
+)
+# Sections a reader's file may hold: its own and the sidecar's (the same file may be mounted).
+_KNOWN_SECTIONS = ("loki", "read", "labels", "airflow", "metrics", "sink")
+
+
+def _section_keys(doc: Mapping[str, Any], section: str, allowed: frozenset[str],
+                  ignored: frozenset[str]) -> dict[str, Any]:
+    """The `allowed` keys of `[section]`, without the `ignored` ones; any other key is refused."""
+    taken: dict[str, Any] = {}
+    for key, value in dict(doc.get(section) or {}).items():
+        if key in ignored:
+            continue
+        if key not in allowed:
+            raise ReadConfigError(f"[{section}] {key}: unknown key")
+        taken[key] = value
+    return taken
+
+
+def _static_labels(doc: Mapping[str, Any]) -> dict[str, str]:
+    """The `[labels]` section (the sidecar's static labels), checked to be strings."""
+    labels = doc.get("labels") or {}
+    if not all(isinstance(v, str) for v in labels.values()):
+        raise ReadConfigError("[labels]: values must be strings")
+    return dict(labels)
+
+
+def _check_sections(doc: Mapping[str, Any]) -> None:
+    """Refuse a section that is neither the reader's nor the sidecar's."""
+    for section, value in doc.items():
+        # The sidecar's own sections and top-level keys are not ours and not an error.
+        if isinstance(value, dict) and section not in _KNOWN_SECTIONS:
+            raise ReadConfigError(f"[{section}]: unknown section")
 
 
 def base_url(url: str) -> str:
@@ -462,33 +487,54 @@ class SummaryView:
 def summarize(entry: Entry | None, *, finished: bool) -> SummaryView | None:
     """The last line of a try's log: the shipper's exit summary, or why there is none."""
     if entry is None:
-        if not finished:
-            return None
-        return SummaryView(
-            "shipper: no exit summary in Loki for this try (yet): the sidecar may still be flushing, or it "
-            "was killed before it could send one; lines may be missing", "warning", {})
-    try:
-        s = json.loads(entry.line)
-    except ValueError:
-        s = None
-    if not isinstance(s, dict):
+        return _no_summary(finished)
+    s = _summary_object(entry.line)
+    if s is None:
         return SummaryView(f"shipper: exit summary not readable: {entry.line[:200]}", "warning", {})
     dropped = {k: v for k, v in dict(s.get("dropped") or {}).items() if isinstance(v, int) and v}
     lost = sum(dropped.values())
     spooled = int(s.get("lines_spooled") or 0)
     code = s.get("code")
+    parts = _summary_counts(s, dropped, lost, spooled)
+    how = f"exit {code}" + (f", {s['reason']}" if s.get("reason") else "")
+    head, level = _summary_verdict(lost, spooled, code)
+    fields: dict[str, Any] = {k: s[k] for k in ("lines_read", "lines_sent", "dropped", "code", "reason") if k in s}
+    return SummaryView(f"{head}: {', '.join(parts)} ({how})", level, fields)
+
+
+def _no_summary(finished: bool) -> SummaryView | None:
+    """What a try without an exit summary ends with: nothing while it runs, a warning once finished."""
+    if not finished:
+        return None
+    return SummaryView(
+        "shipper: no exit summary in Loki for this try (yet): the sidecar may still be flushing, or it "
+        "was killed before it could send one; lines may be missing", "warning", {})
+
+
+def _summary_object(line: str) -> dict[str, Any] | None:
+    """The summary entry's JSON object, None when the line is not one."""
+    try:
+        s = json.loads(line)
+    except ValueError:
+        return None
+    return s if isinstance(s, dict) else None
+
+
+def _summary_counts(s: Mapping[str, Any], dropped: Mapping[str, int], lost: int, spooled: int) -> list[str]:
+    """The summary's counts as phrases: read, sent, dropped (by reason), left in the spool."""
     parts = [f"lines read {s.get('lines_read', '?')}", f"sent {s.get('lines_sent', '?')}", f"dropped {lost}"]
     if dropped:
         parts[-1] += " (" + ", ".join(f"{k} {v}" for k, v in sorted(dropped.items())) + ")"
     if spooled:
         parts.append(f"left in the pod's spool {spooled}")
-    how = f"exit {code}" + (f", {s['reason']}" if s.get("reason") else "")
+    return parts
+
+
+def _summary_verdict(lost: int, spooled: int, code: Any) -> tuple[str, str]:
+    """(head, level): complete ("info") or not (an error if lines were dropped, else a warning)."""
     if lost or spooled or code not in (0, None):
-        head, level = "shipper: this log is incomplete", "error" if lost else "warning"
-    else:
-        head, level = "shipper: every line of this try was delivered", "info"
-    fields = {k: s[k] for k in ("lines_read", "lines_sent", "dropped", "code", "reason") if k in s}
-    return SummaryView(f"{head}: {', '.join(parts)} ({how})", level, fields)
+        return "shipper: this log is incomplete", "error" if lost else "warning"
+    return "shipper: every line of this try was delivered", "info"
 
 
 def airflow3_summary_line(view: SummaryView, ts_ns: int) -> str:
