@@ -31,7 +31,7 @@ from __future__ import annotations
 import json
 import re
 from itertools import repeat
-from operator import add, getitem, itemgetter, mul
+from operator import add, getitem, mul
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from json.scanner import make_scanner
 from typing import Any, NamedTuple, Protocol, cast
@@ -265,65 +265,57 @@ class CriParser:
             self._count(splitter)
         return out
 
-    def columns(self, lines: Sequence[bytes]) -> list[list[Record] | tuple[list[bytes], list[int], list[str]]]:
-        """`feed(lines)`, with runs of whole (F) lines as columns (messages, times, streams).
+    def columns(self, lines: Sequence[bytes]) -> list[Record] | tuple[list[bytes], list[int], list[str]]:
+        """`feed(lines)`, as columns (messages, times, streams) when every line has the usual shape.
 
         Nearly every line of a container log is a whole ASCII line with a time
-        of the usual shape: such runs are read by C-level passes over the chunk
-        (split, zip, dict lookups, one int parse a time), not a Record each.
-        Everything else (P chunks and the lines while a P run waits, malformed
-        lines, other time shapes, non-ASCII or long messages) goes through
-        `feed` in order, and comes back as its records: the result, flattened,
-        is exactly `feed`'s.
+        of the usual shape: a chunk of those is read by C-level passes (split,
+        zip, dict lookups, one int parse a time), not a Record each. P chunks
+        among them go through `feed` line by line, in order, and their joined
+        lines are put back in the columns where `feed` returns them, so a chunk
+        stays one set of columns. A chunk with any other line (malformed,
+        another tag or time shape, non-ASCII or long) is `feed`'s records.
+        Either way the entries, in order, are exactly `feed`'s.
         """
         fields = list(map(bytes.split, lines, repeat(b" "), repeat(3)))
         if not fields or set(map(len, fields)) != {4}:
-            return [self.feed(lines)]
-        # The columns of every line at once (P chunks too: one pass, then slices of it).
-        whole = self._whole_lines(fields)
+            return self.feed(lines)
+        stamps, names, tags, messages = zip(*fields)
+        whole = self._whole_lines(stamps, names, tags, messages)
         if whole is None:
-            return [self.feed(lines)]
-        tags = list(map(itemgetter(2), fields))
+            return self.feed(lines)
         n = len(lines)
         if tags.count(b"F") == n and not self._partial:
-            return [whole]  # the usual chunk
-        messages, times, streams = whole
-        # P runs the per-line way, their joined lines put back in the columns in
-        # order: a chunk stays one set of columns (one run per stream, not one
-        # per P run); only a malformed record (no time) stands apart.
-        out: list[list[Record] | tuple[list[bytes], list[int], list[str]]] = []
-        cols: tuple[list[bytes], list[int], list[str]] = ([], [], [])
+            return whole  # the usual chunk
+        cut_messages, cut_times, cut_streams = whole
+        out_messages: list[bytes] = []
+        out_times: list[int] = []
+        out_streams: list[str] = []
         start = 0
         while start < n:
             if self._partial or tags[start] != b"F":
-                # A P chunk, or a line while a P run waits: one line the per-line way.
+                # A P chunk, or a line while a P run waits: one line the per-line way. Every line
+                # has the usual shape (checked above), so each record has its time and stream.
                 for record in self.feed(lines[start:start + 1]):
-                    if record.ts_ns is None or record.stream is None:
-                        if cols[0]:
-                            out.append(cols)
-                            cols = ([], [], [])
-                        out.append([record])
-                    else:
-                        cols[0].append(record.line)
-                        cols[1].append(record.ts_ns)
-                        cols[2].append(record.stream)
+                    assert record.ts_ns is not None and record.stream is not None
+                    out_messages.append(record.line)
+                    out_times.append(record.ts_ns)
+                    out_streams.append(record.stream)
                 start += 1
                 continue
             try:
-                end = tags.index(b"P", start)  # the F run ends at the next P (any other tag: malformed)
+                end = tags.index(b"P", start)  # the F run ends at the next P
             except ValueError:
                 end = n
-            cols[0].extend(messages[start:end])
-            cols[1].extend(times[start:end])
-            cols[2].extend(streams[start:end])
+            out_messages += cut_messages[start:end]
+            out_times += cut_times[start:end]
+            out_streams += cut_streams[start:end]
             start = end
-        if cols[0]:
-            out.append(cols)
-        return out
+        return out_messages, out_times, out_streams
 
-    def _whole_lines(self, fields: list[list[bytes]]) -> tuple[list[bytes], list[int], list[str]] | None:
+    def _whole_lines(self, stamps: Sequence[bytes], names: Sequence[bytes], tags: Sequence[bytes],
+                     messages: Sequence[bytes]) -> tuple[list[bytes], list[int], list[str]] | None:
         """Columns of CRI lines split in four (F or P), when every one has feed's fast shape; else None."""
-        stamps, names, tags, messages = zip(*fields)
         if tags.count(b"F") + tags.count(b"P") != len(tags):
             return None  # another tag (`F:x`, malformed): the per-line way
         streams: list[Any] = list(map(_STREAMS.get, names))

@@ -24,7 +24,9 @@ whole chunk by `levels.detect_many`, and a chunk usually makes one `Run`.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from itertools import groupby, repeat
+from operator import eq
 from typing import NamedTuple, TypeVar
 
 from shipper import levels
@@ -104,10 +106,8 @@ class Processor:
             if columns is not None:
                 return [self._json_run(*columns)]
         if not self._merge and isinstance(self.parser, CriParser):
-            runs: list[Run] = []
-            for part in self.parser.columns(lines):  # runs of whole lines at C speed, the rest as records
-                runs += self._records(part, now, wall_ns) if isinstance(part, list) else self._cri_runs(*part)
-            return runs
+            read = self.parser.columns(lines)  # the whole chunk at C speed, when it can
+            return self._records(read, now, wall_ns) if isinstance(read, list) else self._cri_runs(*read)
         return self._records(self.parser.feed(lines), now, wall_ns)
 
     def _cri_runs(self, lines: list[bytes], times: list[int], streams: list[str]) -> list[Run]:
@@ -203,31 +203,24 @@ class Processor:
         if not merged:
             return []
         found = levels.detect_many(merged, firsts=firsts) if self.detect_level else None
-        n = len(merged)
-        same = stamps.count(wall_ns) if wall_ns is not None else 0
-        if same == n:
+        if wall_ns is not None and stamps.count(wall_ns) == len(merged):
             return [Run(stream, merged, None, None, found)]  # the common case: one run
-        if same == n - 1 and n > 1 and stamps[0] != wall_ns:
-            # The next most common: the first entry was held open from an earlier
-            # read (it might have continued) and keeps its first line's time.
-            return [Run(stream, merged[:1], stamps[:1], None, found[:1] if found is not None else None),
-                    Run(stream, merged[1:], None, None, found[1:] if found is not None else None)]
-        # Entries held open from earlier reads keep their first line's time:
-        # runs where the stamping changes.
+        # Entries held open from earlier reads (usually the first: it might have
+        # continued) keep their first line's time: runs where the stamping changes.
         return [Run(stream, merged[i:j], None if stamps[i] == wall_ns else stamps[i:j], None,
                     found[i:j] if found is not None else None)
-                for i, j in spans([stamp == wall_ns for stamp in stamps])]
+                for i, j in spans(map(eq, stamps, repeat(wall_ns)))]
 
 
-def spans(keys: Sequence[object]) -> list[tuple[int, int]]:
-    """(start, end) of each maximal run of equal consecutive keys, in order: how entries are cut into runs."""
+def spans(keys: Iterable[object]) -> list[tuple[int, int]]:
+    """(start, end) of each maximal run of equal consecutive keys, in order: how entries are cut into runs.
+
+    groupby walks the keys at C speed; Python runs once per span (a chunk has a few).
+    """
     out = []
-    n = len(keys)
     i = 0
-    while i < n:
-        j = i + 1
-        while j < n and keys[j] == keys[i]:
-            j += 1
+    for _, run in groupby(keys):
+        j = i + len(list(run))
         out.append((i, j))
         i = j
     return out

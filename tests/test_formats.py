@@ -683,14 +683,10 @@ _CRI_LINE = st.builds(
     st.one_of(st.none(), st.sampled_from([b"", b"ok", b"a b c", "caf\u00e9".encode(), b"\xff", b"x" * 20])))
 
 
-def _flat(parts: list[list[Record] | tuple[list[bytes], list[int], list[str]]]) -> list[Record]:
-    out: list[Record] = []
-    for part in parts:
-        if isinstance(part, list):
-            out += part
-        else:
-            out += [Record(line, ts, stream, (), None) for line, ts, stream in zip(*part)]
-    return out
+def _flat(read: list[Record] | tuple[list[bytes], list[int], list[str]]) -> list[Record]:
+    if isinstance(read, list):
+        return read
+    return [Record(line, ts, stream, (), None) for line, ts, stream in zip(*read)]
 
 
 @settings(max_examples=300)
@@ -714,12 +710,11 @@ def test_cri_columns_of_whole_lines_and_p_chunks() -> None:
              b"2026-11-25T10:00:02.1Z stdout P not a time",
              b"2026-11-25T10:00:02.2Z stdout F ime", b"2026-11-25T10:00:03.5Z stdout F six"]
     t = 1795600800 * 10**9  # 2026-11-25T10:00:00Z
-    assert p.columns(lines) == [
-        ([b"one", b"two", b"four", b"three", b"five", b"not a timeime", b"six"],
-         [t + 123456789, t + 500000000, t + 1_300_000_000, t + 1_250_000_000, t + 2_000_000_001,
-          t + 2_100_000_000, t + 3_500_000_000],
-         ["stdout", "stderr", "stderr", "stdout", "stdout", "stdout", "stdout"]),
-    ]
+    assert p.columns(lines) == (
+        [b"one", b"two", b"four", b"three", b"five", b"not a timeime", b"six"],
+        [t + 123456789, t + 500000000, t + 1_300_000_000, t + 1_250_000_000, t + 2_000_000_001,
+         t + 2_100_000_000, t + 3_500_000_000],
+        ["stdout", "stderr", "stderr", "stdout", "stdout", "stdout", "stdout"])
     # One line that is not CRI: the whole chunk the per-line way (its records, as feed gives them).
     assert p.columns([b"not CRI at all", lines[0]]) == [
-        [Record(b"not CRI at all", None, None, (), None), Record(b"one", t + 123456789, "stdout", (), None)]]
+        Record(b"not CRI at all", None, None, (), None), Record(b"one", t + 123456789, "stdout", (), None)]
