@@ -28,6 +28,10 @@ no entry of its own).
 ``airflow3``: the same records, for the pod template's configuration (a raw
 source with ``multiline`` and ``detect_level``): each record is shipped whole.
 
+``tiny`` (`TINY`, not in `CONTENTS`: no peer runs it): one-byte lines,
+``x\n``, unstamped, the worst case for memory per byte (a read of 64 KiB
+holds 32,768 lines); the receiver counts them as stored entries.
+
 ``multiline``: ``airflow2`` lines where, in every `MULTILINE_EVERY` lines, an
 ``ERROR`` line is followed by a Python traceback of `len(TRACEBACK)` lines
 (continuation lines: unstamped, merged into the ``ERROR`` entry).
@@ -44,6 +48,7 @@ import time
 
 LINE_BYTES = 120
 CONTENTS = ("airflow2", "cri", "json", "multiline", "airflow3")
+TINY = "tiny"  # one-byte lines, unstamped (module docstring); a burst workload's only
 
 # (origin and level, message); the sequence number goes between them so that
 # cutting the line to size never cuts it off.
@@ -182,6 +187,8 @@ def make_content(content: str, first_seq: int, count: int, stamp_ns: int) -> byt
         return _json_lines(first_seq, count, stamp_ns)
     if content == "multiline":
         return _multiline_lines(first_seq, count, stamp_ns)
+    if content == TINY:
+        return b"x\n" * count
     raise ValueError(f"unknown content {content!r}: one of {', '.join(CONTENTS)}")
 
 

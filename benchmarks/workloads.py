@@ -16,6 +16,7 @@ SOURCE_KEYS = {
     "json": 'format = "json"\njson_metadata = ["logger"]\n',
     "multiline": TEMPLATE_KEYS,
     "airflow3": TEMPLATE_KEYS,
+    "tiny": "",
 }
 
 
@@ -46,6 +47,8 @@ def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None)
             out.append(Workload(f"paced-{source}-{rate}", "paced", source, duration=paced_s, rate=rate))
     out.append(Workload("bulk-file", "bulk", "file", lines=n_bulk))
     out.append(Workload("burst-fifo", "burst", "fifo", lines=n_burst, idle_before=1.0 if quick else 5.0))
+    # Issue 15: 1,000,000 one-byte lines at once, the worst case for memory (a read is 32,768 lines).
+    out.append(Workload("burst-tiny-fifo", "burst", "fifo", lines=n_bulk, idle_before=1.0, content="tiny"))
     # Issue 7: each format and mode at 1,000 lines/s (lines as written: CRI P chunks and
     # traceback lines count, though they make no entry of their own).
     for content in ("cri", "json", "multiline", "airflow3"):

@@ -91,6 +91,18 @@ def test_cri_and_exec_workloads(tmp_path: Path) -> None:
     assert exec_["scrapes"]["ok"] >= 1  # its metrics port, which exec mode does not log, was found
 
 
+def test_tiny_burst_counts_unstamped_lines_as_stored_entries(tmp_path: Path) -> None:
+    """burst-tiny-fifo (issue 15's memory worst case): one-byte lines carry no stamp, so every
+    stored entry counts, and the one stored past them is the shipper's exit summary."""
+    results = run_harness(tmp_path, "--workloads", "burst-tiny-fifo")
+    (workload,) = results["workloads"]
+    run = workload["runs"]["shipper"]
+    check_run(run)
+    assert (run["lines_written"], run["entries_expected"], run["lines_delivered"]) == (3000, 3000, 3000)
+    assert run["other_entries"] == 1 and run["latency_s"] is None
+    assert {c["what"] for c in run["checks"]} == {"delivery", "memory"}
+
+
 def test_inprocess_runs_every_content_through_the_real_path() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.inprocess", "--lines", "2000"],

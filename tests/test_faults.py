@@ -420,7 +420,7 @@ async def test_sigkill_mid_stream_with_spool_then_restart(
                          ids=["raw", "template-in-slices"])
 async def test_sigkill_with_checkpoint_only_resends_nothing_acknowledged(
         tmp_path: Path, receiver: LokiReceiver, procs: list[ShipperProcess], processing: str, n: int) -> None:
-    """Also with the pod template's processing, whose reads of more than 4,096 lines are
+    """Also with the pod template's processing, whose reads of more than 1,024 lines (pipeline.ADD_SLICE) are
     processed in slices: the read's file mark goes with its last slice only."""
     log, checkpoint = tmp_path / "task.log", tmp_path / "checkpoint.json"
     config = make_config(receiver.url, [(log, "stdout")], checkpoint_file=str(checkpoint))
