@@ -385,6 +385,23 @@ async def test_continuation_lines_a_bound_split_off_are_counted(tmp_path: Path, 
     assert proc.summary()["multiline_splits"] == {"max_lines": 2, "max_bytes": 0, "max_wait": 0}
 
 
+@pytest.mark.parametrize("name", FORMATS)
+def test_levels_without_multiline_are_detect_of_each_line_in_one_run(name: str) -> None:
+    """`detect_level` alone: each line is an entry, in one run, with `levels.detect`'s level
+    (the chunk form where it applies, detect one by one where it does not)."""
+    from shipper import levels
+    from shipper.config import SourceConfig
+    from shipper.process import Processor, Run
+    processor = Processor(SourceConfig("/x", "stdout", detect_level=True), 262_144)
+    lines = [line.encode() for line in FORMATS[name][0]]
+    found = [levels.detect(line) for line in lines]
+    assert processor.feed(lines, 1.0, 5) == [Run(None, lines, None, None, None if found == [None] * len(lines)
+                                                 else found)]
+    assert processor.feed([b"no level here", b"nor here"], 1.0, 6) == [
+        Run(None, [b"no level here", b"nor here"], None, None, None)]
+    assert processor.feed([], 1.0, 7) == [] and processor.flush(1.0, 8) == [] and processor.pending == 0
+
+
 def test_an_entry_held_open_across_reads_keeps_its_first_lines_read_time() -> None:
     """The entry a read leaves open (it may continue) is returned by the next read with the
     time its first line was read, in a run of its own; the rest of that read is stamped then."""
