@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from benchmarks.workloads import Workload
+from benchmarks.workloads import SOURCE_KEYS, Workload
 
 
 @dataclass(frozen=True)
@@ -88,7 +88,7 @@ def relative_checks(wl: Workload, r: dict[str, Any], raw: dict[str, Any] | None,
     `raw`: the shipper's RAW_WORKLOAD run (None: not in this run, which the
     check then says); `fluent_bit`: Fluent Bit's run of `wl` (None: no peers).
     """
-    if wl.kind != "paced" or wl.content == "airflow2" or wl.source == "exec" or "error" in r:
+    if wl.kind != "paced" or not SOURCE_KEYS[wl.content] or wl.source == "exec" or "error" in r:
         return []
     millicores = r["window"]["millicores"]
     out = []

@@ -32,6 +32,10 @@ source with ``multiline`` and ``detect_level``): each record is shipped whole.
 ``x\n``, unstamped, the worst case for memory per byte (a read of 64 KiB
 holds 32,768 lines); the receiver counts them as stored entries.
 
+``airflow3-raw`` (`AIRFLOW3_RAW`, not in `CONTENTS`): the ``airflow3``
+records through a raw source: what Airflow 3's larger lines cost with no
+processing, the baseline the template's processing on them adds to.
+
 ``multiline``: ``airflow2`` lines where, in every `MULTILINE_EVERY` lines, an
 ``ERROR`` line is followed by a Python traceback of `len(TRACEBACK)` lines
 (continuation lines: unstamped, merged into the ``ERROR`` entry).
@@ -49,6 +53,8 @@ import time
 LINE_BYTES = 120
 CONTENTS = ("airflow2", "cri", "json", "multiline", "airflow3")
 TINY = "tiny"  # one-byte lines, unstamped (module docstring); a burst workload's only
+AIRFLOW3_RAW = "airflow3-raw"  # the airflow3 records, shipped raw (module docstring)
+SHIPPER_ONLY = (TINY, AIRFLOW3_RAW)  # contents only the shipper's workloads use (no peer config)
 
 # (origin and level, message); the sequence number goes between them so that
 # cutting the line to size never cuts it off.
@@ -183,7 +189,7 @@ def make_content(content: str, first_seq: int, count: int, stamp_ns: int) -> byt
         return make_lines(first_seq, count, stamp_ns)
     if content == "cri":
         return _cri_lines(first_seq, count, stamp_ns)
-    if content in ("json", "airflow3"):
+    if content in ("json", "airflow3", AIRFLOW3_RAW):
         return _json_lines(first_seq, count, stamp_ns)
     if content == "multiline":
         return _multiline_lines(first_seq, count, stamp_ns)

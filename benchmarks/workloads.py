@@ -17,6 +17,7 @@ SOURCE_KEYS = {
     "multiline": TEMPLATE_KEYS,
     "airflow3": TEMPLATE_KEYS,
     "tiny": "",
+    "airflow3-raw": "",
 }
 
 
@@ -54,4 +55,7 @@ def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None)
     for content in ("cri", "json", "multiline", "airflow3"):
         out.append(Workload(f"paced-{content}-1000", "paced", "file", duration=paced_s, rate=1000, content=content))
     out.append(Workload("paced-exec-1000", "paced", "exec", duration=paced_s, rate=1000))
+    # The Airflow 3 records raw: what their size alone costs over the raw workload's 120-byte lines.
+    out.append(Workload("paced-airflow3-raw-1000", "paced", "file", duration=paced_s, rate=1000,
+                        content="airflow3-raw"))
     return {w.name: w for w in out}

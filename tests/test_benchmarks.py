@@ -103,6 +103,17 @@ def test_tiny_burst_counts_unstamped_lines_as_stored_entries(tmp_path: Path) -> 
     assert {c["what"] for c in run["checks"]} == {"delivery", "memory"}
 
 
+def test_airflow3_records_raw_are_a_raw_workload(tmp_path: Path) -> None:
+    """paced-airflow3-raw-1000: the Airflow 3 records through a raw source, each shipped whole,
+    held to raw lines' targets (no processing target: nothing is processed)."""
+    results = run_harness(tmp_path, "--workloads", "paced-airflow3-raw-1000")
+    (workload,) = results["workloads"]
+    run = workload["runs"]["shipper"]
+    check_run(run)
+    assert run["lines_written"] == run["entries_expected"] == run["lines_delivered"] == 1000
+    assert [c["target"] for c in run["checks"] if c["what"] == "cpu"] == ["<= 5 millicores"]
+
+
 def test_inprocess_runs_every_content_through_the_real_path() -> None:
     done = subprocess.run(
         [sys.executable, "-m", "benchmarks.inprocess", "--lines", "2000"],
