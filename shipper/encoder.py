@@ -93,19 +93,28 @@ def _entries_by_slots(lines: Sequence[bytes], first_ts: int, metadata: bytes | S
     """
     n = len(lines)
     lens = list(map(len, lines))
+    distinct = set(lens)
+    # A head's key: the line length (one metadata for all: `fixed` bytes); or, with
+    # metadata per entry, the line and metadata lengths summed when every line's
+    # length prefix has the same size (`prefix` bytes: the usual chunk), else both
+    # lengths in one int.
+    fixed = prefix = -1
     if isinstance(metadata, bytes):
         each: Iterable[bytes] = repeat(metadata, n)
         keys = lens
-        keyed_md = len(metadata)
+        fixed = len(metadata)
     else:
         each = metadata
-        keyed_md = -1
-        # A head's key: line length and metadata length in one int.
-        keys = list(map(add, map(mul, lens, repeat(1 << 32)), map(len, metadata)))
+        longest = max(distinct)
+        if longest < 0x80 or 0x80 <= min(distinct) and longest < 0x4000:
+            prefix = 1 if longest < 0x80 else 2
+            keys = list(map(add, lens, map(len, metadata)))
+        else:
+            keys = list(map(add, map(mul, lens, repeat(1 << 32)), map(len, metadata)))
     parts: list[bytes] = [b""] * (_SLOTS * n)
     parts[3::_SLOTS] = lines
     parts[4::_SLOTS] = each
-    tails = {length: b"\x12" + varint(length) for length in set(lens)}
+    tails = {length: b"\x12" + varint(length) for length in distinct}
     parts[2::_SLOTS] = map(tails.__getitem__, lens)
     sec, nanos = divmod(first_ts, _NS)
     i = 0
@@ -135,8 +144,11 @@ def _entries_by_slots(lines: Sequence[bytes], first_ts: int, metadata: bytes | S
             sec_field = (b"\x08" + varint(sec) if sec else b"") + b"\x10"
             heads = {}
             for key in set(keys):
-                length, md_len = (key, keyed_md) if keyed_md >= 0 else divmod(key, 1 << 32)
-                size = 2 + ts_len + 1 + len(varint(length)) + length + md_len
+                if prefix > 0:  # key: line + metadata length
+                    size = 2 + ts_len + 1 + prefix + key
+                else:
+                    length, md_len = (key, fixed) if fixed >= 0 else divmod(key, 1 << 32)
+                    size = 2 + ts_len + 1 + len(varint(length)) + length + md_len
                 heads[key] = b"\x12" + varint(size) + b"\x0a" + _SMALL[ts_len] + sec_field
         parts[start:_SLOTS * end:_SLOTS] = map(heads.__getitem__, keys[i:end])
         parts[start + 1:_SLOTS * end:_SLOTS] = map(bytes.__add__, _CONT[lo:lo + k], repeat(rest, k))

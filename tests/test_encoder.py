@@ -406,6 +406,22 @@ def test_property_the_slots_encoder_is_the_loop(lines: list[bytes], first_ts: in
     assert _entries_by_slots(lines, first_ts, metadata) == _entries_by_loop(lines, first_ts, metadata)
 
 
+@settings(max_examples=300)
+@given(st.sampled_from([(0, 127), (128, 600), (0, 600), (100, 16500)]).flatmap(
+           lambda bounds: st.lists(st.integers(*bounds), min_size=2, max_size=300)),
+       st.integers(0, MAX_TS - 1000),
+       st.lists(st.sampled_from([b"", b"\x1a\x02\x0a\x00", b"\x1a\x07\x0a\x01l\x12\x02ok",
+                                 b"\x1a\x0e\x0a\x05level\x12\x05error"]), min_size=300, max_size=300))
+def test_property_per_entry_metadata_heads_are_the_loops(lengths: list[int], first_ts: int, each: list[bytes]) -> None:
+    """With metadata per entry, a head is keyed by line + metadata length when every line's
+    length prefix has the same size (all under 128 bytes, or all 128 to 16,383), else by both
+    lengths: the bytes are the loop's either way, across prefix sizes and entry sizes."""
+    from shipper.encoder import _entries_by_loop, _entries_by_slots
+    lines = [bytes([0x61 + i % 26]) * n for i, n in enumerate(lengths)]
+    metadata = each[:len(lines)]
+    assert _entries_by_slots(lines, first_ts, metadata) == _entries_by_loop(lines, first_ts, metadata)
+
+
 @pytest.mark.parametrize("method", ["gzip", "snappy", "none"])
 def test_compress_push_is_compress_of_the_body(method: str) -> None:
     """The streaming form (gzip fed piece by piece) reads back as the assembled body."""
