@@ -32,7 +32,7 @@ source with ``multiline`` and ``detect_level``): each record is shipped whole.
 ``x\n``, unstamped, the worst case for memory per byte (a read of 64 KiB
 holds 32,768 lines); the receiver counts them as stored entries.
 
-``airflow3-raw`` (`AIRFLOW3_RAW`, not in `CONTENTS`): the ``airflow3``
+``airflow3-raw`` (`AIRFLOW3_RAW`, not in `CONTENTS`; the peers tail it raw): the ``airflow3``
 records through a raw source: what Airflow 3's larger lines cost with no
 processing, the baseline the template's processing on them adds to.
 

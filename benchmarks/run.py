@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lines import CONTENTS, LINE_BYTES, SHIPPER_ONLY, TINY, make_lines
+from benchmarks.lines import AIRFLOW3_RAW, CONTENTS, LINE_BYTES, SHIPPER_ONLY, TINY, make_lines
 from benchmarks.procstat import MIB, ProcessMonitor, Sample
 from benchmarks.checks import RAW_WORKLOAD, checks, relative_checks
 from benchmarks.peers import DEFAULT_SERVERS_DIRS, PEERS, TEMPLATE_DEFAULTS, Peer, PeersNotFound, find_binary, render
@@ -85,12 +85,13 @@ class Target:
 
 
 def peer_target(peer: Peer, binary: str) -> Target:
-    """A built-in peer (benchmarks/peers) run from `binary`."""
+    """A built-in peer (benchmarks/peers) run from `binary` (the Airflow 3 records raw: a raw tail)."""
+    contents = (*CONTENTS, AIRFLOW3_RAW)
     return Target(name=peer.name, argv=[binary, *peer.argv], config_template=peer.config_path.read_text(),
-                  sources=frozenset({"file"}), contents=frozenset(CONTENTS),
+                  sources=frozenset({"file"}), contents=frozenset(contents),
                   config_suffix=peer.config_path.suffix,
-                  content_values={c: peer.values_for(c) for c in CONTENTS},
-                  processing={c: peer.processing_for(c).note for c in CONTENTS}, not_run=dict(peer.not_run))
+                  content_values={c: peer.values_for(c) for c in contents},
+                  processing={c: peer.processing_for(c).note for c in contents}, not_run=dict(peer.not_run))
 
 
 def builtin_peer_targets(env: Mapping[str, str] = os.environ,
