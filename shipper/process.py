@@ -101,10 +101,10 @@ class Processor:
         if self._merge and isinstance(self.parser, RawParser):
             # Raw lines go to the merger as they are: no Record each on the way.
             return self._merge_run(lines, [wall_ns] * len(lines), None, now, wall_ns, split_lines=True)
-        if not self._merge and isinstance(self.parser, RawParser):
-            # Levels only (detect_level without multiline): the lines are entries already,
-            # their levels found for the chunk at once; no Record each.
-            found = levels.detect_many(lines, single_lines=True) if self.detect_level else [None] * len(lines)
+        if not self._merge and self.detect_level and isinstance(self.parser, RawParser):
+            # Levels only: the lines are entries already, their levels found for the chunk
+            # at once; no Record each.
+            found = levels.detect_many(lines, single_lines=True)
             return [Run(None, list(lines), None, None, _unless_empty(found, None))] if lines else []
         if not self._merge and isinstance(self.parser, JsonParser):
             columns = self.parser.columns(lines)  # the whole chunk at C speed, when it can
