@@ -54,7 +54,9 @@ LINE_BYTES = 120
 CONTENTS = ("airflow2", "cri", "json", "multiline", "airflow3")
 TINY = "tiny"  # one-byte lines, unstamped (module docstring); a burst workload's only
 AIRFLOW3_RAW = "airflow3-raw"  # the airflow3 records, shipped raw (module docstring)
-SHIPPER_ONLY = (TINY, AIRFLOW3_RAW)  # contents only the shipper's workloads use (no peer config)
+# Contents beyond CONTENTS, with no peer processing of their own (tiny lines are a FIFO's,
+# which no peer reads; the peers tail the airflow3 records raw).
+EXTRA_CONTENTS = (TINY, AIRFLOW3_RAW)
 
 # (origin and level, message); the sequence number goes between them so that
 # cutting the line to size never cuts it off.
@@ -195,7 +197,7 @@ def make_content(content: str, first_seq: int, count: int, stamp_ns: int) -> byt
         return _multiline_lines(first_seq, count, stamp_ns)
     if content == TINY:
         return b"x\n" * count
-    raise ValueError(f"unknown content {content!r}: one of {', '.join(CONTENTS)}")
+    raise ValueError(f"unknown content {content!r}: one of {', '.join((*CONTENTS, *EXTRA_CONTENTS))}")
 
 
 def _starts(seq: int, content: str) -> bool:

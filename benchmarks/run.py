@@ -39,7 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks.lines import AIRFLOW3_RAW, CONTENTS, LINE_BYTES, SHIPPER_ONLY, TINY, make_lines
+from benchmarks.lines import AIRFLOW3_RAW, CONTENTS, EXTRA_CONTENTS, LINE_BYTES, TINY, make_lines
 from benchmarks.procstat import MIB, ProcessMonitor, Sample
 from benchmarks.checks import RAW_WORKLOAD, checks, relative_checks
 from benchmarks.peers import DEFAULT_SERVERS_DIRS, PEERS, TEMPLATE_DEFAULTS, Peer, PeersNotFound, find_binary, render
@@ -106,9 +106,9 @@ def shipper_target(config: Path, uvloop: bool = False) -> Target:
     return Target(name="shipper+uvloop" if uvloop else "shipper",
                   argv=["{python}", *code, "--config", "{config}"],
                   config_template=config.read_text(),
-                  sources=frozenset({"fifo", "file", "exec"}), contents=frozenset({*CONTENTS, *SHIPPER_ONLY}),
+                  sources=frozenset({"fifo", "file", "exec"}), contents=frozenset({*CONTENTS, *EXTRA_CONTENTS}),
                   env={"PYTHONPATH": str(REPO)}, shipper=True,
-                  processing={c: SOURCE_KEYS[c].strip().replace("\n", "; ") or "raw lines" for c in (*CONTENTS, *SHIPPER_ONLY)})
+                  processing={c: SOURCE_KEYS[c].strip().replace("\n", "; ") or "raw lines" for c in (*CONTENTS, *EXTRA_CONTENTS)})
 
 
 # What the downward API writes for a KubernetesExecutor task pod's annotations (FACTS §2).

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from benchmarks.lines import AIRFLOW3_RAW, TINY
+
 # The pod template's processing (k8s/pod-template-configmap.yaml): the default
 # multiline grammar and level detection on a raw source, for Airflow 2 text
 # and Airflow 3 JSON lines alike (issue 15: the budget is for what users run).
@@ -16,8 +18,8 @@ SOURCE_KEYS = {
     "json": 'format = "json"\njson_metadata = ["logger"]\n',
     "multiline": TEMPLATE_KEYS,
     "airflow3": TEMPLATE_KEYS,
-    "tiny": "",
-    "airflow3-raw": "",
+    TINY: "",
+    AIRFLOW3_RAW: "",
 }
 
 
@@ -49,7 +51,7 @@ def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None)
     out.append(Workload("bulk-file", "bulk", "file", lines=n_bulk))
     out.append(Workload("burst-fifo", "burst", "fifo", lines=n_burst, idle_before=1.0 if quick else 5.0))
     # Issue 15: 1,000,000 one-byte lines at once, the worst case for memory (a read is 32,768 lines).
-    out.append(Workload("burst-tiny-fifo", "burst", "fifo", lines=n_bulk, idle_before=1.0, content="tiny"))
+    out.append(Workload("burst-tiny-fifo", "burst", "fifo", lines=n_bulk, idle_before=1.0, content=TINY))
     # Issue 7: each format and mode at 1,000 lines/s (lines as written: CRI P chunks and
     # traceback lines count, though they make no entry of their own).
     for content in ("cri", "json", "multiline", "airflow3"):
@@ -57,5 +59,5 @@ def build_workloads(quick: bool, duration: float | None, bulk_lines: int | None)
     out.append(Workload("paced-exec-1000", "paced", "exec", duration=paced_s, rate=1000))
     # The Airflow 3 records raw: what their size alone costs over the raw workload's 120-byte lines.
     out.append(Workload("paced-airflow3-raw-1000", "paced", "file", duration=paced_s, rate=1000,
-                        content="airflow3-raw"))
+                        content=AIRFLOW3_RAW))
     return {w.name: w for w in out}

@@ -30,7 +30,7 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.lines import CONTENTS, SHIPPER_ONLY, entries, make_content, whole
+from benchmarks.lines import CONTENTS, EXTRA_CONTENTS, entries, make_content, whole
 
 TICK = 0.01  # seconds between writes of a paced workload
 
@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=0.0, help="seconds of paced writing")
     parser.add_argument("--burst", type=int, default=0, help="write this many lines at once instead")
     parser.add_argument("--idle-before", type=float, default=0.0, help="seconds to wait before the burst")
-    parser.add_argument("--content", default="airflow2", choices=(*CONTENTS, *SHIPPER_ONLY),
+    parser.add_argument("--content", default="airflow2", choices=(*CONTENTS, *EXTRA_CONTENTS),
                         help="what the lines are")
     parser.add_argument("--wait-go", action="store_true", help="read one line from stdin before writing")
     args = parser.parse_args(argv)
